@@ -159,7 +159,7 @@ class SSEParser:
         self.last_event_id = ""
 
     def feed(self, chunk: bytes) -> list:
-        if self._cr:
+        if self._cr and chunk:
             self._cr = False
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
@@ -518,13 +518,14 @@ class _Response:
     """An HTTP/1.1 response whose body is read lazily, piece by piece."""
 
     __slots__ = ("status", "reason", "headers", "_sock", "_key", "_buf", "_timeout",
-                 "_signal", "_mode", "_left", "_done", "_reusable")
+                 "_signal", "_mode", "_left", "_done", "_reusable", "_body")
 
     def __init__(self, sock, key, status, reason, headers, version, rest, timeout, signal):
         self.status, self.reason, self.headers = status, reason, headers
         self._sock, self._key, self._buf = sock, key, rest
         self._timeout, self._signal = timeout, signal
         self._done = False
+        self._body = None
         te = headers.get("transfer-encoding", "").lower()
         length = headers.get("content-length")
         conn = headers.get("connection", "").lower()
@@ -543,7 +544,13 @@ class _Response:
         return _recv(self._sock, time.monotonic() + self._timeout, self._signal)
 
     def iter_body(self) -> "Iterator[bytes]":
-        """Yield body bytes as they arrive (chunked framing removed)."""
+        """The body bytes as they arrive (chunked framing removed); calling it
+        again continues where the last iteration stopped."""
+        if self._body is None:
+            self._body = self._iter_body()
+        return self._body
+
+    def _iter_body(self):
         if self._mode == "chunked":
             yield from self._iter_chunked()
         elif self._mode == "length":
@@ -658,6 +665,7 @@ class _Response:
             self._timeout = min(self._timeout, 0.5)
             self._signal = None
             try:
+                self._sock.settimeout(self._timeout)
                 size = 0
                 for piece in self.iter_body():
                     size += len(piece)
@@ -903,6 +911,15 @@ class _Builder:
         self.open_tools.append(key)
         self.out.append({"type": "toolcall_start", "contentIndex": index, "partial": self.msg})
         return block
+
+    def end_finished_tools(self) -> None:
+        """End the open tool calls whose arguments already form a whole JSON
+        object: nothing valid can follow, so toolcall_end need not wait for the
+        stream's end (calls still incomplete stay open for interleaved servers)."""
+        for key in list(self.open_tools):
+            prefix = self.tools[key][1]
+            if not prefix.stack and not prefix.in_str and prefix.text.strip()[:1] == "{":
+                self.tool_end(key)
 
     def tool_block(self, key) -> dict:
         return self.content[self.tools[key][0]]
@@ -1319,7 +1336,9 @@ def _in_band_error(err) -> PiError:
     status = code if isinstance(code, int) and 400 <= code < 600 else None
     kind = _classify(status, message, code if isinstance(code, str) else etype) if (status or code or etype) \
         else ("context_overflow" if _is_overflow(message) else "server")
-    return PiError(message, kind, status)
+    e = PiError(message, kind, status)
+    e.no_retry = True  # retries follow the HTTP status; this one was a 200
+    return e
 
 
 class _OCTranslator:
@@ -1401,6 +1420,7 @@ class _OCTranslator:
         fn = call.get("function") or {}
         slot = self.slots.get(index)
         if slot is None or (call_id and call_id != slot[1]) or slot[0] not in b.open_tools:
+            b.end_finished_tools()
             key = len(b.tools)
             b.tool_start(key, call_id, fn.get("name"))
             slot = self.slots[index] = (key, b.tool_block(key)["id"])
@@ -1985,12 +2005,12 @@ def _run(model: dict, ctx: dict, o: _Options) -> "Iterator[dict]":
                     signal = o.signal
                     for piece in resp.iter_body():
                         for ev in parser.feed(piece):
-                            if tr.event(ev[0], ev[1]):
-                                ended = True
+                            ended = tr.event(ev[0], ev[1])
+                            if out:  # per frame, so partial is in step with the events
+                                yield from out
+                                out.clear()
+                            if ended:
                                 break
-                        if out:
-                            yield from out
-                            out.clear()
                         if ended:
                             break
                         if signal is not None and signal.is_set():

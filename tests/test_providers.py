@@ -1,0 +1,163 @@
+"""Provider table and resolution: every baseline id and alias, pitfalls, get_model."""
+
+import ast
+import json
+import os
+
+import pytest
+
+import pi_min
+import providers_table
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPEC = os.path.join(ROOT, "..", "shared", "spec", "providers.json")
+
+
+def _spec_rows():
+    if not os.path.exists(SPEC):
+        pytest.skip("shared/spec/providers.json is not beside the repository")
+    with open(SPEC, encoding="utf-8") as f:
+        return [r for r in json.load(f) if r["api"]]
+
+
+def test_table_is_data_only():
+    with open(os.path.join(ROOT, "providers_table.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    for node in tree.body:
+        assert isinstance(node, (ast.Assign, ast.Expr)), ast.dump(node)[:80]
+        if isinstance(node, ast.Expr):
+            assert isinstance(node.value, ast.Constant)  # the docstring
+
+
+def test_every_spec_provider_resolves_with_its_family_and_base_url():
+    rows = _spec_rows()
+    assert len(rows) >= 100
+    for row in rows:
+        model = pi_min.get_model(row["id"])
+        assert model["provider"] == row["id"]
+        assert model["baseUrl"] == row["base_url"], row["id"]
+        if "|" not in row["api"]:  # github-copilot lists one family per model
+            assert model["api"] == row["api"], row["id"]
+        for alias in row["aliases"]:
+            for spelling in (alias, alias.upper()):
+                aliased = pi_min.get_model(spelling)
+                assert aliased["provider"] == row["id"], alias
+                assert aliased["baseUrl"] == row["base_url"]
+                assert aliased["api"] == model["api"]
+
+
+def test_baseline_env_keys_in_order():
+    for row in _spec_rows():
+        assert providers_table.PROVIDERS[row["id"]]["envKeys"] == row["env_keys"], row["id"]
+
+
+@pytest.mark.parametrize("name, canonical, api, host", [
+    ("kimi", "moonshotai", "openai-completions", "api.moonshot.ai"),
+    ("moonshot", "moonshotai", "openai-completions", "api.moonshot.ai"),
+    ("kimi-for-coding", "kimi-for-coding", "anthropic-messages", "api.kimi.com"),
+    ("moonshotai-cn", "moonshotai-cn", "openai-completions", "api.moonshot.cn"),
+    ("alibaba", "alibaba", "openai-completions", "dashscope-intl.aliyuncs.com"),
+    ("dashscope", "alibaba", "openai-completions", "dashscope-intl.aliyuncs.com"),
+    ("qwen", "alibaba", "openai-completions", "dashscope-intl.aliyuncs.com"),
+    ("alibaba-cn", "alibaba-cn", "openai-completions", "dashscope.aliyuncs.com"),
+    ("fireworks-ai", "fireworks", "openai-completions", "api.fireworks.ai"),
+    ("gemini", "google", "google-generative-ai", "generativelanguage.googleapis.com"),
+    ("GROQ", "groq", "openai-completions", "api.groq.com"),
+    ("demo", "faux", "faux", None),
+])
+def test_common_pitfalls_resolve_as_the_baseline_says(name, canonical, api, host):
+    model = pi_min.get_model(name)
+    assert (model["provider"], model["api"]) == (canonical, api)
+    if host:
+        assert pi_min._host_of(model["baseUrl"]) == host
+
+
+def test_aliases_never_shadow_a_canonical_id():
+    assert not set(providers_table.ALIASES) & set(providers_table.PROVIDERS)
+    assert set(providers_table.ALIASES.values()) <= set(providers_table.PROVIDERS)
+
+
+def test_every_row_has_a_known_default_model_and_complete_fields():
+    for pid, row in providers_table.PROVIDERS.items():
+        assert row["defaultModel"] in row["models"], pid
+        model = pi_min.get_model(pid)
+        assert model["id"] == row["defaultModel"]
+        for field in ("id", "name", "api", "provider", "baseUrl", "reasoning", "input", "cost",
+                      "contextWindow", "maxTokens"):
+            assert field in model, (pid, field)
+        assert set(model["cost"]) >= {"input", "output", "cacheRead", "cacheWrite"}
+        assert "text" in model["input"]
+
+
+def test_list_providers_is_sorted_canonical_ids():
+    ids = pi_min.list_providers()
+    assert ids == sorted(ids)
+    assert "groq" in ids and "faux" in ids and "kimi" not in ids and "v0" not in ids
+
+
+def test_unknown_provider_suggests_close_names():
+    with pytest.raises(pi_min.ConfigError) as info:
+        pi_min.get_model("grok-ai")
+    assert "unknown provider" in str(info.value)
+    with pytest.raises(pi_min.ConfigError, match="Did you mean.*groq"):
+        pi_min.get_model("gorq")
+
+
+def test_unknown_model_id_uses_table_defaults_and_known_model_prices():
+    unknown = pi_min.get_model("groq", "some-new-model")
+    row = providers_table.PROVIDERS["groq"]
+    assert unknown["id"] == "some-new-model"
+    assert unknown["contextWindow"] == row["contextWindow"]
+    assert unknown["cost"] == {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}
+    known = pi_min.get_model("groq", row["defaultModel"])
+    assert known["cost"]["input"] == row["models"][row["defaultModel"]]["cost"]["input"]
+
+
+def test_get_model_overrides_and_returned_dicts_are_private_copies():
+    a = pi_min.get_model("groq", baseUrl="http://127.0.0.1:9/v1", headers={"X-A": "1"}, compat={"supportsStore": True})
+    assert a["baseUrl"] == "http://127.0.0.1:9/v1" and a["headers"] == {"X-A": "1"}
+    a["input"].append("image")
+    a["cost"]["input"] = 99
+    b = pi_min.get_model("groq")
+    assert "image" not in b["input"] and b["cost"]["input"] != 99
+    with pytest.raises(pi_min.ConfigError, match="unknown field"):
+        pi_min.get_model("groq", bogus=1)
+
+
+def test_model_strings_split_at_the_first_slash(server):
+    from loopback import Reply
+    server.script([Reply(body=b'data: {"choices":[{"index":0,"delta":{"content":"ok"},"finish_reason":"stop"}]}\n\n'
+                              b"data: [DONE]\n\n")])
+    msg = pi_min.complete("openrouter/openai/gpt-4o", "hi", base_url=server.url, api_key="k")
+    assert (msg["provider"], msg["model"]) == ("openrouter", "openai/gpt-4o")
+    assert server.requests[0].json["model"] == "openai/gpt-4o"
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "google", "cohere", "amazon-bedrock", "github-copilot"])
+def test_families_not_built_yet_resolve_and_stream_a_clear_error(provider):
+    model = pi_min.get_model(provider)
+    events = list(pi_min.stream(model, "hi"))
+    assert [e["type"] for e in events] == ["start", "error"]
+    msg = events[-1]["error"]
+    assert msg["stopReason"] == "error"
+    assert "not implemented yet" in msg["errorMessage"]
+
+
+def test_templated_base_url_names_the_missing_variable(monkeypatch):
+    with pytest.raises(pi_min.ConfigError, match="CLOUDFLARE_ACCOUNT_ID"):
+        pi_min.stream("cloudflare-workers-ai", "hi", api_key="k")
+    monkeypatch.setenv("CLOUDFLARE_ACCOUNT_ID", "acct")
+    with pytest.raises(pi_min.ConfigError, match="CLOUDFLARE_GATEWAY_ID"):
+        pi_min.stream("cloudflare-ai-gateway", "hi", api_key="k")
+    row = providers_table.PROVIDERS["cloudflare-workers-ai"]
+    model = pi_min.get_model("cloudflare-workers-ai")
+    assert pi_min._fill_url(row["baseUrl"], row, model) == \
+        "https://api.cloudflare.com/client/v4/accounts/acct/ai/v1"
+
+
+def test_readme_provider_list_is_generated_from_the_table():
+    import subprocess
+    import sys
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gen_readme.py"), "--check"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
