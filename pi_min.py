@@ -1991,6 +1991,8 @@ def _run(model: dict, ctx: dict, o: _Options) -> "Iterator[dict]":
         while True:
             tr = translator(b)
             try:
+                if o.signal is not None and o.signal.is_set():
+                    raise PiError("Request was aborted", "aborted")
                 resp = opener(model, ctx, o) if opener else _request("POST", url, headers, data, o.timeout, o.signal)
                 if resp.status >= 400:
                     err = _http_error(resp, model["provider"])
@@ -1999,11 +2001,14 @@ def _run(model: dict, ctx: dict, o: _Options) -> "Iterator[dict]":
                     raise err
                 ctype = resp.headers.get("content-type", "").lower()
                 out = b.out
-                if "event-stream" in ctype:
+                head = b"" if "event-stream" in ctype else _sniff(resp)
+                if "event-stream" in ctype or head.lstrip().startswith((b"data:", b"event:", b":", b"id:")):
+                    # an event stream, also when a proxy mislabels it
                     parser = SSEParser()
                     ended = False
                     signal = o.signal
-                    for piece in resp.iter_body():
+                    pieces = resp.iter_body()
+                    for piece in _chain(head, pieces) if head else pieces:
                         for ev in parser.feed(piece):
                             ended = tr.event(ev[0], ev[1])
                             if out:  # per frame, so partial is in step with the events
@@ -2022,7 +2027,7 @@ def _run(model: dict, ctx: dict, o: _Options) -> "Iterator[dict]":
                     reason = tr.end(not ended)
                     resp.drain() if ended else resp.release()
                 else:
-                    raw = resp.read_all()
+                    raw = head + resp.read_all()
                     resp.release()
                     text = raw.decode("utf-8", "replace").strip()
                     try:
@@ -2080,6 +2085,21 @@ def _run(model: dict, ctx: dict, o: _Options) -> "Iterator[dict]":
     finally:
         if resp is not None:
             resp.close()
+
+
+def _sniff(resp) -> bytes:
+    """The first body bytes (at least a few non-blank ones, or all of a short body)."""
+    head = b""
+    for piece in resp.iter_body():
+        head += piece
+        if len(head.lstrip()) >= 6:
+            break
+    return head
+
+
+def _chain(first: bytes, rest):
+    yield first
+    yield from rest
 
 
 def _context(context) -> dict:

@@ -1,0 +1,220 @@
+"""Credentials precedence, auth.json / models.json / settings.json, key scoping, headers."""
+
+import json
+import threading
+
+import pytest
+
+import pi_min
+from loopback import Reply
+
+OK = (b'data: {"choices":[{"index":0,"delta":{"content":"ok"},"finish_reason":null}]}\n\n'
+      b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+      b"data: [DONE]\n\n")
+
+
+def write(agent_dir, name, data):
+    (agent_dir / name).write_text(json.dumps(data), encoding="utf-8")
+
+
+def groq_at(agent_dir, server, **extra):
+    write(agent_dir, "models.json", {"providers": {"groq": dict({"baseUrl": server.url + "/v1"}, **extra)}})
+
+
+def auth_of(server, n=0):
+    return server.requests[n].headers.get("authorization")
+
+
+def run(server, *args, **kw):
+    server.script([Reply(body=OK)])
+    msg = pi_min.complete(*args, **kw)
+    assert msg["stopReason"] == "stop", msg.get("errorMessage")
+    return msg
+
+
+def test_precedence_option_env_auth_json_models_json(isolated_env, server, monkeypatch):
+    groq_at(isolated_env, server, apiKey="from-models-json")
+    run(server, "groq", "hi")
+    assert auth_of(server, 0) == "Bearer from-models-json"
+    write(isolated_env, "auth.json", {"groq": {"type": "api_key", "key": "from-auth-json"}})
+    run(server, "groq", "hi")
+    assert auth_of(server, 1) == "Bearer from-auth-json"
+    monkeypatch.setenv("GROQ_API_KEY", "from-env")
+    run(server, "groq", "hi")
+    assert auth_of(server, 2) == "Bearer from-env"
+    run(server, "groq", "hi", api_key="from-option")
+    assert auth_of(server, 3) == "Bearer from-option"
+
+
+def test_env_keys_are_tried_in_table_order(isolated_env, server, monkeypatch):
+    write(isolated_env, "models.json", {"providers": {"together": {"baseUrl": server.url}}})
+    monkeypatch.setenv("TOGETHER_AI_API_KEY", "second")
+    run(server, "togetherai", "hi")
+    assert auth_of(server, 0) == "Bearer second"
+    monkeypatch.setenv("TOGETHER_API_KEY", "first")
+    run(server, "togetherai", "hi")
+    assert auth_of(server, 1) == "Bearer first"
+
+
+@pytest.mark.parametrize("entry, expected", [
+    ({"type": "oauth", "access": "ts-token", "refresh": "r", "expires": 4102444800000}, "ts-token"),
+    ({"type": "o_auth", "access_token": "rust-token", "expires": 4102444800000}, "rust-token"),
+    ({"type": "oauth", "access": "stale", "expires": 1000}, "from-models-json"),
+    ({"type": "api_key", "key": "plain"}, "plain"),
+])
+def test_auth_json_shapes_of_both_pis(isolated_env, server, entry, expected):
+    groq_at(isolated_env, server, apiKey="from-models-json")
+    write(isolated_env, "auth.json", {"groq": entry})
+    run(server, "groq", "hi")
+    assert auth_of(server) == "Bearer " + expected
+
+
+def test_auth_json_entry_under_an_alias(isolated_env, server):
+    write(isolated_env, "models.json", {"providers": {"moonshotai": {"baseUrl": server.url}}})
+    write(isolated_env, "auth.json", {"kimi": {"type": "api_key", "key": "alias-key"}})
+    run(server, "moonshotai", "hi")
+    assert auth_of(server) == "Bearer alias-key"
+
+
+def test_models_json_api_key_sources(isolated_env, server, monkeypatch, tmp_path):
+    (isolated_env / "key.txt").write_text("from-file\n")
+    monkeypatch.setenv("MY_SECRET_VAR", "from-bare-name")
+    monkeypatch.setenv("OTHER", "from-env-prefix")
+    cases = [("!echo from-command", "from-command"), ("file:key.txt", "from-file"),
+             ("env:OTHER", "from-env-prefix"), ("MY_SECRET_VAR", "from-bare-name"),
+             ("literal-key-123", "literal-key-123")]
+    for n, (source, expected) in enumerate(cases):
+        groq_at(isolated_env, server, apiKey=source)
+        run(server, "groq", "hi")
+        assert auth_of(server, n) == "Bearer " + expected, source
+
+
+def test_missing_key_names_env_vars_and_auth_json(isolated_env, server):
+    groq_at(isolated_env, server)
+    with pytest.raises(pi_min.ConfigError) as info:
+        pi_min.stream("groq", "hi")
+    text = str(info.value)
+    assert "GROQ_API_KEY" in text and str(isolated_env / "auth.json") in text
+    with pytest.raises(pi_min.ConfigError, match="GOOGLE_API_KEY or GEMINI_API_KEY"):
+        pi_min.stream(pi_min.get_model("google", api="openai-completions", baseUrl=server.url), "hi")
+    assert server.requests == []
+
+
+def test_keyless_local_providers_send_no_auth(server):
+    run(server, pi_min.get_model("ollama", baseUrl=server.url + "/v1"), "hi")
+    assert auth_of(server) is None
+    assert server.requests[0].path == "/v1/chat/completions"
+
+
+def test_env_key_is_never_sent_to_another_providers_host(server, monkeypatch):
+    # An http:// URL through an HTTP proxy lets the loopback server see what would have
+    # gone to api.openai.com; the groq key must not be in it.
+    monkeypatch.setenv("GROQ_API_KEY", "gsk-groq-secret")
+    monkeypatch.setenv("HTTP_PROXY", server.url)
+    run(server, "groq", "hi", base_url="http://api.openai.com/v1")
+    req = server.requests[0]
+    assert req.path == "http://api.openai.com/v1/chat/completions"
+    assert "authorization" not in req.headers
+    assert "gsk-groq-secret" not in json.dumps(req.headers) + req.body.decode()
+    # an explicit key goes wherever the caller points it
+    run(server, "groq", "hi", base_url="http://api.openai.com/v1", api_key="explicit")
+    assert auth_of(server, 1) == "Bearer explicit"
+
+
+def test_no_proxy_bypasses_the_proxy(server, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("NO_PROXY", "example.invalid,.other")
+    assert pi_min._proxy_for("http", "api.example.invalid") is None
+    assert pi_min._proxy_for("http", "x.other") is None
+    assert pi_min._proxy_for("http", "example.com") == "http://127.0.0.1:9"
+    assert pi_min._proxy_for("https", "example.com") is None  # only HTTP_PROXY set
+    run(server, "groq", "hi", base_url=server.url, api_key="k")  # loopback never proxied
+
+
+def test_new_provider_from_models_json_needs_no_code(isolated_env, server):
+    write(isolated_env, "models.json", {"providers": {"my-vllm": {
+        "baseUrl": server.url + "/v1", "api": "openai-completions",
+        "headers": {"X-Team": "env:TEAM_NAME"},
+        "models": [{"id": "qwen3-8b", "reasoning": True, "contextWindow": 32768,
+                    "cost": {"input": 1, "output": 2}}]}}})
+    model = pi_min.get_model("my-vllm")
+    assert (model["id"], model["contextWindow"], model["reasoning"]) == ("qwen3-8b", 32768, True)
+    assert "my-vllm" in pi_min.list_providers()
+    msg = run(server, "my-vllm", "hi")
+    assert msg["provider"] == "my-vllm"
+    assert server.requests[0].json["model"] == "qwen3-8b"
+    assert auth_of(server) is None
+    assert "x-team" not in server.requests[0].headers  # env var unset: header dropped
+
+
+def test_models_json_overrides_headers_and_compat_per_model(isolated_env, server, monkeypatch):
+    monkeypatch.setenv("TEAM_NAME", "blue")
+    groq_at(isolated_env, server, apiKey="k", headers={"X-Team": "env:TEAM_NAME"},
+            models=[{"id": "m1", "compat": {"maxTokensField": "max_completion_tokens",
+                                            "supportsUsageInStreaming": False}}])
+    run(server, pi_min.get_model("groq", "m1"), "hi", max_tokens=10, headers={"X-Extra": "1"})
+    req = server.requests[0]
+    assert req.headers["x-team"] == "blue" and req.headers["x-extra"] == "1"
+    assert req.json["max_completion_tokens"] == 10 and "max_tokens" not in req.json
+    assert "stream_options" not in req.json
+
+
+def test_option_headers_merge_last_and_can_replace_auth(server):
+    run(server, "groq", "hi", base_url=server.url, api_key="k",
+        headers={"Authorization": "Bearer other", "User-Agent": "mine"})
+    assert auth_of(server) == "Bearer other"
+    assert server.requests[0].headers["user-agent"] == "mine"
+
+
+def test_invalid_options_raise_config_error_synchronously():
+    for bad in ({"reasoning": "max"}, {"temperature": "hot"}, {"max_tokens": 0}, {"timeout": -1},
+                {"max_retries": -1}, {"signal": object()}, {"cache_retention": "forever"},
+                {"unknown_option": 1}, {"on_payload": 3}):
+        with pytest.raises(pi_min.ConfigError):
+            pi_min.stream("faux", "hi", **bad)
+    with pytest.raises(pi_min.ConfigError):
+        pi_min.stream("faux", {"messages": "nope"})
+    with pytest.raises(pi_min.ConfigError):
+        pi_min.complete("no-such-provider", "hi")
+
+
+def test_broken_config_file_is_a_config_error(isolated_env):
+    (isolated_env / "models.json").write_text("{not json")
+    with pytest.raises(pi_min.ConfigError, match="models.json"):
+        pi_min.get_model("groq")
+
+
+def test_on_payload_can_replace_the_body(server):
+    seen = []
+
+    def hook(body, model):
+        seen.append((body["model"], model["provider"]))
+        return dict(body, temperature=0.5, extra_field=True)
+    run(server, "groq", "hi", base_url=server.url, api_key="k", on_payload=hook)
+    assert seen == [(pi_min.get_model("groq")["id"], "groq")]
+    assert server.requests[0].json["extra_field"] is True
+
+
+def test_secrets_never_reach_errors(server, monkeypatch):
+    monkeypatch.setenv("GROQ_API_KEY", "gsk_live_0123456789abcdefghij")
+    server.script([Reply(401, {"Content-Type": "application/json"},
+                         json.dumps({"error": {"message": "Invalid key gsk_live_0123456789abcdefghij given"}}))])
+    msg = pi_min.complete("groq", "hi", base_url=server.url)
+    assert msg["errorKind"] == "auth" and msg["errorStatus"] == 401
+    assert "gsk_live" not in json.dumps(msg) and "***" in msg["errorMessage"]
+
+
+def test_redaction_patterns():
+    text = pi_min._redact("key sk-proj-abcdefghijklmnop1234 and Bearer abcdefghijklmnopq and "
+                          "AIzaSyA1234567890abcdefghijklmnopqrstu url?key=secret1&x=1", ["mysecretvalue"])
+    for leaked in ("sk-proj-abc", "abcdefghijklmnopq", "AIzaSy", "secret1"):
+        assert leaked not in text
+    assert pi_min._redact("the mysecretvalue here", ["mysecretvalue"]) == "the *** here"
+
+
+def test_signal_set_before_start_aborts_without_a_request(server):
+    signal = threading.Event()
+    signal.set()
+    msg = pi_min.complete("groq", "hi", base_url=server.url, api_key="k", signal=signal)
+    assert msg["stopReason"] == "aborted" and msg["errorKind"] == "aborted"
+    assert server.requests == []
