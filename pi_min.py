@@ -1199,7 +1199,7 @@ def _oc_messages(model: dict, ctx: dict, compat: dict) -> list:
                 out.append({"role": "user", "content": _text_of(blocks)})
         elif role == "assistant":
             blocks = m.get("content") or []
-            text = "".join(b.get("text") or "" for b in blocks if b.get("type") == "text")
+            text = "\n\n".join(b["text"] for b in blocks if b.get("type") == "text" and b.get("text"))
             msg: dict = {"role": "assistant", "content": None}
             thinking = [b for b in blocks if b.get("type") == "thinking" and not b.get("redacted")]
             if thinking:
@@ -2327,7 +2327,12 @@ def _chat(model: dict, opts: dict, args) -> int:
     sys.stderr.write(f"pi-min chat with {model['provider']}/{model['id']}. Ctrl-D quits, Ctrl-C stops an answer.\n")
     while True:
         try:
-            line = input("> ")
+            if sys.stdout.isatty():
+                line = input("> ")
+            else:  # keep a redirected stdout to the answers alone
+                sys.stderr.write("> ")
+                sys.stderr.flush()
+                line = input()
         except EOFError:
             sys.stderr.write("\n")
             return 0
