@@ -248,7 +248,8 @@ class SSEParser:
 _POOL: dict = {}
 _POOL_MAX = 8
 _POOL_IDLE = 50.0  # seconds an idle socket is trusted to still be open
-_TLS = None
+_TLS: dict = {}  # CA file (or None: the system store) -> ssl.SSLContext
+_CERTIFI: list = []  # [path or None] once looked up
 _LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
 
 
@@ -257,22 +258,23 @@ def _is_loopback(host: str) -> bool:
 
 
 def _tls_context():
-    global _TLS
-    if _TLS is None:
-        import ssl
-        cafile = os.environ.get("SSL_CERT_FILE") or os.environ.get("REQUESTS_CA_BUNDLE") or None
-        if not cafile:
-            # certifi's bundle when installed, found without importing it (fast)
+    """A verifying client context: $SSL_CERT_FILE, else certifi's bundle when
+    installed, else the system store (one context per CA file, reused)."""
+    cafile = os.environ.get("SSL_CERT_FILE") or os.environ.get("REQUESTS_CA_BUNDLE") or None
+    if not cafile:
+        if not _CERTIFI:  # find certifi's bundle without importing it (fast)
             import importlib.util
             spec = importlib.util.find_spec("certifi")
-            if spec and spec.origin:
-                path = os.path.join(os.path.dirname(spec.origin), "cacert.pem")
-                if os.path.isfile(path):
-                    cafile = path
+            path = os.path.join(os.path.dirname(spec.origin), "cacert.pem") if spec and spec.origin else ""
+            _CERTIFI.append(path if os.path.isfile(path) else None)
+        cafile = _CERTIFI[0]
+    ctx = _TLS.get(cafile)
+    if ctx is None:
+        import ssl
         ctx = ssl.create_default_context(cafile=cafile)
         ctx.set_alpn_protocols(["http/1.1"])
-        _TLS = ctx
-    return _TLS
+        _TLS[cafile] = ctx
+    return ctx
 
 
 def _split_url(url: str):
@@ -1679,12 +1681,14 @@ def _merge(model: dict, source: dict) -> None:
 
 def get_model(provider: str, model_id: str | None = None, **overrides) -> dict:
     """A Model dict for ``provider`` (any alias, any case) and ``model_id``
-    (default: the provider's default model). Filled from the provider table,
+    (default: the provider's default model; "provider/model-id" works too). Filled from the provider table,
     then ``models.json``, then ``overrides`` (baseUrl=, headers=, compat=, ...).
     Unknown model ids are allowed; unknown providers raise ConfigError."""
     for k in overrides:
         if k not in _MODEL_FIELDS or k in ("id", "provider"):
             raise ConfigError(f"get_model: unknown field {k!r} (fields: {', '.join(_MODEL_FIELDS[2:])})")
+    if model_id is None and isinstance(provider, str) and "/" in provider:
+        provider, _, model_id = provider.partition("/")
     cfg = _read_config("models.json")
     pid, row, pconf = _resolve_provider(provider, cfg)
     listed = {m["id"]: m for m in pconf.get("models") or () if isinstance(m, dict) and m.get("id")}
@@ -1707,11 +1711,6 @@ def get_model(provider: str, model_id: str | None = None, **overrides) -> dict:
         _merge(model, listed[mid])
     _merge(model, overrides)
     return model
-
-
-def _model_from_string(spec: str) -> dict:
-    provider, _, model_id = spec.partition("/")
-    return get_model(provider, model_id or None)
 
 
 def list_providers() -> list:
@@ -2133,7 +2132,7 @@ def stream(model, context, *, api_key: str | None = None, base_url: str | None =
                  cache_retention=cache_retention, signal=signal, timeout=timeout, max_retries=max_retries,
                  on_payload=on_payload, extra=extra)
     if isinstance(model, str):
-        model = _model_from_string(model)
+        model = get_model(model)
     elif not isinstance(model, dict) or not all(k in model for k in ("id", "api", "provider")):
         raise ConfigError("model must be a Model dict (see get_model) or a \"provider/model\" string")
     ctx = _context(context)

@@ -102,7 +102,8 @@ class _Closed(Exception):
 class Loopback:
     """Threaded HTTP/1.1 server on 127.0.0.1:<ephemeral port> answering from a script."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls=None) -> None:
+        self._tls = tls  # an ssl.SSLContext (server side) to serve https
         self._lock = threading.Lock()
         self._queue: List[Reply] = []
         self.requests: List[Request] = []
@@ -114,7 +115,7 @@ class Loopback:
         self._listener.listen(16)
         self._listener.settimeout(1.0)
         self.port = self._listener.getsockname()[1]
-        self.url = "http://127.0.0.1:%d" % self.port
+        self.url = "%s://127.0.0.1:%d" % ("https" if tls else "http", self.port)
         self._thread = threading.Thread(target=self._accept_loop, name="loopback-accept", daemon=True)
         self._thread.start()
 
@@ -175,6 +176,15 @@ class Loopback:
 
     def _serve(self, conn: socket.socket) -> None:
         buf = bytearray()
+        if self._tls is not None:
+            try:
+                tls_conn = self._tls.wrap_socket(conn, server_side=True)
+            except (OSError, ValueError):
+                _shutdown(conn)  # the client refused our certificate
+                return
+            with self._lock:
+                self._conns = [tls_conn if c is conn else c for c in self._conns]
+            conn = tls_conn
         try:
             while not self._stopped.is_set():
                 req = self._read_request(conn, buf)
