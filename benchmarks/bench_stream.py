@@ -1,0 +1,155 @@
+"""Throughput of pi_min.stream against the stdlib floor, on loopback.
+
+    python benchmarks/bench_stream.py [--deltas 20000] [--runs 7]
+
+The server sends one recorded-style OpenAI chat-completions stream (N text
+deltas, then a tool call of N/10 argument fragments). "floor" is the least work
+any stdlib client must do for it: http.client reads the body, splits lines and
+json.loads each data line. "pi_min" runs the full stream(): SSE parser,
+translator, event builder and partial-JSON on tool arguments. Medians of the
+runs are printed with their ratio; nothing here is asserted.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import pi_min  # noqa: E402
+
+
+def make_body(deltas: int) -> bytes:
+    env = '{"id":"chatcmpl-b","object":"chat.completion.chunk","created":1,"model":"m","choices":[%s]}'
+    lines = []
+    for i in range(deltas):
+        lines.append(env % json.dumps({"index": 0, "delta": {"content": "tok%d " % i}, "finish_reason": None}))
+    lines.append(env % json.dumps({"index": 0, "delta": {"tool_calls": [
+        {"index": 0, "id": "call_1", "type": "function", "function": {"name": "write", "arguments": ""}}]}}))
+    lines.append(env % json.dumps({"index": 0, "delta": {"tool_calls": [
+        {"index": 0, "function": {"arguments": '{"content":"'}}]}}))
+    for i in range(deltas // 10):
+        lines.append(env % json.dumps({"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "function": {"arguments": "line %d\\n" % i}}]}}))
+    lines.append(env % json.dumps({"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '"}'}}]}}))
+    lines.append(env % json.dumps({"index": 0, "delta": {}, "finish_reason": "tool_calls"}))
+    body = "".join("data: %s\n\n" % line for line in lines) + "data: [DONE]\n\n"
+    return body.encode()
+
+
+def serve(body: bytes):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    payload = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+    def handle(conn):
+        with conn:
+            buf = b""
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head_end = buf.index(b"\r\n\r\n") + 4
+                length = 0
+                for line in buf[:head_end].split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                while len(buf) < head_end + length:
+                    buf += conn.recv(65536)
+                buf = buf[head_end + length:]
+                conn.sendall(payload)
+
+    def loop():
+        while True:
+            conn, _ = sock.accept()
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+    threading.Thread(target=loop, daemon=True).start()
+    return sock.getsockname()[1]
+
+
+def floor(port: int) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    conn.request("POST", "/v1/chat/completions", body=b"{}", headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    n = 0
+    for line in resp.read().split(b"\n"):
+        if line.startswith(b"data: ") and line != b"data: [DONE]":
+            json.loads(line[6:])
+            n += 1
+    conn.close()
+    return n
+
+
+def run_pi_min(port: int) -> int:
+    n = 0
+    for event in pi_min.stream("groq", "hi", base_url="http://127.0.0.1:%d/v1" % port, api_key="k"):
+        n += 1
+        if event["type"] == "error":
+            raise SystemExit(event["error"]["errorMessage"])
+    return n
+
+
+def timed(fn, port, runs):
+    samples = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn(port)
+        samples.append(time.perf_counter() - t)
+    return statistics.median(samples)
+
+
+def import_time(runs: int) -> float:
+    """Median cumulative import time of pi_min in microseconds (-X importtime),
+    which is steadier than timing whole interpreter starts."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = "import sys; sys.path.insert(0, %r); import pi_min" % root
+    samples = []
+    for _ in range(runs):
+        err = subprocess.run([sys.executable, "-I", "-X", "importtime", "-c", code],
+                             capture_output=True, text=True, check=True).stderr
+        line = [ln for ln in err.splitlines() if ln.rstrip().endswith("| pi_min")][-1]
+        samples.append(int(line.split("|")[1]))
+    return statistics.median(samples)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--deltas", type=int, default=20000)
+    ap.add_argument("--runs", type=int, default=7)
+    args = ap.parse_args()
+    body = make_body(args.deltas)
+    port = serve(body)
+    run_pi_min(port)  # warm up (table load, pooled connection)
+    f = timed(floor, port, args.runs)
+    p = timed(run_pi_min, port, args.runs)
+    frames = body.count(b"\n\n")
+    print("body %.1f KiB, %d frames, %d runs (medians)" % (len(body) / 1024, frames, args.runs))
+    print("floor  (http.client + json.loads per line): %7.1f ms  %6.2f us/frame" % (f * 1e3, f / frames * 1e6))
+    print("pi_min (stream(), all events)             : %7.1f ms  %6.2f us/frame  ratio %.2fx"
+          % (p * 1e3, p / frames * 1e6, p / f))
+    for scale in (1, 4):
+        big = make_body(args.deltas * scale)
+        port2 = serve(big)
+        run_pi_min(port2)  # the server builds its payload outside the traced run
+        tracemalloc.start()
+        run_pi_min(port2)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        t = timed(run_pi_min, port2, 3)
+        print("x%d deltas: %.1f ms, %.2f us/frame, peak traced memory %.1f MiB"
+              % (scale, t * 1e3, t / big.count(b"\n\n") * 1e6, peak / 2**20))
+    print("import pi_min (cumulative, -X importtime, median): %.1f ms" % (import_time(max(5, args.runs)) / 1e3))
+
+
+if __name__ == "__main__":
+    main()
