@@ -2072,7 +2072,7 @@ def _run(model: dict, ctx: dict, o: _Options) -> "Iterator[dict]":
             b.out.clear()
         finished = True
         yield b.fail("aborted" if aborted else e.kind, message, None if aborted else e.status)
-    except GeneratorExit:
+    except (GeneratorExit, KeyboardInterrupt):  # closed or interrupted: no event can follow
         if not finished:
             b.msg["stopReason"] = "aborted"
             b.msg["errorMessage"] = "Request was aborted"
@@ -2289,7 +2289,7 @@ def _cli_turn(model: dict, ctx: dict, opts: dict, args) -> dict:
         out.write("\n")
     out.flush()
     if message.get("stopReason") in ("error", "aborted") and not args.json:
-        err.write(f"pi-min: error: {message.get('errorMessage')}\n")
+        err.write("pi-min: error: " + " ".join(str(message.get("errorMessage")).split()) + "\n")
     if args.usage and message:
         err.write(_usage_line(message) + "\n")
     return message
