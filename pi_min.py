@@ -1595,6 +1595,22 @@ def _table():
     return _TABLE
 
 
+_MODELS: dict = {}
+
+
+def _known_models(pid: str) -> dict:
+    """The table's models of one provider (parsed from its JSON lines on first use)."""
+    models = _MODELS.get(pid)
+    if models is None:
+        models = {}
+        for line in (getattr(_table(), "MODELS", {}).get(pid) or "").splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                models[entry.pop("id")] = entry
+        _MODELS[pid] = models
+    return models
+
+
 def _rows_by_host() -> dict:
     global _BY_HOST
     if _BY_HOST is None:
@@ -1703,7 +1719,7 @@ def get_model(provider: str, model_id: str | None = None, **overrides) -> dict:
              "contextWindow": 128000, "maxTokens": 16384}
     if row:
         _merge(model, row)
-        known = (row.get("models") or {}).get(mid)
+        known = _known_models(pid).get(mid)
         if known:
             _merge(model, known)
     _merge(model, pconf)

@@ -11,7 +11,7 @@ PROVIDERS maps a canonical provider id to a row:
   envKeys         env vars tried in order for the credential
   auth            bearer | x-api-key | api-key | x-goog-api-key | none | oauth | sigv4 |
                   copilot | sap
-  defaultModel    model used when only the provider is given (a key of "models")
+  defaultModel    model used when only the provider is given (listed in MODELS)
   reasoning, input, contextWindow, maxTokens
                   defaults for model ids not listed in "models"
   baseline        true for the 85 canonical ids of the original provider baseline
@@ -19,9 +19,12 @@ PROVIDERS maps a canonical provider id to a row:
   urlDefaults     optional: placeholder -> value when no env var is set
   compat          optional: openai-completions quirks (thinkingFormat, supportsStore, ...)
   headers         optional: static extra request headers
-  models          known models: id -> {name, reasoning, input, cost, contextWindow,
-                  maxTokens, compat?}; cost is USD per million tokens
-                  {input, output, cacheRead, cacheWrite}, 0 where unknown
+
+MODELS maps a provider id to its known models as JSON lines, one model a line:
+  {"id", "name", "reasoning", "input", "cost", "contextWindow", "maxTokens", "compat"?}
+  cost is USD per million tokens {input, output, cacheRead, cacheWrite}, 0 where
+  unknown. Strings, not dict literals, so importing this module compiles in a few
+  milliseconds; pi_min parses only the provider it is asked for.
 
 ALIASES maps a lowercase alias to its canonical provider id.
 """
@@ -38,26 +41,6 @@ PROVIDERS = {
         "contextWindow": 200000,
         "maxTokens": 8192,
         "baseline": True,
-        "models": {
-            "claude-fable-5": {"name": "Claude Fable 5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 10.0, "output": 50.0, "cacheRead": 1.0, "cacheWrite": 12.5}, "contextWindow": 1000000, "maxTokens": 128000},
-            "claude-haiku-4-5": {"name": "Claude Haiku 4.5 (latest)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1, "output": 5, "cacheRead": 0.1, "cacheWrite": 1.25}, "contextWindow": 200000, "maxTokens": 64000},
-            "claude-haiku-4-5-20251001": {"name": "Claude Haiku 4.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1, "output": 5, "cacheRead": 0.1, "cacheWrite": 1.25}, "contextWindow": 200000, "maxTokens": 64000},
-            "claude-opus-4-0": {"name": "Claude Opus 4 (latest)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 15, "output": 75, "cacheRead": 1.5, "cacheWrite": 18.75}, "contextWindow": 200000, "maxTokens": 32000},
-            "claude-opus-4-1": {"name": "Claude Opus 4.1 (latest)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 15, "output": 75, "cacheRead": 1.5, "cacheWrite": 18.75}, "contextWindow": 200000, "maxTokens": 32000},
-            "claude-opus-4-1-20250805": {"name": "Claude Opus 4.1", "reasoning": True, "input": ["text", "image"], "cost": {"input": 15, "output": 75, "cacheRead": 1.5, "cacheWrite": 18.75}, "contextWindow": 200000, "maxTokens": 32000},
-            "claude-opus-4-20250514": {"name": "Claude Opus 4", "reasoning": True, "input": ["text", "image"], "cost": {"input": 15, "output": 75, "cacheRead": 1.5, "cacheWrite": 18.75}, "contextWindow": 200000, "maxTokens": 32000},
-            "claude-opus-4-5": {"name": "Claude Opus 4.5 (latest)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 200000, "maxTokens": 64000},
-            "claude-opus-4-5-20251101": {"name": "Claude Opus 4.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 200000, "maxTokens": 64000},
-            "claude-opus-4-6": {"name": "Claude Opus 4.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000},
-            "claude-opus-4-7": {"name": "Claude Opus 4.7", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000},
-            "claude-opus-4-8": {"name": "Claude Opus 4.8", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000},
-            "claude-sonnet-4-0": {"name": "Claude Sonnet 4 (latest)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 200000, "maxTokens": 64000},
-            "claude-sonnet-4-20250514": {"name": "Claude Sonnet 4", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 200000, "maxTokens": 64000},
-            "claude-sonnet-4-5": {"name": "Claude Sonnet 4.5 (latest)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 200000, "maxTokens": 64000},
-            "claude-sonnet-4-5-20250929": {"name": "Claude Sonnet 4.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 200000, "maxTokens": 64000},
-            "claude-sonnet-4-6": {"name": "Claude Sonnet 4.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 1000000, "maxTokens": 64000},
-            "claude-sonnet-5": {"name": "Claude Sonnet 5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2.0, "output": 10.0, "cacheRead": 0.2, "cacheWrite": 2.5}, "contextWindow": 1000000, "maxTokens": 128000},
-        },
     },
     "openai": {
         "name": "OpenAI",
@@ -72,33 +55,6 @@ PROVIDERS = {
         "maxTokens": 16384,
         "baseline": True,
         "compat": {"maxTokensField": "max_completion_tokens", "supportsDeveloperRole": True, "supportsStore": True},
-        "models": {
-            "gpt-5": {"name": "GPT-5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5-chat-latest": {"name": "GPT-5 Chat Latest", "reasoning": False, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384},
-            "gpt-5-codex": {"name": "GPT-5-Codex", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5-mini": {"name": "GPT-5 Mini", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.25, "output": 2, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5-nano": {"name": "GPT-5 Nano", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.05, "output": 0.4, "cacheRead": 0.005, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5-pro": {"name": "GPT-5 Pro", "reasoning": True, "input": ["text", "image"], "cost": {"input": 15, "output": 120, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 272000},
-            "gpt-5.1": {"name": "GPT-5.1", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.13, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.1-chat-latest": {"name": "GPT-5.1 Chat", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384},
-            "gpt-5.1-codex": {"name": "GPT-5.1 Codex", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.1-codex-max": {"name": "GPT-5.1 Codex Max", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.1-codex-mini": {"name": "GPT-5.1 Codex mini", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.25, "output": 2, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.2": {"name": "GPT-5.2", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.2-chat-latest": {"name": "GPT-5.2 Chat", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384},
-            "gpt-5.2-codex": {"name": "GPT-5.2 Codex", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.2-pro": {"name": "GPT-5.2 Pro", "reasoning": True, "input": ["text", "image"], "cost": {"input": 21, "output": 168, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.3-chat-latest": {"name": "GPT-5.3 Chat (latest)", "reasoning": False, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384},
-            "gpt-5.3-codex": {"name": "GPT-5.3 Codex", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.3-codex-spark": {"name": "GPT-5.3 Codex Spark", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000},
-            "gpt-5.4": {"name": "GPT-5.4", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2.5, "output": 15, "cacheRead": 0.25, "cacheWrite": 0}, "contextWindow": 272000, "maxTokens": 128000},
-            "gpt-5.4-mini": {"name": "GPT-5.4 mini", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.75, "output": 4.5, "cacheRead": 0.075, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.4-nano": {"name": "GPT-5.4 nano", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.25, "cacheRead": 0.02, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.4-pro": {"name": "GPT-5.4 Pro", "reasoning": True, "input": ["text", "image"], "cost": {"input": 30, "output": 180, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000},
-            "gpt-5.5": {"name": "GPT-5.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5.0, "output": 30.0, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000},
-            "gpt-5.5-pro": {"name": "GPT-5.5 Pro", "reasoning": True, "input": ["text", "image"], "cost": {"input": 30.0, "output": 180.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000},
-            "o3-pro": {"name": "o3-pro", "reasoning": True, "input": ["text", "image"], "cost": {"input": 20, "output": 80, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 100000},
-        },
     },
     "openai-codex": {
         "name": "OpenAI Codex (ChatGPT)",
@@ -112,16 +68,6 @@ PROVIDERS = {
         "contextWindow": 272000,
         "maxTokens": 128000,
         "baseline": False,
-        "models": {
-            "gpt-5.1": {"name": "GPT-5.1", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 272000, "maxTokens": 128000},
-            "gpt-5.1-codex-max": {"name": "GPT-5.1 Codex Max", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 272000, "maxTokens": 128000},
-            "gpt-5.1-codex-mini": {"name": "GPT-5.1 Codex Mini", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.25, "output": 2, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 272000, "maxTokens": 128000},
-            "gpt-5.2": {"name": "GPT-5.2", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 272000, "maxTokens": 128000},
-            "gpt-5.2-codex": {"name": "GPT-5.2 Codex", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 272000, "maxTokens": 128000},
-            "gpt-5.3-codex": {"name": "GPT-5.3 Codex", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 272000, "maxTokens": 128000},
-            "gpt-5.3-codex-spark": {"name": "GPT-5.3 Codex Spark", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000},
-            "gpt-5.4": {"name": "GPT-5.4", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2.5, "output": 15, "cacheRead": 0.25, "cacheWrite": 0}, "contextWindow": 272000, "maxTokens": 128000},
-        },
     },
     "google": {
         "name": "Google Gemini",
@@ -135,25 +81,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 8192,
         "baseline": True,
-        "models": {
-            "gemini-2.5-flash": {"name": "Gemini 2.5 Flash", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.3, "output": 2.5, "cacheRead": 0.075, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-2.5-flash-lite": {"name": "Gemini 2.5 Flash Lite", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.4, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-2.5-flash-lite-preview-06-17": {"name": "Gemini 2.5 Flash Lite Preview 06-17", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.4, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-2.5-flash-lite-preview-09-2025": {"name": "Gemini 2.5 Flash Lite Preview 09-25", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.4, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-2.5-flash-preview-05-20": {"name": "Gemini 2.5 Flash Preview 05-20", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0.0375, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-2.5-flash-preview-09-2025": {"name": "Gemini 2.5 Flash Preview 09-25", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.3, "output": 2.5, "cacheRead": 0.075, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-2.5-pro": {"name": "Gemini 2.5 Pro", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.31, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-2.5-pro-preview-06-05": {"name": "Gemini 2.5 Pro Preview 06-05", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.31, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-3-flash-preview": {"name": "Gemini 3 Flash Preview", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.5, "output": 3, "cacheRead": 0.05, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-3.1-flash-lite": {"name": "Gemini 3.1 Flash Lite", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.25, "output": 1.5, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-3.1-pro-preview": {"name": "Gemini 3.1 Pro Preview", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2, "output": 12, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-3.1-pro-preview-customtools": {"name": "Gemini 3.1 Pro Preview Custom Tools", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2, "output": 12, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-3.5-flash": {"name": "Gemini 3.5 Flash", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.5, "output": 9.0, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-flash-latest": {"name": "Gemini Flash Latest", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.3, "output": 2.5, "cacheRead": 0.075, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-flash-lite-latest": {"name": "Gemini Flash-Lite Latest", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.4, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemma-4-26b-a4b-it": {"name": "Gemma 4 26B A4B IT", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768},
-            "gemma-4-31b-it": {"name": "Gemma 4 31B IT", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768},
-        },
     },
     "google-gemini-cli": {
         "name": "Google Cloud Code Assist",
@@ -167,14 +94,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 8192,
         "baseline": False,
-        "models": {
-            "gemini-2.0-flash": {"name": "Gemini 2.0 Flash (Cloud Code Assist)", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 8192},
-            "gemini-2.5-flash": {"name": "Gemini 2.5 Flash (Cloud Code Assist)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65535},
-            "gemini-2.5-pro": {"name": "Gemini 2.5 Pro (Cloud Code Assist)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65535},
-            "gemini-3-flash-preview": {"name": "Gemini 3 Flash Preview (Cloud Code Assist)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65535},
-            "gemini-3-pro-preview": {"name": "Gemini 3 Pro Preview (Cloud Code Assist)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65535},
-            "gemini-3.1-pro-preview": {"name": "Gemini 3.1 Pro Preview (Cloud Code Assist)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65535},
-        },
     },
     "google-antigravity": {
         "name": "Google Antigravity",
@@ -188,17 +107,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 8192,
         "baseline": False,
-        "models": {
-            "claude-opus-4-5-thinking": {"name": "Claude Opus 4.5 Thinking (Antigravity)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 200000, "maxTokens": 64000},
-            "claude-opus-4-6-thinking": {"name": "Claude Opus 4.6 Thinking (Antigravity)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 200000, "maxTokens": 128000},
-            "claude-sonnet-4-5": {"name": "Claude Sonnet 4.5 (Antigravity)", "reasoning": False, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 200000, "maxTokens": 64000},
-            "claude-sonnet-4-5-thinking": {"name": "Claude Sonnet 4.5 Thinking (Antigravity)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 200000, "maxTokens": 64000},
-            "claude-sonnet-4-6": {"name": "Claude Sonnet 4.6 (Antigravity)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 200000, "maxTokens": 64000},
-            "gemini-3-flash": {"name": "Gemini 3 Flash (Antigravity)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.5, "output": 3, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65535},
-            "gemini-3.1-pro-high": {"name": "Gemini 3.1 Pro High (Antigravity)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2, "output": 12, "cacheRead": 0.2, "cacheWrite": 2.375}, "contextWindow": 1048576, "maxTokens": 65535},
-            "gemini-3.1-pro-low": {"name": "Gemini 3.1 Pro Low (Antigravity)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2, "output": 12, "cacheRead": 0.2, "cacheWrite": 2.375}, "contextWindow": 1048576, "maxTokens": 65535},
-            "gpt-oss-120b-medium": {"name": "GPT-OSS 120B Medium (Antigravity)", "reasoning": False, "input": ["text"], "cost": {"input": 0.09, "output": 0.36, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768},
-        },
     },
     "cohere": {
         "name": "Cohere",
@@ -212,15 +120,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 8192,
         "baseline": True,
-        "models": {
-            "command-a-03-2025": {"name": "Command A", "reasoning": False, "input": ["text"], "cost": {"input": 2.5, "output": 10.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 8000},
-            "command-a-reasoning-08-2025": {"name": "Command A Reasoning", "reasoning": True, "input": ["text"], "cost": {"input": 2.5, "output": 10.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 32000},
-            "command-a-translate-08-2025": {"name": "Command A Translate", "reasoning": False, "input": ["text"], "cost": {"input": 2.5, "output": 10.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 8000, "maxTokens": 8000},
-            "command-r-08-2024": {"name": "Command R", "reasoning": False, "input": ["text"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4000},
-            "command-r-plus-08-2024": {"name": "Command R+", "reasoning": False, "input": ["text"], "cost": {"input": 2.5, "output": 10.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4000},
-            "command-r7b-12-2024": {"name": "Command R7B", "reasoning": False, "input": ["text"], "cost": {"input": 0.0375, "output": 0.15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4000},
-            "command-r7b-arabic-02-2025": {"name": "Command R7B Arabic", "reasoning": False, "input": ["text"], "cost": {"input": 0.0375, "output": 0.15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4000},
-        },
     },
     "cursor": {
         "name": "Cursor",
@@ -234,9 +133,6 @@ PROVIDERS = {
         "contextWindow": 200000,
         "maxTokens": 64000,
         "baseline": False,
-        "models": {
-            "composer-1": {"name": "Composer 1", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 64000},
-        },
     },
     "groq": {
         "name": "Groq",
@@ -250,16 +146,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "llama-3.1-8b-instant": {"name": "Llama 3.1 8B Instant", "reasoning": False, "input": ["text"], "cost": {"input": 0.05, "output": 0.08, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072},
-            "llama-3.3-70b-versatile": {"name": "Llama 3.3 70B Versatile", "reasoning": False, "input": ["text"], "cost": {"input": 0.59, "output": 0.79, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768},
-            "meta-llama/llama-4-scout-17b-16e-instruct": {"name": "Llama 4 Scout 17B", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.11, "output": 0.34, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 8192},
-            "moonshotai/kimi-k2-instruct": {"name": "Kimi K2 Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 1, "output": 3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 16384},
-            "moonshotai/kimi-k2-instruct-0905": {"name": "Kimi K2 Instruct 0905", "reasoning": False, "input": ["text"], "cost": {"input": 1, "output": 3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 16384},
-            "openai/gpt-oss-120b": {"name": "GPT OSS 120B", "reasoning": True, "input": ["text"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 65536},
-            "openai/gpt-oss-20b": {"name": "GPT OSS 20B", "reasoning": True, "input": ["text"], "cost": {"input": 0.075, "output": 0.3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 65536},
-            "qwen/qwen3-32b": {"name": "Qwen3 32B", "reasoning": True, "input": ["text"], "cost": {"input": 0.29, "output": 0.59, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 16384, "compat": {"reasoningEffortMap": {"minimal": "default", "low": "default", "medium": "default", "high": "default", "xhigh": "default"}}},
-        },
     },
     "deepinfra": {
         "name": "Deep Infra",
@@ -273,33 +159,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "MiniMaxAI/MiniMax-M2.5": {"name": "MiniMax M2.5", "reasoning": True, "input": ["text"], "cost": {"input": 0.15, "output": 1.15, "cacheRead": 0.03, "cacheWrite": 0.375}, "contextWindow": 196608, "maxTokens": 131072},
-            "Qwen/Qwen3-Coder-480B-A35B-Instruct-Turbo": {"name": "Qwen3 Coder 480B A35B Instruct Turbo", "reasoning": False, "input": ["text"], "cost": {"input": 0.3, "output": 1.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 66536},
-            "Qwen/Qwen3.5-35B-A3B": {"name": "Qwen 3.5 35B A3B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.14, "output": 1.0, "cacheRead": 0.05, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 81920},
-            "Qwen/Qwen3.5-397B-A17B": {"name": "Qwen 3.5 397B A17B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.45, "output": 3.0, "cacheRead": 0.22, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 81920},
-            "Qwen/Qwen3.6-35B-A3B": {"name": "Qwen3.6 35B A3B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.15, "output": 0.95, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 81920},
-            "XiaomiMiMo/MiMo-V2.5": {"name": "MiMo V2.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.4, "output": 2, "cacheRead": 0.08, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 16384},
-            "XiaomiMiMo/MiMo-V2.5-Pro": {"name": "MiMo V2.5 Pro", "reasoning": True, "input": ["text"], "cost": {"input": 1, "output": 3, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 16384},
-            "deepseek-ai/DeepSeek-R1-0528": {"name": "DeepSeek-R1-0528", "reasoning": True, "input": ["text"], "cost": {"input": 0.5, "output": 2.15, "cacheRead": 0.35, "cacheWrite": 0}, "contextWindow": 163840, "maxTokens": 64000},
-            "deepseek-ai/DeepSeek-V3.2": {"name": "DeepSeek-V3.2", "reasoning": True, "input": ["text"], "cost": {"input": 0.26, "output": 0.38, "cacheRead": 0.13, "cacheWrite": 0}, "contextWindow": 163840, "maxTokens": 64000},
-            "deepseek-ai/DeepSeek-V4-Flash": {"name": "DeepSeek V4 Flash", "reasoning": True, "input": ["text"], "cost": {"input": 0.1, "output": 0.2, "cacheRead": 0.02, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 16384},
-            "deepseek-ai/DeepSeek-V4-Pro": {"name": "deepseek-ai/DeepSeek-V4-Pro", "reasoning": True, "input": ["text"], "cost": {"input": 1.3, "output": 2.6, "cacheRead": 0.1, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 16384},
-            "google/gemma-4-26B-A4B-it": {"name": "Google: Gemma 4 26B A4B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.07, "output": 0.34, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "google/gemma-4-31B-it": {"name": "Gemma 4 31B Instruct", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.13, "output": 0.38, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192},
-            "meta-llama/Llama-4-Scout-17B-16E-Instruct": {"name": "Llama 4 Scout 17B", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 327680, "maxTokens": 16384},
-            "moonshotai/Kimi-K2.5": {"name": "Kimi K2.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.45, "output": 2.25, "cacheRead": 0.07, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768},
-            "moonshotai/Kimi-K2.6": {"name": "Kimi K2.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.75, "output": 3.5, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 16384},
-            "moonshotai/Kimi-K2.7-Code": {"name": "Kimi K2.7 Code", "reasoning": True, "input": ["text"], "cost": {"input": 0.74, "output": 3.5, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072},
-            "openai/gpt-oss-120b": {"name": "GPT OSS 120B", "reasoning": True, "input": ["text"], "cost": {"input": 0.039, "output": 0.19, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 16384},
-            "openai/gpt-oss-20b": {"name": "GPT OSS 20B", "reasoning": True, "input": ["text"], "cost": {"input": 0.03, "output": 0.14, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 16384},
-            "zai-org/GLM-4.6": {"name": "GLM-4.6", "reasoning": True, "input": ["text"], "cost": {"input": 0.43, "output": 1.74, "cacheRead": 0.08, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 131072},
-            "zai-org/GLM-4.7": {"name": "GLM-4.7", "reasoning": True, "input": ["text"], "cost": {"input": 0.4, "output": 1.75, "cacheRead": 0.08, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 16384},
-            "zai-org/GLM-4.7-Flash": {"name": "GLM-4.7-Flash", "reasoning": True, "input": ["text"], "cost": {"input": 0.06, "output": 0.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 16384},
-            "zai-org/GLM-5": {"name": "GLM-5", "reasoning": True, "input": ["text"], "cost": {"input": 0.6, "output": 2.08, "cacheRead": 0.12, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 16384},
-            "zai-org/GLM-5.1": {"name": "GLM-5.1", "reasoning": True, "input": ["text"], "cost": {"input": 1.05, "output": 3.5, "cacheRead": 0.205, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 16384},
-            "zai-org/GLM-5.2": {"name": "GLM-5.2", "reasoning": True, "input": ["text"], "cost": {"input": 0.95, "output": 3.0, "cacheRead": 0.18, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 32768},
-        },
     },
     "cerebras": {
         "name": "Cerebras",
@@ -313,10 +172,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "gpt-oss-120b": {"name": "GPT OSS 120B", "reasoning": True, "input": ["text"], "cost": {"input": 0.25, "output": 0.69, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768},
-            "zai-glm-4.7": {"name": "Z.AI GLM-4.7", "reasoning": False, "input": ["text"], "cost": {"input": 2.25, "output": 2.75, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 40000},
-        },
     },
     "atlascloud": {
         "name": "Atlas Cloud",
@@ -330,9 +185,6 @@ PROVIDERS = {
         "contextWindow": 131072,
         "maxTokens": 16384,
         "baseline": False,
-        "models": {
-            "deepseek-ai/DeepSeek-V3.1": {"name": "DeepSeek V3.1", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 16384},
-        },
     },
     "openrouter": {
         "name": "OpenRouter",
@@ -348,33 +200,6 @@ PROVIDERS = {
         "baseline": True,
         "compat": {"thinkingFormat": "openrouter"},
         "headers": {"HTTP-Referer": "https://github.com/pi-min/pi_min", "X-Title": "pi_min"},
-        "models": {
-            "anthropic/claude-opus-4.7-fast": {"name": "Claude Opus 4.7 (Fast)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 30, "output": 150, "cacheRead": 3, "cacheWrite": 37.5}, "contextWindow": 1000000, "maxTokens": 128000},
-            "anthropic/claude-opus-4.8": {"name": "Claude Opus 4.8", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000},
-            "anthropic/claude-opus-4.8-fast": {"name": "Claude Opus 4.8 (Fast)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 10, "output": 50, "cacheRead": 1, "cacheWrite": 12.5}, "contextWindow": 1000000, "maxTokens": 128000},
-            "anthropic/claude-sonnet-5": {"name": "Claude Sonnet 5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2, "output": 10, "cacheRead": 0.2, "cacheWrite": 2.5}, "contextWindow": 1000000, "maxTokens": 128000},
-            "cohere/north-mini-code:free": {"name": "North Mini Code (free)", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 64000},
-            "google/gemini-3.1-flash-lite": {"name": "Google: Gemini 3.1 Flash Lite", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.25, "output": 1.5, "cacheRead": 0.025, "cacheWrite": 0.083333}, "contextWindow": 1048576, "maxTokens": 65536},
-            "google/gemini-3.5-flash": {"name": "Google: Gemini 3.5 Flash", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.5, "output": 9, "cacheRead": 0.15, "cacheWrite": 0.083333}, "contextWindow": 1048576, "maxTokens": 65536},
-            "ibm-granite/granite-4.1-8b": {"name": "Granite 4.1 8B", "reasoning": False, "input": ["text"], "cost": {"input": 0.05, "output": 0.1, "cacheRead": 0.05, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072},
-            "inclusionai/ring-2.6-1t": {"name": "Ring-2.6-1T", "reasoning": True, "input": ["text"], "cost": {"input": 0.075, "output": 0.625, "cacheRead": 0.015, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "minimax/minimax-m3": {"name": "MiniMax M3", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 524288, "maxTokens": 512000},
-            "mistralai/mistral-medium-3-5": {"name": "Mistral Medium 3.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.5, "output": 7.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "moonshotai/kimi-k2.7-code": {"name": "Kimi K2.7 Code", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.74, "output": 3.5, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 16384},
-            "nvidia/nemotron-3-nano-omni-30b-a3b-reasoning:free": {"name": "Nemotron 3 Nano Omni (free)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 65536},
-            "nvidia/nemotron-3-ultra-550b-a55b": {"name": "Nemotron 3 Ultra 550B A55B", "reasoning": True, "input": ["text"], "cost": {"input": 0.5, "output": 2.2, "cacheRead": 0.1, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 16384},
-            "openai/gpt-5.1-codex": {"name": "OpenAI: GPT-5.1-Codex", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "openai/gpt-chat-latest": {"name": "GPT Chat Latest", "reasoning": False, "input": ["text", "image"], "cost": {"input": 5, "output": 30, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "poolside/laguna-m.1": {"name": "Laguna M.1", "reasoning": True, "input": ["text"], "cost": {"input": 0.2, "output": 0.4, "cacheRead": 0.1, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768},
-            "poolside/laguna-m.1:free": {"name": "Laguna M.1 (free)", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768},
-            "qwen/qwen3.7-plus": {"name": "Qwen3.7 Plus", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.32, "output": 1.28, "cacheRead": 0.064, "cacheWrite": 0.4}, "contextWindow": 1000000, "maxTokens": 65536},
-            "sakana/fugu-ultra": {"name": "Fugu Ultra", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 30, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-            "stepfun/step-3.7-flash": {"name": "Step 3.7 Flash", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.15, "cacheRead": 0.04, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 16384},
-            "x-ai/grok-4.3": {"name": "xAI: Grok 4.3", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 2.5, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 1000000},
-            "x-ai/grok-build-0.1": {"name": "xAI: Grok Build 0.1", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1, "output": 2, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 256000},
-            "z-ai/glm-5.2": {"name": "GLM-5.2", "reasoning": True, "input": ["text"], "cost": {"input": 0.93, "output": 3, "cacheRead": 0.18, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 32768},
-            "~anthropic/claude-fable-latest": {"name": "Claude Fable Latest", "reasoning": True, "input": ["text", "image"], "cost": {"input": 10, "output": 50, "cacheRead": 1, "cacheWrite": 12.5}, "contextWindow": 1000000, "maxTokens": 128000},
-        },
     },
     "mistral": {
         "name": "Mistral AI",
@@ -389,29 +214,6 @@ PROVIDERS = {
         "maxTokens": 16384,
         "baseline": True,
         "compat": {"requiresToolResultName": True, "toolIdFormat": "mistral"},
-        "models": {
-            "codestral-latest": {"name": "Codestral (latest)", "reasoning": False, "input": ["text"], "cost": {"input": 0.3, "output": 0.9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 4096},
-            "magistral-medium-latest": {"name": "Magistral Medium (latest)", "reasoning": True, "input": ["text"], "cost": {"input": 2, "output": 5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384},
-            "magistral-small": {"name": "Magistral Small", "reasoning": True, "input": ["text"], "cost": {"input": 0.5, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000},
-            "ministral-3b-latest": {"name": "Ministral 3B (latest)", "reasoning": False, "input": ["text"], "cost": {"input": 0.04, "output": 0.04, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000},
-            "ministral-8b-latest": {"name": "Ministral 8B (latest)", "reasoning": False, "input": ["text"], "cost": {"input": 0.1, "output": 0.1, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000},
-            "mistral-large-2411": {"name": "Mistral Large 2.1", "reasoning": False, "input": ["text"], "cost": {"input": 2, "output": 6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 16384},
-            "mistral-large-2512": {"name": "Mistral Large 3", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.5, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "mistral-large-latest": {"name": "Mistral Large (latest)", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.5, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "mistral-medium-2505": {"name": "Mistral Medium 3", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.4, "output": 2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072},
-            "mistral-medium-2508": {"name": "Mistral Medium 3.1", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.4, "output": 2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "mistral-medium-2604": {"name": "Mistral Medium 3.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.5, "output": 7.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "mistral-medium-latest": {"name": "Mistral Medium (latest)", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.4, "output": 2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384},
-            "mistral-nemo": {"name": "Mistral Nemo", "reasoning": False, "input": ["text"], "cost": {"input": 0.15, "output": 0.15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000},
-            "mistral-small-2506": {"name": "Mistral Small 3.2", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384},
-            "mistral-small-2603": {"name": "Mistral Small 4", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 256000},
-            "mistral-small-latest": {"name": "Mistral Small (latest)", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384},
-            "open-mistral-7b": {"name": "Mistral 7B", "reasoning": False, "input": ["text"], "cost": {"input": 0.25, "output": 0.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 8000, "maxTokens": 8000},
-            "open-mixtral-8x22b": {"name": "Mixtral 8x22B", "reasoning": False, "input": ["text"], "cost": {"input": 2, "output": 6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 64000, "maxTokens": 64000},
-            "open-mixtral-8x7b": {"name": "Mixtral 8x7B", "reasoning": False, "input": ["text"], "cost": {"input": 0.7, "output": 0.7, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 32000, "maxTokens": 32000},
-            "pixtral-12b": {"name": "Pixtral 12B", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.15, "output": 0.15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000},
-            "pixtral-large-latest": {"name": "Pixtral Large (latest)", "reasoning": False, "input": ["text", "image"], "cost": {"input": 2, "output": 6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000},
-        },
     },
     "moonshotai": {
         "name": "Moonshot AI",
@@ -425,16 +227,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "kimi-k2-0711-preview": {"name": "Kimi K2 0711", "reasoning": False, "input": ["text"], "cost": {"input": 0.6, "output": 2.5, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 16384},
-            "kimi-k2-0905-preview": {"name": "Kimi K2 0905", "reasoning": False, "input": ["text"], "cost": {"input": 0.6, "output": 2.5, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "kimi-k2-thinking": {"name": "Kimi K2 Thinking", "reasoning": True, "input": ["text"], "cost": {"input": 0.6, "output": 2.5, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "kimi-k2-thinking-turbo": {"name": "Kimi K2 Thinking Turbo", "reasoning": True, "input": ["text"], "cost": {"input": 1.15, "output": 8, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "kimi-k2-turbo-preview": {"name": "Kimi K2 Turbo", "reasoning": False, "input": ["text"], "cost": {"input": 2.4, "output": 10, "cacheRead": 0.6, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "kimi-k2.5": {"name": "Kimi K2.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3.0, "cacheRead": 0.1, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "kimi-k2.6": {"name": "Kimi K2.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4.0, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "kimi-k2.7-code": {"name": "Kimi K2.7 Code", "reasoning": True, "input": ["text"], "cost": {"input": 0.95, "output": 4.0, "cacheRead": 0.19, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072},
-        },
     },
     "alibaba": {
         "name": "Alibaba (Qwen)",
@@ -449,33 +241,6 @@ PROVIDERS = {
         "maxTokens": 16384,
         "baseline": True,
         "compat": {"thinkingFormat": "qwen"},
-        "models": {
-            "qwen-flash": {"name": "Qwen Flash", "reasoning": True, "input": ["text"], "cost": {"input": 0.05, "output": 0.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 32768},
-            "qwen-plus": {"name": "Qwen Plus", "reasoning": True, "input": ["text"], "cost": {"input": 0.4, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 32768},
-            "qwen3-14b": {"name": "Qwen3 14B", "reasoning": True, "input": ["text"], "cost": {"input": 0.35, "output": 1.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 8192},
-            "qwen3-235b-a22b": {"name": "Qwen3 235B-A22B", "reasoning": True, "input": ["text"], "cost": {"input": 0.7, "output": 2.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 16384},
-            "qwen3-32b": {"name": "Qwen3 32B", "reasoning": True, "input": ["text"], "cost": {"input": 0.7, "output": 2.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 16384},
-            "qwen3-8b": {"name": "Qwen3 8B", "reasoning": True, "input": ["text"], "cost": {"input": 0.18, "output": 0.7, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 8192},
-            "qwen3-coder-30b-a3b-instruct": {"name": "Qwen3-Coder 30B-A3B Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.45, "output": 2.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "qwen3-coder-flash": {"name": "Qwen3 Coder Flash", "reasoning": False, "input": ["text"], "cost": {"input": 0.3, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 65536},
-            "qwen3-coder-plus": {"name": "Qwen3 Coder Plus", "reasoning": False, "input": ["text"], "cost": {"input": 1, "output": 5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "qwen3-max": {"name": "Qwen3 Max", "reasoning": False, "input": ["text"], "cost": {"input": 1.2, "output": 6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "qwen3-next-80b-a3b-instruct": {"name": "Qwen3-Next 80B-A3B Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.5, "output": 2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768},
-            "qwen3-next-80b-a3b-thinking": {"name": "Qwen3-Next 80B-A3B (Thinking)", "reasoning": True, "input": ["text"], "cost": {"input": 0.5, "output": 6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768},
-            "qwen3-vl-plus": {"name": "Qwen3-VL Plus", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768},
-            "qwen3.5-122b-a10b": {"name": "Qwen3.5 122B-A10B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.4, "output": 3.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "qwen3.5-27b": {"name": "Qwen3.5 27B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.3, "output": 2.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "qwen3.5-35b-a3b": {"name": "Qwen3.5 35B-A3B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.25, "output": 2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "qwen3.5-397b-a17b": {"name": "Qwen3.5 397B-A17B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "qwen3.5-plus": {"name": "Qwen3.5 Plus", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.4, "output": 2.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 65536},
-            "qwen3.6-27b": {"name": "Qwen3.6 27B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "qwen3.6-35b-a3b": {"name": "Qwen3.6 35B-A3B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.248, "output": 1.485, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "qwen3.6-flash": {"name": "Qwen3.6 Flash", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.1875, "output": 1.125, "cacheRead": 0, "cacheWrite": 0.234375}, "contextWindow": 1000000, "maxTokens": 65536},
-            "qwen3.6-max-preview": {"name": "Qwen3.6 Max Preview", "reasoning": True, "input": ["text"], "cost": {"input": 1.3, "output": 7.8, "cacheRead": 0.13, "cacheWrite": 1.625}, "contextWindow": 262144, "maxTokens": 65536},
-            "qwen3.6-plus": {"name": "Qwen3.6 Plus", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.5, "output": 3.0, "cacheRead": 0.05, "cacheWrite": 0.625}, "contextWindow": 1000000, "maxTokens": 65536},
-            "qwen3.7-max": {"name": "Qwen3.7 Max", "reasoning": True, "input": ["text"], "cost": {"input": 2.5, "output": 7.5, "cacheRead": 0.5, "cacheWrite": 3.125}, "contextWindow": 1000000, "maxTokens": 65536},
-            "qwen3.7-plus": {"name": "Qwen3.7 Plus", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.5, "output": 3.0, "cacheRead": 0.05, "cacheWrite": 0.625}, "contextWindow": 1000000, "maxTokens": 65536},
-        },
     },
     "deepseek": {
         "name": "DeepSeek",
@@ -490,12 +255,6 @@ PROVIDERS = {
         "maxTokens": 16384,
         "baseline": True,
         "compat": {"thinkingFormat": "deepseek"},
-        "models": {
-            "deepseek-chat": {"name": "DeepSeek Chat", "reasoning": False, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.0028, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000},
-            "deepseek-reasoner": {"name": "DeepSeek Reasoner", "reasoning": True, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.0028, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000},
-            "deepseek-v4-flash": {"name": "DeepSeek V4 Flash", "reasoning": True, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.0028, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000},
-            "deepseek-v4-pro": {"name": "DeepSeek V4 Pro", "reasoning": True, "input": ["text"], "cost": {"input": 0.435, "output": 0.87, "cacheRead": 0.003625, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000},
-        },
     },
     "fireworks": {
         "name": "Fireworks AI",
@@ -509,24 +268,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "accounts/fireworks/models/deepseek-v4-flash": {"name": "DeepSeek V4 Flash", "reasoning": True, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.028, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000},
-            "accounts/fireworks/models/deepseek-v4-pro": {"name": "DeepSeek V4 Pro", "reasoning": True, "input": ["text"], "cost": {"input": 1.74, "output": 3.48, "cacheRead": 0.145, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000},
-            "accounts/fireworks/models/glm-5p1": {"name": "GLM 5.1", "reasoning": True, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 202800, "maxTokens": 131072},
-            "accounts/fireworks/models/glm-5p2": {"name": "GLM 5.2", "reasoning": True, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 1048575, "maxTokens": 131072},
-            "accounts/fireworks/models/gpt-oss-120b": {"name": "GPT OSS 120B", "reasoning": True, "input": ["text"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0.015, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768},
-            "accounts/fireworks/models/gpt-oss-20b": {"name": "GPT OSS 20B", "reasoning": True, "input": ["text"], "cost": {"input": 0.07, "output": 0.3, "cacheRead": 0.035, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768},
-            "accounts/fireworks/models/kimi-k2p6": {"name": "Kimi K2.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4.0, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "accounts/fireworks/models/kimi-k2p7-code": {"name": "Kimi K2.7 Code", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4.0, "cacheRead": 0.19, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "accounts/fireworks/models/minimax-m2p7": {"name": "MiniMax-M2.7", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 196608, "maxTokens": 196608},
-            "accounts/fireworks/models/minimax-m3": {"name": "MiniMax-M3", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 512000, "maxTokens": 512000},
-            "accounts/fireworks/models/qwen3p7-plus": {"name": "Qwen 3.7 Plus", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.4, "output": 1.6, "cacheRead": 0.08, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "accounts/fireworks/routers/glm-5p1-fast": {"name": "GLM 5.1 Fast", "reasoning": True, "input": ["text"], "cost": {"input": 2.8, "output": 8.8, "cacheRead": 0.52, "cacheWrite": 0}, "contextWindow": 202800, "maxTokens": 131072},
-            "accounts/fireworks/routers/glm-5p2-fast": {"name": "GLM 5.2 Fast", "reasoning": True, "input": ["text"], "cost": {"input": 2.1, "output": 6.6, "cacheRead": 0.21, "cacheWrite": 0}, "contextWindow": 1048575, "maxTokens": 131072},
-            "accounts/fireworks/routers/kimi-k2p6-fast": {"name": "Kimi K2.6 Fast", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2.0, "output": 8.0, "cacheRead": 0.3, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "accounts/fireworks/routers/kimi-k2p6-turbo": {"name": "Kimi K2.6 Turbo", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2.0, "output": 8.0, "cacheRead": 0.3, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "accounts/fireworks/routers/kimi-k2p7-code-fast": {"name": "Kimi K2.7 Code Fast", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.9, "output": 8.0, "cacheRead": 0.38, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-        },
     },
     "togetherai": {
         "name": "Together AI",
@@ -540,28 +281,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "MiniMaxAI/MiniMax-M2.7": {"name": "MiniMax-M2.7", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 131072},
-            "MiniMaxAI/MiniMax-M3": {"name": "MiniMax-M3", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 524288, "maxTokens": 250000},
-            "Qwen/Qwen2.5-7B-Instruct-Turbo": {"name": "Qwen 2.5 7B Instruct Turbo", "reasoning": False, "input": ["text"], "cost": {"input": 0.3, "output": 0.3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 32768, "maxTokens": 32768},
-            "Qwen/Qwen3-235B-A22B-Instruct-2507-tput": {"name": "Qwen3 235B A22B Instruct 2507 FP8", "reasoning": False, "input": ["text"], "cost": {"input": 0.2, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "Qwen/Qwen3.5-397B-A17B": {"name": "Qwen3.5 397B A17B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3.6, "cacheRead": 0.35, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 130000},
-            "Qwen/Qwen3.5-9B": {"name": "Qwen3.5 9B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.17, "output": 0.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "Qwen/Qwen3.6-Plus": {"name": "Qwen3.6 Plus", "reasoning": True, "input": ["text"], "cost": {"input": 0.5, "output": 3.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 500000},
-            "Qwen/Qwen3.7-Max": {"name": "Qwen3.7 Max", "reasoning": False, "input": ["text"], "cost": {"input": 1.25, "output": 3.75, "cacheRead": 0.13, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 500000},
-            "deepseek-ai/DeepSeek-V4-Pro": {"name": "DeepSeek V4 Pro", "reasoning": True, "input": ["text"], "cost": {"input": 1.74, "output": 3.48, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 512000, "maxTokens": 384000},
-            "essentialai/Rnj-1-Instruct": {"name": "Rnj-1 Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.15, "output": 0.15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 32768, "maxTokens": 32768},
-            "google/gemma-4-31B-it": {"name": "Gemma 4 31B Instruct", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.39, "output": 0.97, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072},
-            "meta-llama/Llama-3.3-70B-Instruct-Turbo": {"name": "Llama 3.3 70B", "reasoning": False, "input": ["text"], "cost": {"input": 0.88, "output": 0.88, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072},
-            "moonshotai/Kimi-K2.6": {"name": "Kimi K2.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.2, "output": 4.5, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131000},
-            "moonshotai/Kimi-K2.7-Code": {"name": "Kimi K2.7 Code", "reasoning": True, "input": ["text"], "cost": {"input": 0.95, "output": 4.0, "cacheRead": 0.19, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072},
-            "nvidia/nemotron-3-ultra-550b-a55b": {"name": "Nemotron 3 Ultra 550B A55B", "reasoning": True, "input": ["text"], "cost": {"input": 0.6, "output": 3.6, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 512300, "maxTokens": 512300},
-            "openai/gpt-oss-120b": {"name": "GPT OSS 120B", "reasoning": True, "input": ["text"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072},
-            "openai/gpt-oss-20b": {"name": "GPT OSS 20B", "reasoning": True, "input": ["text"], "cost": {"input": 0.05, "output": 0.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072},
-            "zai-org/GLM-5": {"name": "GLM-5", "reasoning": True, "input": ["text"], "cost": {"input": 1.0, "output": 3.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 131072},
-            "zai-org/GLM-5.1": {"name": "GLM-5.1", "reasoning": True, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 131072},
-            "zai-org/GLM-5.2": {"name": "GLM-5.2", "reasoning": True, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 164000},
-        },
     },
     "perplexity": {
         "name": "Perplexity",
@@ -575,12 +294,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "sonar": {"name": "Sonar", "reasoning": False, "input": ["text"], "cost": {"input": 1.0, "output": 1.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096},
-            "sonar-deep-research": {"name": "Perplexity Sonar Deep Research", "reasoning": True, "input": ["text"], "cost": {"input": 2.0, "output": 8.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32768},
-            "sonar-pro": {"name": "Sonar Pro", "reasoning": False, "input": ["text", "image"], "cost": {"input": 3.0, "output": 15.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 8192},
-            "sonar-reasoning-pro": {"name": "Sonar Reasoning Pro", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2.0, "output": 8.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096},
-        },
     },
     "xai": {
         "name": "xAI (Grok)",
@@ -595,18 +308,6 @@ PROVIDERS = {
         "maxTokens": 16384,
         "baseline": True,
         "compat": {"supportsReasoningEffort": False},
-        "models": {
-            "grok-4": {"name": "Grok 4", "reasoning": True, "input": ["text"], "cost": {"input": 3, "output": 15, "cacheRead": 0.75, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 64000},
-            "grok-4-1-fast": {"name": "Grok 4.1 Fast", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.2, "output": 0.5, "cacheRead": 0.05, "cacheWrite": 0}, "contextWindow": 2000000, "maxTokens": 30000},
-            "grok-4-1-fast-non-reasoning": {"name": "Grok 4.1 Fast (Non-Reasoning)", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.2, "output": 0.5, "cacheRead": 0.05, "cacheWrite": 0}, "contextWindow": 2000000, "maxTokens": 30000},
-            "grok-4-fast": {"name": "Grok 4 Fast", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.2, "output": 0.5, "cacheRead": 0.05, "cacheWrite": 0}, "contextWindow": 2000000, "maxTokens": 30000},
-            "grok-4-fast-non-reasoning": {"name": "Grok 4 Fast (Non-Reasoning)", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.2, "output": 0.5, "cacheRead": 0.05, "cacheWrite": 0}, "contextWindow": 2000000, "maxTokens": 30000},
-            "grok-4.20-0309-non-reasoning": {"name": "Grok 4.20 (Non-Reasoning)", "reasoning": False, "input": ["text", "image"], "cost": {"input": 1.25, "output": 2.5, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 30000},
-            "grok-4.20-0309-reasoning": {"name": "Grok 4.20 (Reasoning)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 2.5, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 30000},
-            "grok-4.3": {"name": "Grok 4.3", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 2.5, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 30000},
-            "grok-build-0.1": {"name": "Grok Build 0.1", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1, "output": 2, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 256000},
-            "grok-code-fast-1": {"name": "Grok Code Fast 1", "reasoning": True, "input": ["text"], "cost": {"input": 0.2, "output": 1.5, "cacheRead": 0.02, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 10000},
-        },
     },
     "302ai": {
         "name": "302.AI",
@@ -620,33 +321,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "MiniMax-M2.1": {"name": "MiniMax-M2.1", "reasoning": False, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 131072},
-            "MiniMax-M2.7": {"name": "MiniMax-M2.7", "reasoning": False, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "MiniMax-M2.7-highspeed": {"name": "MiniMax-M2.7-highspeed", "reasoning": False, "input": ["text"], "cost": {"input": 0.6, "output": 4.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "claude-opus-4-6": {"name": "claude-opus-4-6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-            "claude-opus-4-6-thinking": {"name": "claude-opus-4-6-thinking", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-            "claude-opus-4-7": {"name": "claude-opus-4-7", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000},
-            "claude-sonnet-4-6": {"name": "claude-sonnet-4-6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3.0, "output": 15.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 64000},
-            "claude-sonnet-4-6-thinking": {"name": "claude-sonnet-4-6-thinking", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3.0, "output": 15.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 64000},
-            "doubao-seed-1-8-251215": {"name": "doubao-seed-1-8-251215", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.114, "output": 0.286, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 224000, "maxTokens": 64000},
-            "gemini-3-flash-preview": {"name": "gemini-3-flash-preview", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.5, "output": 3.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 65536},
-            "glm-4.7": {"name": "glm-4.7", "reasoning": True, "input": ["text"], "cost": {"input": 0.286, "output": 1.142, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "glm-4.7-flashx": {"name": "glm-4.7-flashx", "reasoning": True, "input": ["text"], "cost": {"input": 0.0715, "output": 0.429, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072},
-            "glm-5": {"name": "glm-5", "reasoning": True, "input": ["text"], "cost": {"input": 0.6, "output": 2.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "glm-5-turbo": {"name": "glm-5-turbo", "reasoning": True, "input": ["text"], "cost": {"input": 0.72, "output": 3.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072},
-            "glm-5.1": {"name": "glm-5.1", "reasoning": True, "input": ["text"], "cost": {"input": 0.86, "output": 3.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072},
-            "glm-5v-turbo": {"name": "GLM-5V-Turbo", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.72, "output": 3.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072},
-            "gpt-5.4": {"name": "gpt-5.4", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2.5, "output": 15.0, "cacheRead": 0.25, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000},
-            "gpt-5.4-mini": {"name": "gpt-5.4-mini", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.75, "output": 4.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.4-mini-2026-03-17": {"name": "gpt-5.4-mini-2026-03-17", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.75, "output": 4.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.4-nano": {"name": "gpt-5.4-nano", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.4-nano-2026-03-17": {"name": "gpt-5.4-nano-2026-03-17", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.4-pro": {"name": "gpt-5.4-pro", "reasoning": True, "input": ["text", "image"], "cost": {"input": 30.0, "output": 180.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000},
-            "grok-4.20-beta-0309-non-reasoning": {"name": "grok-4.20-beta-0309-non-reasoning", "reasoning": False, "input": ["text", "image"], "cost": {"input": 2.0, "output": 6.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 2000000, "maxTokens": 30000},
-            "grok-4.20-beta-0309-reasoning": {"name": "grok-4.20-beta-0309-reasoning", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2.0, "output": 6.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 2000000, "maxTokens": 30000},
-            "grok-4.20-multi-agent-beta-0309": {"name": "grok-4.20-multi-agent-beta-0309", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2.0, "output": 6.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 2000000, "maxTokens": 30000},
-        },
     },
     "abacus": {
         "name": "Abacus AI",
@@ -660,33 +334,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "claude-haiku-4-5-20251001": {"name": "Claude Haiku 4.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.0, "output": 5.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 64000},
-            "claude-opus-4-5-20251101": {"name": "Claude Opus 4.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 64000},
-            "claude-opus-4-6": {"name": "Claude Opus 4.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 128000},
-            "claude-sonnet-4-5-20250929": {"name": "Claude Sonnet 4.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3.0, "output": 15.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 64000},
-            "claude-sonnet-4-6": {"name": "Claude Sonnet 4.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3.0, "output": 15.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 64000},
-            "gemini-3-flash-preview": {"name": "Gemini 3 Flash Preview", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.5, "output": 3.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-3.1-flash-lite-preview": {"name": "Gemini 3.1 Flash Lite Preview", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.25, "output": 1.5, "cacheRead": 0.025, "cacheWrite": 1.0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-3.1-pro-preview": {"name": "Gemini 3.1 Pro Preview", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2.0, "output": 12.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gpt-5": {"name": "GPT-5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5-codex": {"name": "GPT-5 Codex", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.1": {"name": "GPT-5.1", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.1-chat-latest": {"name": "GPT-5.1 Chat Latest", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.1-codex": {"name": "GPT-5.1 Codex", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.1-codex-max": {"name": "GPT-5.1 Codex Max", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.2": {"name": "GPT-5.2", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.2-chat-latest": {"name": "GPT-5.2 Chat Latest", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.2-codex": {"name": "GPT-5.2 Codex", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.3-chat-latest": {"name": "GPT-5.3 Chat Latest", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.3-codex": {"name": "GPT-5.3 Codex", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.3-codex-xhigh": {"name": "GPT-5.3 Codex XHigh", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.4": {"name": "GPT-5.4", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2.5, "output": 15.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000},
-            "grok-4-1-fast-non-reasoning": {"name": "Grok 4.1 Fast (Non-Reasoning)", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.2, "output": 0.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 2000000, "maxTokens": 16384},
-            "grok-code-fast-1": {"name": "Grok Code Fast 1", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 16384},
-            "kimi-k2.5": {"name": "Kimi K2.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768},
-            "zai-org/glm-5": {"name": "GLM-5", "reasoning": True, "input": ["text"], "cost": {"input": 1.0, "output": 3.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-        },
     },
     "aihubmix": {
         "name": "AIHubMix",
@@ -700,33 +347,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "alicloud-deepseek-v4-flash": {"name": "DeepSeek V4 Flash (Alibaba Cloud)", "reasoning": True, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.028, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000},
-            "alicloud-deepseek-v4-pro": {"name": "DeepSeek V4 Pro (Alibaba Cloud)", "reasoning": True, "input": ["text"], "cost": {"input": 1.69, "output": 3.38, "cacheRead": 0.13, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000},
-            "alicloud-glm-5.1": {"name": "GLM-5.1 (Alibaba Cloud)", "reasoning": True, "input": ["text"], "cost": {"input": 0.84, "output": 3.38, "cacheRead": 0.169, "cacheWrite": 1.05625}, "contextWindow": 200000, "maxTokens": 128000},
-            "claude-opus-4-7": {"name": "Claude Opus 4.7", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000},
-            "claude-opus-4-7-think": {"name": "Claude Opus 4.7 Thinking", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000},
-            "claude-sonnet-4-6": {"name": "Claude Sonnet 4.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3.0, "output": 15.0, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 1000000, "maxTokens": 64000},
-            "coding-glm-5.1": {"name": "Coding GLM 5.1", "reasoning": True, "input": ["text"], "cost": {"input": 0.06, "output": 0.22, "cacheRead": 0.013, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 128000},
-            "coding-glm-5.1-free": {"name": "Coding GLM 5.1 (free)", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 128000},
-            "coding-minimax-m2.7": {"name": "Coding MiniMax M2.7", "reasoning": True, "input": ["text"], "cost": {"input": 0.2, "output": 0.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 128100},
-            "deep-deepseek-v4-flash": {"name": "DeepSeek V4 Flash (DeepSeek)", "reasoning": True, "input": ["text"], "cost": {"input": 0.154, "output": 0.308, "cacheRead": 0.0308, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000},
-            "deep-deepseek-v4-pro": {"name": "DeepSeek V4 Pro (DeepSeek)", "reasoning": True, "input": ["text"], "cost": {"input": 0.478, "output": 0.956, "cacheRead": 0.004302, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000},
-            "doubao-seed-2-0-lite-260428": {"name": "Doubao Seed 2.0 Lite 260428", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.08, "output": 0.51, "cacheRead": 0.01692, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 128000},
-            "doubao-seed-2-0-mini-260428": {"name": "Doubao Seed 2.0 Mini 260428", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.03, "output": 0.28, "cacheRead": 0.00564, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 128000},
-            "gemini-3.1-flash-lite": {"name": "Gemini 3.1 Flash Lite", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.25, "output": 1.5, "cacheRead": 0.025, "cacheWrite": 1.0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "glm-5.2": {"name": "GLM-5.2", "reasoning": True, "input": ["text"], "cost": {"input": 1.1268, "output": 3.9438, "cacheRead": 0.2817, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-            "glm-5v-turbo": {"name": "GLM 5 Vision Turbo", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.7042, "output": 3.09848, "cacheRead": 0.169008, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 128000},
-            "gpt-5.5": {"name": "GPT-5.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5.0, "output": 30.0, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000},
-            "grok-4.3": {"name": "Grok 4.3", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 2.5, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 1000000},
-            "kimi-k2.6": {"name": "Kimi K2.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768},
-            "qwen3.6-flash": {"name": "Qwen3.6 Flash", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.17, "output": 1.01, "cacheRead": 0.0169, "cacheWrite": 0.21125}, "contextWindow": 991000, "maxTokens": 64000},
-            "qwen3.6-max-preview": {"name": "Qwen3.6 Max Preview", "reasoning": True, "input": ["text"], "cost": {"input": 1.27, "output": 7.61, "cacheRead": 0.1268, "cacheWrite": 1.585}, "contextWindow": 240000, "maxTokens": 64000},
-            "qwen3.6-plus": {"name": "Qwen3.6 Plus", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.28, "output": 1.69, "cacheRead": 0.0282, "cacheWrite": 0.3525}, "contextWindow": 991000, "maxTokens": 64000},
-            "qwen3.7-max": {"name": "Qwen3.7 Max", "reasoning": True, "input": ["text"], "cost": {"input": 1.69, "output": 5.07, "cacheRead": 0.169, "cacheWrite": 2.1125}, "contextWindow": 991000, "maxTokens": 64000},
-            "qwen3.7-plus": {"name": "Qwen3.7 Plus", "reasoning": True, "input": ["text"], "cost": {"input": 0.282, "output": 1.128, "cacheRead": 0.0564, "cacheWrite": 0.3525}, "contextWindow": 991000, "maxTokens": 64000},
-            "zai-glm-5.1": {"name": "GLM-5.1 (Z.ai)", "reasoning": True, "input": ["text"], "cost": {"input": 0.845, "output": 3.38, "cacheRead": 0.183112, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 128000},
-        },
     },
     "bailing": {
         "name": "Bailing",
@@ -740,9 +360,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "Ling-1T": {"name": "Ling-1T", "reasoning": False, "input": ["text"], "cost": {"input": 0.57, "output": 2.29, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000},
-        },
     },
     "berget": {
         "name": "Berget",
@@ -756,16 +373,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "google/gemma-4-31B-it": {"name": "Gemma 4 31B Instruct", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.275, "output": 0.55, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192},
-            "meta-llama/Llama-3.3-70B-Instruct": {"name": "Llama 3.3 70B Instruct", "reasoning": True, "input": ["text"], "cost": {"input": 0.99, "output": 0.99, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192},
-            "mistralai/Mistral-Medium-3.5-128B": {"name": "Mistral Medium 3.5 128B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.65, "output": 5.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072},
-            "mistralai/Mistral-Small-3.2-24B-Instruct-2506": {"name": "Mistral Small 3.2 24B Instruct 2506", "reasoning": True, "input": ["text"], "cost": {"input": 0.33, "output": 0.33, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 32000, "maxTokens": 8192},
-            "moonshotai/Kimi-K2.6": {"name": "Kimi K2.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.83, "output": 3.85, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "openai/gpt-oss-120b": {"name": "GPT-OSS-120B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.22, "output": 0.83, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192},
-            "zai-org/GLM-4.7": {"name": "GLM 4.7", "reasoning": True, "input": ["text"], "cost": {"input": 0.77, "output": 2.75, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192},
-            "zai-org/GLM-5.2": {"name": "GLM-5.2", "reasoning": True, "input": ["text"], "cost": {"input": 1.54, "output": 4.84, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 524288, "maxTokens": 32768},
-        },
     },
     "chutes": {
         "name": "Chutes",
@@ -779,10 +386,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "Qwen/Qwen3-235B-A22B-Thinking-2507-TEE": {"name": "Qwen3 235B A22B Thinking 2507 TEE", "reasoning": True, "input": ["text"], "cost": {"input": 0.2989, "output": 1.1957, "cacheRead": 0.14945, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "deepseek-ai/DeepSeek-V3.2-TEE": {"name": "DeepSeek V3.2 TEE", "reasoning": True, "input": ["text"], "cost": {"input": 1, "output": 1, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 65536},
-        },
     },
     "cortecs": {
         "name": "Cortecs",
@@ -796,33 +399,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "claude-4-6-sonnet": {"name": "Claude Sonnet 4.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3.59, "output": 17.92, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 1000000},
-            "claude-opus4-6": {"name": "Claude Opus 4.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5.98, "output": 29.89, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 1000000},
-            "claude-opus4-7": {"name": "Claude Opus 4.7", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5.6, "output": 27.99, "cacheRead": 0.56, "cacheWrite": 6.99}, "contextWindow": 1000000, "maxTokens": 128000},
-            "deepseek-v4-flash": {"name": "DeepSeek V4 Flash", "reasoning": True, "input": ["text"], "cost": {"input": 0.133, "output": 0.266, "cacheRead": 0.0028, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 384000},
-            "deepseek-v4-pro": {"name": "DeepSeek V4 Pro", "reasoning": True, "input": ["text"], "cost": {"input": 1.553, "output": 3.106, "cacheRead": 0.003625, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 384000},
-            "devstral-2512": {"name": "Devstral 2 2512", "reasoning": False, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "glm-4.7": {"name": "GLM 4.7", "reasoning": True, "input": ["text"], "cost": {"input": 0.45, "output": 2.23, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 198000, "maxTokens": 198000},
-            "glm-5": {"name": "GLM 5", "reasoning": True, "input": ["text"], "cost": {"input": 1.08, "output": 3.44, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 202752},
-            "glm-5-turbo": {"name": "GLM-5-Turbo", "reasoning": True, "input": ["text"], "cost": {"input": 1.235, "output": 4.118, "cacheRead": 0.308, "cacheWrite": 1.544}, "contextWindow": 200000, "maxTokens": 131072},
-            "glm-5.1": {"name": "GLM-5.1", "reasoning": True, "input": ["text"], "cost": {"input": 1.31, "output": 4.1, "cacheRead": 0.24, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "glm-5.2": {"name": "GLM-5.2", "reasoning": True, "input": ["text"], "cost": {"input": 1.44, "output": 4.53, "cacheRead": 0.39, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 131072},
-            "glm-5v-turbo": {"name": "GLM-5V-Turbo", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.235, "output": 4.118, "cacheRead": 0.308, "cacheWrite": 1.544}, "contextWindow": 200000, "maxTokens": 131072},
-            "gpt-5.4": {"name": "GPT-5.4", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3, "output": 16.13, "cacheRead": 0.25, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000},
-            "kimi-k2-thinking": {"name": "Kimi K2 Thinking", "reasoning": True, "input": ["text"], "cost": {"input": 0.656, "output": 2.731, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "kimi-k2.5": {"name": "Kimi K2.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.55, "output": 2.76, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 256000},
-            "kimi-k2.6": {"name": "Kimi K2.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.81, "output": 3.54, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 256000},
-            "kimi-k2.7-code": {"name": "Kimi K2.7 Code", "reasoning": True, "input": ["text"], "cost": {"input": 1.28, "output": 4.63, "cacheRead": 0.32, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072},
-            "minimax-m2.1": {"name": "MiniMax-M2.1", "reasoning": True, "input": ["text"], "cost": {"input": 0.34, "output": 1.34, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 196000, "maxTokens": 196000},
-            "minimax-m2.5": {"name": "MiniMax-M2.5", "reasoning": True, "input": ["text"], "cost": {"input": 0.32, "output": 1.18, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 196608, "maxTokens": 196608},
-            "minimax-m2.7": {"name": "MiniMax-m2.7", "reasoning": True, "input": ["text"], "cost": {"input": 0.47, "output": 1.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 196072},
-            "minimax-m3": {"name": "MiniMax-M3", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.355, "output": 1.775, "cacheRead": 0.089, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-            "nemotron-3-super-120b-a12b": {"name": "Nemotron 3 Super 120B A12B", "reasoning": True, "input": ["text"], "cost": {"input": 0.266, "output": 0.799, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "qwen3-coder-next": {"name": "Qwen3 Coder Next 80B", "reasoning": True, "input": ["text"], "cost": {"input": 0.158, "output": 0.84, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 65536},
-            "qwen3.5-122b-a10b": {"name": "Qwen3.5 122B A10B", "reasoning": True, "input": ["text"], "cost": {"input": 0.444, "output": 3.106, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "qwen3.5-397b-a17b": {"name": "Qwen3.5 397B A17B", "reasoning": True, "input": ["text"], "cost": {"input": 0.6, "output": 3.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 250000, "maxTokens": 250000},
-        },
     },
     "fastrouter": {
         "name": "FastRouter",
@@ -836,33 +412,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "anthropic/claude-opus-4.1": {"name": "Claude Opus 4.1", "reasoning": True, "input": ["text", "image"], "cost": {"input": 15, "output": 75, "cacheRead": 1.5, "cacheWrite": 18.75}, "contextWindow": 200000, "maxTokens": 32000},
-            "anthropic/claude-opus-4.8": {"name": "Claude Opus 4.8", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-            "anthropic/claude-sonnet-4.6": {"name": "Anthropic: Claude Sonnet 4.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-            "deepseek/deepseek-v4-pro": {"name": "DeepSeek: DeepSeek V4 Pro", "reasoning": True, "input": ["text"], "cost": {"input": 1.74, "output": 3.48, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 384000},
-            "google/gemini-3.1-pro-preview": {"name": "Google: Gemini 3.1 Pro Preview", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2, "output": 12, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "google/gemini-3.5-flash": {"name": "Google: Gemini 3.5 Flash", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.5, "output": 9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "google/gemma-4-31b-it": {"name": "Gemma 4 31B Instruct", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.13, "output": 0.38, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192},
-            "minimax/minimax-m2.7": {"name": "MiniMax-M2.7", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "minimax/minimax-m2.7-highspeed": {"name": "MiniMax M2.7 highspeed", "reasoning": True, "input": ["text"], "cost": {"input": 0.6, "output": 2.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131070},
-            "moonshotai/kimi-k2.6": {"name": "Kimi K2.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.75, "output": 3.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "openai/gpt-5": {"name": "GPT-5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "openai/gpt-5-mini": {"name": "GPT-5 Mini", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.25, "output": 2.0, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "openai/gpt-5-nano": {"name": "GPT-5 Nano", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.05, "output": 0.4, "cacheRead": 0.005, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "openai/gpt-5.3-codex": {"name": "GPT-5.3 Codex", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "openai/gpt-5.4-mini": {"name": "OpenAI: GPT-5.4 Mini", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.75, "output": 4.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "openai/gpt-5.4-nano": {"name": "OpenAI: GPT-5.4 Nano", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "openai/gpt-5.5": {"name": "OpenAI: GPT-5.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 30, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000},
-            "openai/gpt-5.5-pro": {"name": "OpenAI: GPT-5.5 Pro", "reasoning": True, "input": ["text", "image"], "cost": {"input": 30, "output": 180, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000},
-            "openai/gpt-oss-120b": {"name": "GPT OSS 120B", "reasoning": True, "input": ["text"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768},
-            "sarvam/sarvam-105b": {"name": "Sarvam 105B", "reasoning": True, "input": ["text"], "cost": {"input": 0.04, "output": 0.16, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 4096},
-            "sarvam/sarvam-30b": {"name": "Sarvam 30B", "reasoning": True, "input": ["text"], "cost": {"input": 0.02, "output": 0.1, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 65536, "maxTokens": 4096},
-            "x-ai/grok-4.3": {"name": "xAI: Grok 4.3", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 2.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 4096},
-            "x-ai/grok-build-0.1": {"name": "xAI: Grok Build 0.1", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1, "output": 2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 256000},
-            "z-ai/glm-5": {"name": "GLM-5", "reasoning": True, "input": ["text"], "cost": {"input": 0.95, "output": 3.15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "z-ai/glm-5.1": {"name": "Z.ai: GLM 5.1", "reasoning": True, "input": ["text"], "cost": {"input": 1.05, "output": 3.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 131072},
-        },
     },
     "firmware": {
         "name": "Firmware",
@@ -876,9 +425,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "claude-sonnet-4-5": {"name": "Claude Sonnet 4.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 64000},
-        },
     },
     "friendli": {
         "name": "Friendli",
@@ -892,14 +438,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "Qwen/Qwen3-235B-A22B-Instruct-2507": {"name": "Qwen3 235B A22B Instruct 2507", "reasoning": True, "input": ["text"], "cost": {"input": 0.2, "output": 0.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "deepseek-ai/DeepSeek-V3.2": {"name": "DeepSeek-V3.2", "reasoning": True, "input": ["text"], "cost": {"input": 0.5, "output": 1.5, "cacheRead": 0.25, "cacheWrite": 0}, "contextWindow": 163840, "maxTokens": 163840},
-            "google/gemma-4-31B-it": {"name": "Gemma 4 31B Instruct", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.14, "output": 0.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192},
-            "zai-org/GLM-5": {"name": "GLM-5", "reasoning": True, "input": ["text"], "cost": {"input": 1, "output": 3.2, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 202752},
-            "zai-org/GLM-5.1": {"name": "GLM-5.1", "reasoning": True, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 202752},
-            "zai-org/GLM-5.2": {"name": "GLM-5.2", "reasoning": True, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 164000},
-        },
     },
     "helicone": {
         "name": "Helicone",
@@ -913,33 +451,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "claude-4.5-haiku": {"name": "Anthropic: Claude 4.5 Haiku", "reasoning": False, "input": ["text", "image"], "cost": {"input": 1, "output": 5, "cacheRead": 0.1, "cacheWrite": 1.25}, "contextWindow": 200000, "maxTokens": 8192},
-            "claude-4.5-opus": {"name": "Anthropic: Claude Opus 4.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 200000, "maxTokens": 64000},
-            "claude-4.5-sonnet": {"name": "Anthropic: Claude Sonnet 4.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 200000, "maxTokens": 64000},
-            "claude-haiku-4-5-20251001": {"name": "Anthropic: Claude 4.5 Haiku (20251001)", "reasoning": False, "input": ["text", "image"], "cost": {"input": 1, "output": 5, "cacheRead": 0.1, "cacheWrite": 1.25}, "contextWindow": 200000, "maxTokens": 8192},
-            "claude-opus-4": {"name": "Anthropic: Claude Opus 4", "reasoning": True, "input": ["text", "image"], "cost": {"input": 15, "output": 75, "cacheRead": 1.5, "cacheWrite": 18.75}, "contextWindow": 200000, "maxTokens": 32000},
-            "claude-opus-4-1": {"name": "Anthropic: Claude Opus 4.1", "reasoning": True, "input": ["text", "image"], "cost": {"input": 15, "output": 75, "cacheRead": 1.5, "cacheWrite": 18.75}, "contextWindow": 200000, "maxTokens": 32000},
-            "claude-opus-4-1-20250805": {"name": "Anthropic: Claude Opus 4.1 (20250805)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 15, "output": 75, "cacheRead": 1.5, "cacheWrite": 18.75}, "contextWindow": 200000, "maxTokens": 32000},
-            "claude-sonnet-4": {"name": "Anthropic: Claude Sonnet 4", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 200000, "maxTokens": 64000},
-            "claude-sonnet-4-5-20250929": {"name": "Anthropic: Claude Sonnet 4.5 (20250929)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 200000, "maxTokens": 64000},
-            "deepseek-tng-r1t2-chimera": {"name": "DeepSeek TNG R1T2 Chimera", "reasoning": False, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 130000, "maxTokens": 163840},
-            "deepseek-v3.1-terminus": {"name": "DeepSeek V3.1 Terminus", "reasoning": True, "input": ["text"], "cost": {"input": 0.27, "output": 1, "cacheRead": 0.216, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384},
-            "deepseek-v3.2": {"name": "DeepSeek V3.2", "reasoning": False, "input": ["text"], "cost": {"input": 0.27, "output": 0.41, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 163840, "maxTokens": 65536},
-            "gemini-2.5-flash": {"name": "Google Gemini 2.5 Flash", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.3, "output": 2.5, "cacheRead": 0.075, "cacheWrite": 0.3}, "contextWindow": 1048576, "maxTokens": 65535},
-            "gemini-2.5-flash-lite": {"name": "Google Gemini 2.5 Flash Lite", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.4, "cacheRead": 0.025, "cacheWrite": 0.1}, "contextWindow": 1048576, "maxTokens": 65535},
-            "gemini-2.5-pro": {"name": "Google Gemini 2.5 Pro", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.3125, "cacheWrite": 1.25}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-3-pro-preview": {"name": "Google Gemini 3 Pro Preview", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2, "output": 12, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "grok-4-1-fast-reasoning": {"name": "xAI Grok 4.1 Fast Reasoning", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.2, "output": 0.5, "cacheRead": 0.05, "cacheWrite": 0}, "contextWindow": 2000000, "maxTokens": 2000000},
-            "grok-4-fast-non-reasoning": {"name": "xAI Grok 4 Fast Non-Reasoning", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.2, "output": 0.5, "cacheRead": 0.05, "cacheWrite": 0}, "contextWindow": 2000000, "maxTokens": 2000000},
-            "grok-4-fast-reasoning": {"name": "xAI: Grok 4 Fast Reasoning", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.2, "output": 0.5, "cacheRead": 0.05, "cacheWrite": 0}, "contextWindow": 2000000, "maxTokens": 2000000},
-            "kimi-k2-0905": {"name": "Kimi K2 (09/05)", "reasoning": False, "input": ["text"], "cost": {"input": 0.5, "output": 2, "cacheRead": 0.4, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 16384},
-            "kimi-k2-thinking": {"name": "Kimi K2 Thinking", "reasoning": False, "input": ["text"], "cost": {"input": 0.48, "output": 2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 262144},
-            "qwen3-30b-a3b": {"name": "Qwen3 30B A3B", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.08, "output": 0.29, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 41000, "maxTokens": 41000},
-            "qwen3-coder": {"name": "Qwen3 Coder 480B A35B Instruct Turbo", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.22, "output": 0.95, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 16384},
-            "qwen3-coder-30b-a3b-instruct": {"name": "Qwen3 Coder 30B A3B Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.1, "output": 0.3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "qwen3-vl-235b-a22b-instruct": {"name": "Qwen3 VL 235B A22B Instruct", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.3, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 16384},
-        },
     },
     "huggingface": {
         "name": "Hugging Face",
@@ -953,33 +464,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "MiniMaxAI/MiniMax-M2.1": {"name": "MiniMax-M2.1", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "MiniMaxAI/MiniMax-M2.5": {"name": "MiniMax-M2.5", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.03, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "MiniMaxAI/MiniMax-M2.7": {"name": "MiniMax-M2.7", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "MiniMaxAI/MiniMax-M3": {"name": "MiniMax-M3", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 524288, "maxTokens": 250000},
-            "Qwen/Qwen3-Coder-Next": {"name": "Qwen3-Coder-Next", "reasoning": False, "input": ["text"], "cost": {"input": 0.2, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "Qwen/Qwen3.5-122B-A10B": {"name": "Qwen: Qwen3.5-122B-A10B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.4, "output": 3.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "Qwen/Qwen3.5-27B": {"name": "Qwen: Qwen3.5-27B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.3, "output": 2.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "Qwen/Qwen3.5-35B-A3B": {"name": "Qwen 3.5 35B A3B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.25, "output": 2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 81920},
-            "Qwen/Qwen3.5-397B-A17B": {"name": "Qwen3.5-397B-A17B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768},
-            "Qwen/Qwen3.5-9B": {"name": "Qwen: Qwen3.5-9B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.17, "output": 0.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 32768},
-            "Qwen/Qwen3.6-27B": {"name": "Qwen: Qwen3.6 27B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.47, "output": 3.19, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 65536},
-            "Qwen/Qwen3.6-35B-A3B": {"name": "Qwen3.6 35B A3B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.15, "output": 0.95, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 81920},
-            "XiaomiMiMo/MiMo-V2.5-Pro": {"name": "MiMo V2.5 Pro", "reasoning": True, "input": ["text"], "cost": {"input": 1, "output": 3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 131072},
-            "deepseek-ai/DeepSeek-V4-Flash": {"name": "DeepSeek V4 Flash", "reasoning": True, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 384000},
-            "deepseek-ai/DeepSeek-V4-Pro": {"name": "deepseek-ai/DeepSeek-V4-Pro", "reasoning": True, "input": ["text"], "cost": {"input": 0.435, "output": 0.87, "cacheRead": 0.003625, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 393216},
-            "google/gemma-4-26B-A4B-it": {"name": "Google: Gemma 4 26B A4B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.13, "output": 0.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "google/gemma-4-31B-it": {"name": "Gemma 4 31B Instruct", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.14, "output": 0.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192},
-            "moonshotai/Kimi-K2.5": {"name": "Kimi-K2.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3, "cacheRead": 0.1, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "moonshotai/Kimi-K2.6": {"name": "Kimi-K2.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4.0, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "moonshotai/Kimi-K2.7-Code": {"name": "Kimi K2.7 Code", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072},
-            "stepfun-ai/Step-3.7-Flash": {"name": "Step 3.7 Flash", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 16384},
-            "zai-org/GLM-4.5V": {"name": "GLM 4.5V", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.6, "output": 1.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 65536, "maxTokens": 16384},
-            "zai-org/GLM-5": {"name": "GLM-5", "reasoning": True, "input": ["text"], "cost": {"input": 1, "output": 3.2, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 131072},
-            "zai-org/GLM-5.1": {"name": "GLM-5.1", "reasoning": True, "input": ["text"], "cost": {"input": 1.0, "output": 3.2, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 131072},
-            "zai-org/GLM-5.2": {"name": "GLM-5.2", "reasoning": True, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 164000},
-        },
     },
     "iflowcn": {
         "name": "iFlow",
@@ -993,22 +477,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "deepseek-r1": {"name": "DeepSeek-R1", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000},
-            "deepseek-v3": {"name": "DeepSeek-V3", "reasoning": False, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000},
-            "deepseek-v3.2": {"name": "DeepSeek-V3.2-Exp", "reasoning": False, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 64000},
-            "glm-4.6": {"name": "GLM-4.6", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 128000},
-            "kimi-k2": {"name": "Kimi-K2", "reasoning": False, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 64000},
-            "kimi-k2-0905": {"name": "Kimi-K2-0905", "reasoning": False, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 64000},
-            "qwen3-235b": {"name": "Qwen3-235B-A22B", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000},
-            "qwen3-235b-a22b-instruct": {"name": "Qwen3-235B-A22B-Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 64000},
-            "qwen3-235b-a22b-thinking-2507": {"name": "Qwen3-235B-A22B-Thinking", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 64000},
-            "qwen3-32b": {"name": "Qwen3-32B", "reasoning": False, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000},
-            "qwen3-coder-plus": {"name": "Qwen3-Coder-Plus", "reasoning": False, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 64000},
-            "qwen3-max": {"name": "Qwen3-Max", "reasoning": False, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 32000},
-            "qwen3-max-preview": {"name": "Qwen3-Max-Preview", "reasoning": False, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 32000},
-            "qwen3-vl-plus": {"name": "Qwen3-VL-Plus", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 32000},
-        },
     },
     "inception": {
         "name": "Inception",
@@ -1022,9 +490,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "mercury-2": {"name": "Mercury 2", "reasoning": True, "input": ["text"], "cost": {"input": 0.25, "output": 0.75, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 50000},
-        },
     },
     "inference": {
         "name": "Inference",
@@ -1038,16 +503,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "google/gemma-3": {"name": "Google Gemma 3", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.15, "output": 0.3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 125000, "maxTokens": 4096},
-            "meta/llama-3.1-8b-instruct": {"name": "Llama 3.1 8B Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.025, "output": 0.025, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 16000, "maxTokens": 4096},
-            "meta/llama-3.2-11b-vision-instruct": {"name": "Llama 3.2 11B Vision Instruct", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.055, "output": 0.055, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 16000, "maxTokens": 4096},
-            "meta/llama-3.2-1b-instruct": {"name": "Llama 3.2 1B Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.01, "output": 0.01, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 16000, "maxTokens": 4096},
-            "meta/llama-3.2-3b-instruct": {"name": "Llama 3.2 3B Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.02, "output": 0.02, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 16000, "maxTokens": 4096},
-            "mistral/mistral-nemo-12b-instruct": {"name": "Mistral Nemo 12B Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.038, "output": 0.1, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 16000, "maxTokens": 4096},
-            "osmosis/osmosis-structure-0.6b": {"name": "Osmosis Structure 0.6B", "reasoning": False, "input": ["text"], "cost": {"input": 0.1, "output": 0.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 4000, "maxTokens": 2048},
-            "qwen/qwen-2.5-7b-vision-instruct": {"name": "Qwen 2.5 7B Vision Instruct", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.2, "output": 0.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 125000, "maxTokens": 4096},
-        },
     },
     "io-net": {
         "name": "io.net",
@@ -1061,25 +516,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "Intel/Qwen3-Coder-480B-A35B-Instruct-int4-mixed-ar": {"name": "Qwen 3 Coder 480B", "reasoning": False, "input": ["text"], "cost": {"input": 0.22, "output": 0.95, "cacheRead": 0.11, "cacheWrite": 0.44}, "contextWindow": 106000, "maxTokens": 4096},
-            "Qwen/Qwen2.5-VL-32B-Instruct": {"name": "Qwen 2.5 VL 32B Instruct", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.05, "output": 0.22, "cacheRead": 0.025, "cacheWrite": 0.1}, "contextWindow": 32000, "maxTokens": 4096},
-            "Qwen/Qwen3-235B-A22B-Thinking-2507": {"name": "Qwen 3 235B Thinking", "reasoning": True, "input": ["text"], "cost": {"input": 0.11, "output": 0.6, "cacheRead": 0.055, "cacheWrite": 0.22}, "contextWindow": 262144, "maxTokens": 4096},
-            "Qwen/Qwen3-Next-80B-A3B-Instruct": {"name": "Qwen 3 Next 80B Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.1, "output": 0.8, "cacheRead": 0.05, "cacheWrite": 0.2}, "contextWindow": 262144, "maxTokens": 4096},
-            "deepseek-ai/DeepSeek-R1-0528": {"name": "DeepSeek R1", "reasoning": True, "input": ["text"], "cost": {"input": 2.0, "output": 8.75, "cacheRead": 1.0, "cacheWrite": 4.0}, "contextWindow": 128000, "maxTokens": 4096},
-            "meta-llama/Llama-3.2-90B-Vision-Instruct": {"name": "Llama 3.2 90B Vision Instruct", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.35, "output": 0.4, "cacheRead": 0.175, "cacheWrite": 0.7}, "contextWindow": 16000, "maxTokens": 4096},
-            "meta-llama/Llama-3.3-70B-Instruct": {"name": "Llama 3.3 70B Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.13, "output": 0.38, "cacheRead": 0.065, "cacheWrite": 0.26}, "contextWindow": 128000, "maxTokens": 4096},
-            "meta-llama/Llama-4-Maverick-17B-128E-Instruct-FP8": {"name": "Llama 4 Maverick 17B 128E Instruct", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0.075, "cacheWrite": 0.3}, "contextWindow": 430000, "maxTokens": 4096},
-            "mistralai/Devstral-Small-2505": {"name": "Devstral Small 2505", "reasoning": False, "input": ["text"], "cost": {"input": 0.05, "output": 0.22, "cacheRead": 0.025, "cacheWrite": 0.1}, "contextWindow": 128000, "maxTokens": 4096},
-            "mistralai/Magistral-Small-2506": {"name": "Magistral Small 2506", "reasoning": False, "input": ["text"], "cost": {"input": 0.5, "output": 1.5, "cacheRead": 0.25, "cacheWrite": 1.0}, "contextWindow": 128000, "maxTokens": 4096},
-            "mistralai/Mistral-Large-Instruct-2411": {"name": "Mistral Large Instruct 2411", "reasoning": False, "input": ["text", "image"], "cost": {"input": 2.0, "output": 6.0, "cacheRead": 1.0, "cacheWrite": 4.0}, "contextWindow": 128000, "maxTokens": 4096},
-            "mistralai/Mistral-Nemo-Instruct-2407": {"name": "Mistral Nemo Instruct 2407", "reasoning": False, "input": ["text"], "cost": {"input": 0.02, "output": 0.04, "cacheRead": 0.01, "cacheWrite": 0.04}, "contextWindow": 128000, "maxTokens": 4096},
-            "moonshotai/Kimi-K2-Instruct-0905": {"name": "Kimi K2 Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.39, "output": 1.9, "cacheRead": 0.195, "cacheWrite": 0.78}, "contextWindow": 32768, "maxTokens": 4096},
-            "moonshotai/Kimi-K2-Thinking": {"name": "Kimi K2 Thinking", "reasoning": True, "input": ["text"], "cost": {"input": 0.55, "output": 2.25, "cacheRead": 0.275, "cacheWrite": 1.1}, "contextWindow": 32768, "maxTokens": 4096},
-            "openai/gpt-oss-120b": {"name": "GPT-OSS 120B", "reasoning": False, "input": ["text"], "cost": {"input": 0.04, "output": 0.4, "cacheRead": 0.02, "cacheWrite": 0.08}, "contextWindow": 131072, "maxTokens": 4096},
-            "openai/gpt-oss-20b": {"name": "GPT-OSS 20B", "reasoning": False, "input": ["text"], "cost": {"input": 0.03, "output": 0.14, "cacheRead": 0.015, "cacheWrite": 0.06}, "contextWindow": 64000, "maxTokens": 4096},
-            "zai-org/GLM-4.6": {"name": "GLM 4.6", "reasoning": False, "input": ["text"], "cost": {"input": 0.4, "output": 1.75, "cacheRead": 0.2, "cacheWrite": 0.8}, "contextWindow": 200000, "maxTokens": 4096},
-        },
     },
     "jiekou": {
         "name": "Jiekou",
@@ -1093,33 +529,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "baidu/ernie-4.5-300b-a47b-paddle": {"name": "ERNIE 4.5 300B A47B", "reasoning": False, "input": ["text"], "cost": {"input": 0.28, "output": 1.1, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 123000, "maxTokens": 12000},
-            "baidu/ernie-4.5-vl-424b-a47b": {"name": "ERNIE 4.5 VL 424B A47B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.42, "output": 1.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 123000, "maxTokens": 16000},
-            "claude-haiku-4-5-20251001": {"name": "claude-haiku-4-5-20251001", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.9, "output": 4.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 20000, "maxTokens": 64000},
-            "claude-opus-4-1-20250805": {"name": "claude-opus-4-1-20250805", "reasoning": False, "input": ["text", "image"], "cost": {"input": 13.5, "output": 67.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 32000},
-            "claude-opus-4-20250514": {"name": "claude-opus-4-20250514", "reasoning": False, "input": ["text", "image"], "cost": {"input": 13.5, "output": 67.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 32000},
-            "claude-opus-4-5-20251101": {"name": "claude-opus-4-5-20251101", "reasoning": False, "input": ["text", "image"], "cost": {"input": 4.5, "output": 22.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 65536},
-            "claude-opus-4-6": {"name": "claude-opus-4-6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-            "claude-sonnet-4-20250514": {"name": "claude-sonnet-4-20250514", "reasoning": False, "input": ["text", "image"], "cost": {"input": 2.7, "output": 13.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 64000},
-            "claude-sonnet-4-5-20250929": {"name": "claude-sonnet-4-5-20250929", "reasoning": False, "input": ["text", "image"], "cost": {"input": 2.7, "output": 13.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 64000},
-            "deepseek/deepseek-r1-0528": {"name": "DeepSeek R1 0528", "reasoning": True, "input": ["text"], "cost": {"input": 0.7, "output": 2.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 163840, "maxTokens": 32768},
-            "deepseek/deepseek-v3-0324": {"name": "DeepSeek V3 0324", "reasoning": False, "input": ["text"], "cost": {"input": 0.28, "output": 1.14, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 163840, "maxTokens": 163840},
-            "deepseek/deepseek-v3.1": {"name": "DeepSeek V3.1", "reasoning": True, "input": ["text"], "cost": {"input": 0.27, "output": 1, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 163840, "maxTokens": 32768},
-            "gemini-2.5-flash": {"name": "gemini-2.5-flash", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.27, "output": 2.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65535},
-            "gemini-2.5-flash-lite": {"name": "gemini-2.5-flash-lite", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.09, "output": 0.36, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65535},
-            "gemini-2.5-flash-lite-preview-06-17": {"name": "gemini-2.5-flash-lite-preview-06-17", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.09, "output": 0.36, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65535},
-            "gemini-2.5-flash-lite-preview-09-2025": {"name": "gemini-2.5-flash-lite-preview-09-2025", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.09, "output": 0.36, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-2.5-flash-preview-05-20": {"name": "gemini-2.5-flash-preview-05-20", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.135, "output": 3.15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 200000},
-            "gemini-2.5-pro": {"name": "gemini-2.5-pro", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.125, "output": 9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65535},
-            "gemini-2.5-pro-preview-06-05": {"name": "gemini-2.5-pro-preview-06-05", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.125, "output": 9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 200000},
-            "gemini-3-flash-preview": {"name": "gemini-3-flash-preview", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.5, "output": 3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-3-pro-preview": {"name": "gemini-3-pro-preview", "reasoning": False, "input": ["text", "image"], "cost": {"input": 1.8, "output": 10.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gpt-5-chat-latest": {"name": "gpt-5-chat-latest", "reasoning": False, "input": ["text", "image"], "cost": {"input": 1.125, "output": 9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5-codex": {"name": "gpt-5-codex", "reasoning": False, "input": ["text", "image"], "cost": {"input": 1.125, "output": 9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.1": {"name": "gpt-5.1", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.125, "output": 9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "qwen/qwen3-coder-next": {"name": "qwen/qwen3-coder-next", "reasoning": False, "input": ["text"], "cost": {"input": 0.2, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-        },
     },
     "lucidquery": {
         "name": "LucidQuery",
@@ -1133,12 +542,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "lucidnova-rf1-100b": {"name": "LucidNova RF1 100B", "reasoning": True, "input": ["text"], "cost": {"input": 2.0, "output": 5.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 120000, "maxTokens": 8000},
-            "lucidquery-agi-01-frontier": {"name": "AGI-01 Frontier", "reasoning": True, "input": ["text", "image"], "cost": {"input": 4.5, "output": 22.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 300000, "maxTokens": 120000},
-            "lucidquery-agi-01-swift": {"name": "AGI-01 Swift", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2.5, "output": 15.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 300000, "maxTokens": 120000},
-            "lucidquery-nexus-coder": {"name": "LucidQuery Nexus Coder", "reasoning": True, "input": ["text"], "cost": {"input": 2.0, "output": 5.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 250000, "maxTokens": 60000},
-        },
     },
     "moark": {
         "name": "Moark",
@@ -1152,10 +555,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "GLM-4.7": {"name": "GLM-4.7", "reasoning": True, "input": ["text"], "cost": {"input": 3.5, "output": 14.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "MiniMax-M2.1": {"name": "MiniMax-M2.1", "reasoning": True, "input": ["text"], "cost": {"input": 2.1, "output": 8.4, "cacheRead": 2.1, "cacheWrite": 8.4}, "contextWindow": 204800, "maxTokens": 131072},
-        },
     },
     "morph": {
         "name": "Morph",
@@ -1169,11 +568,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "auto": {"name": "Auto", "reasoning": False, "input": ["text"], "cost": {"input": 0.85, "output": 1.55, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 32000, "maxTokens": 32000},
-            "morph-v3-fast": {"name": "Morph v3 Fast", "reasoning": False, "input": ["text"], "cost": {"input": 0.8, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 16000, "maxTokens": 16000},
-            "morph-v3-large": {"name": "Morph v3 Large", "reasoning": False, "input": ["text"], "cost": {"input": 0.9, "output": 1.9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 32000, "maxTokens": 32000},
-        },
     },
     "nano-gpt": {
         "name": "NanoGPT",
@@ -1187,33 +581,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "TEE/gemma-4-26b-a4b-uncensored": {"name": "Gemma 4 26B A4B Uncensored TEE", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.15, "output": 0.7, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 65536, "maxTokens": 65536},
-            "TEE/gemma-4-31b-it": {"name": "Gemma 4 31B IT TEE", "reasoning": True, "input": ["text"], "cost": {"input": 0.15, "output": 0.46, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "TEE/qwen3.5-122b-a10b": {"name": "Qwen3.5 122B A10B TEE", "reasoning": True, "input": ["text"], "cost": {"input": 0.46, "output": 3.68, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "TEE/qwen3.6-35b-a3b-uncensored": {"name": "Qwen3.6 35B A3B Uncensored TEE", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.3, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072},
-            "anthropic/claude-opus-4.8": {"name": "Claude Opus 4.8", "reasoning": True, "input": ["text", "image"], "cost": {"input": 4.998, "output": 25.007, "cacheRead": 0.4998, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-            "anthropic/claude-opus-4.8:thinking": {"name": "Claude Opus 4.8 Thinking", "reasoning": True, "input": ["text", "image"], "cost": {"input": 4.998, "output": 25.007, "cacheRead": 0.4998, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-            "anthropic/claude-sonnet-4.6": {"name": "Claude Sonnet 4.6", "reasoning": False, "input": ["text", "image"], "cost": {"input": 2.992, "output": 14.994, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-            "claw-high": {"name": "Claw High", "reasoning": True, "input": ["text", "image"], "cost": {"input": 4.998, "output": 25.007, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-            "claw-low": {"name": "Claw Low", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.25, "output": 1.5, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "claw-medium": {"name": "Claw Medium", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "google/gemini-3.5-flash": {"name": "Gemini 3.5 Flash", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.5, "output": 9, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "hermes-high": {"name": "Hermes High", "reasoning": True, "input": ["text", "image"], "cost": {"input": 4.998, "output": 25.007, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-            "minimax/minimax-m3": {"name": "MiniMax M3", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 512000, "maxTokens": 80000},
-            "minimax/minimax-m3:thinking": {"name": "MiniMax M3 Thinking", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 512000, "maxTokens": 80000},
-            "mistral-code-agent-latest": {"name": "Mistral Code Agent Latest", "reasoning": False, "input": ["text"], "cost": {"input": 0.4, "output": 2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768},
-            "mistral-code-latest": {"name": "Mistral Code Latest", "reasoning": False, "input": ["text"], "cost": {"input": 0.3, "output": 0.9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 32768},
-            "nanogpt/coding-router": {"name": "Coding Router", "reasoning": True, "input": ["text"], "cost": {"input": 1.1, "output": 2.2, "cacheRead": 0.11, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-            "nanogpt/coding-router:high": {"name": "Coding Router High", "reasoning": True, "input": ["text"], "cost": {"input": 1.1, "output": 2.2, "cacheRead": 0.11, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-            "nanogpt/coding-router:low": {"name": "Coding Router Low", "reasoning": True, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.028, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-            "nanogpt/coding-router:max": {"name": "Coding Router Max", "reasoning": True, "input": ["text"], "cost": {"input": 5, "output": 30, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-            "nanogpt/coding-router:medium": {"name": "Coding Router Medium", "reasoning": True, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.028, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-            "sarvam-105b": {"name": "Sarvam 105B", "reasoning": True, "input": ["text"], "cost": {"input": 0.045, "output": 0.177, "cacheRead": 0.028, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 4096},
-            "sarvam-30b": {"name": "Sarvam 30B", "reasoning": True, "input": ["text"], "cost": {"input": 0.028, "output": 0.111, "cacheRead": 0.017, "cacheWrite": 0}, "contextWindow": 65536, "maxTokens": 4096},
-            "stepfun/step-3.7-flash:thinking": {"name": "Step 3.7 Flash Thinking", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.15, "cacheRead": 0.04, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 256000},
-            "x-ai/grok-build-0.1": {"name": "Grok Build 0.1", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1, "output": 2, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 256000},
-        },
     },
     "nova": {
         "name": "Nova",
@@ -1227,10 +594,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "nova-2-lite-v1": {"name": "Nova 2 Lite", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 64000},
-            "nova-2-pro-v1": {"name": "Nova 2 Pro", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 64000},
-        },
     },
     "novita-ai": {
         "name": "Novita AI",
@@ -1244,33 +607,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "deepseek/deepseek-v4-flash": {"name": "DeepSeek: DeepSeek V4 Flash", "reasoning": True, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.028, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 393216},
-            "deepseek/deepseek-v4-pro": {"name": "DeepSeek: DeepSeek V4 Pro", "reasoning": True, "input": ["text"], "cost": {"input": 1.69, "output": 3.38, "cacheRead": 0.13, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 393216},
-            "google/gemma-4-26b-a4b-it": {"name": "Gemma 4 26B A4B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.13, "output": 0.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072},
-            "google/gemma-4-31b-it": {"name": "Gemma 4 31B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.14, "output": 0.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072},
-            "inclusionai/ling-2.6-1t": {"name": "Ling-2.6-1T", "reasoning": False, "input": ["text"], "cost": {"input": 0.3, "output": 2.5, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768},
-            "inclusionai/ling-2.6-flash": {"name": "Ling-2.6-flash", "reasoning": False, "input": ["text"], "cost": {"input": 0.1, "output": 0.3, "cacheRead": 0.02, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768},
-            "inclusionai/ring-2.6-1t": {"name": "Ring-2.6-1T", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 2.5, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "minimax/minimax-m2.5": {"name": "MiniMax M2.5", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.03, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131100},
-            "minimax/minimax-m2.5-highspeed": {"name": "MiniMax M2.5 Highspeed", "reasoning": True, "input": ["text"], "cost": {"input": 0.6, "output": 2.4, "cacheRead": 0.03, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131100},
-            "minimax/minimax-m2.7": {"name": "MiniMax M2.7", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "minimax/minimax-m2.7-highspeed": {"name": "MiniMax M2.7 highspeed", "reasoning": True, "input": ["text"], "cost": {"input": 0.6, "output": 2.4, "cacheRead": 0.06, "cacheWrite": 0.375}, "contextWindow": 204800, "maxTokens": 131070},
-            "moonshotai/kimi-k2.5": {"name": "Kimi K2.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3.0, "cacheRead": 0.1, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "moonshotai/kimi-k2.6": {"name": "Kimi K2.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "qwen/qwen3-coder-next": {"name": "Qwen3 Coder Next", "reasoning": False, "input": ["text"], "cost": {"input": 0.2, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "qwen/qwen3.5-122b-a10b": {"name": "Qwen3.5-122B-A10B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.4, "output": 3.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "qwen/qwen3.5-27b": {"name": "Qwen3.5-27B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.3, "output": 2.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "qwen/qwen3.5-35b-a3b": {"name": "Qwen3.5-35B-A3B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.25, "output": 2.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "qwen/qwen3.5-397b-a17b": {"name": "Qwen3.5-397B-A17B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 64000},
-            "qwen/qwen3.7-max": {"name": "Qwen3.7-Max", "reasoning": True, "input": ["text"], "cost": {"input": 1.25, "output": 3.75, "cacheRead": 0.125, "cacheWrite": 1.5625}, "contextWindow": 1000000, "maxTokens": 65536},
-            "xiaomimimo/mimo-v2-pro": {"name": "MiMo V2 Pro", "reasoning": True, "input": ["text"], "cost": {"input": 2, "output": 6, "cacheRead": 0.4, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 131072},
-            "xiaomimimo/mimo-v2.5-pro": {"name": "MiMo V2.5 Pro", "reasoning": True, "input": ["text"], "cost": {"input": 2, "output": 6, "cacheRead": 0.4, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 131072},
-            "zai-org/glm-4.7-flash": {"name": "GLM-4.7-Flash", "reasoning": True, "input": ["text"], "cost": {"input": 0.07, "output": 0.4, "cacheRead": 0.01, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 128000},
-            "zai-org/glm-5": {"name": "GLM-5", "reasoning": True, "input": ["text"], "cost": {"input": 1.0, "output": 3.2, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 202800, "maxTokens": 131072},
-            "zai-org/glm-5.1": {"name": "GLM-5.1", "reasoning": True, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "zai-org/glm-5.2": {"name": "GLM-5.2", "reasoning": True, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 131072},
-        },
     },
     "nvidia": {
         "name": "NVIDIA NIM",
@@ -1284,33 +620,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "bytedance/seed-oss-36b-instruct": {"name": "ByteDance-Seed/Seed-OSS-36B-Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "deepseek-ai/deepseek-v4-flash": {"name": "DeepSeek V4 Flash", "reasoning": True, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.0028, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 393216},
-            "deepseek-ai/deepseek-v4-pro": {"name": "deepseek-ai/DeepSeek-V4-Pro", "reasoning": True, "input": ["text"], "cost": {"input": 0.435, "output": 0.87, "cacheRead": 0.003625, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 393216},
-            "google/gemma-3n-e2b-it": {"name": "Gemma 3n E2b It", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096},
-            "google/gemma-4-31b-it": {"name": "Gemma-4-31B-IT", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 16384},
-            "minimaxai/minimax-m2.7": {"name": "MiniMax-M2.7", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "minimaxai/minimax-m3": {"name": "MiniMax-M3", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 16384},
-            "mistralai/mistral-large-3-675b-instruct-2512": {"name": "Mistral Large 3 675B Instruct 2512", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "mistralai/mistral-small-4-119b-2603": {"name": "mistral-small-4-119b-2603", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192},
-            "moonshotai/kimi-k2-instruct-0905": {"name": "Kimi K2 0905", "reasoning": False, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "moonshotai/kimi-k2.6": {"name": "Kimi K2.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "nvidia/nemotron-3-nano-omni-30b-a3b-reasoning": {"name": "Nemotron 3 Nano Omni", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 65536},
-            "nvidia/nemotron-3-super-120b-a12b": {"name": "Nemotron 3 Super", "reasoning": True, "input": ["text"], "cost": {"input": 0.2, "output": 0.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "nvidia/nemotron-3-ultra-550b-a55b": {"name": "Nemotron 3 Ultra 550B A55B", "reasoning": True, "input": ["text"], "cost": {"input": 0.5, "output": 2.5, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 65536},
-            "nvidia/nemotron-voicechat": {"name": "nemotron-voicechat", "reasoning": False, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192},
-            "nvidia/nvidia-nemotron-nano-9b-v2": {"name": "nvidia-nemotron-nano-9b-v2", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072},
-            "openai/gpt-oss-120b": {"name": "GPT-OSS-120B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192},
-            "openai/gpt-oss-20b": {"name": "GPT OSS 20B", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768},
-            "qwen/qwen3-coder-480b-a35b-instruct": {"name": "Qwen3 Coder 480B A35B Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 66536},
-            "qwen/qwen3.5-122b-a10b": {"name": "Qwen3.5 122B-A10B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "qwen/qwen3.5-397b-a17b": {"name": "Qwen3.5-397B-A17B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 8192},
-            "sarvamai/sarvam-m": {"name": "sarvam-m", "reasoning": False, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192},
-            "stepfun-ai/step-3.5-flash": {"name": "Step 3.5 Flash", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 16384},
-            "stepfun-ai/step-3.7-flash": {"name": "Step 3.7 Flash", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 16384},
-            "z-ai/glm-5.1": {"name": "GLM-5.1", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072},
-        },
     },
     "poe": {
         "name": "Poe",
@@ -1324,33 +633,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "anthropic/claude-opus-4.6": {"name": "Claude-Opus-4.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 4.3, "output": 21, "cacheRead": 0.43, "cacheWrite": 5.3}, "contextWindow": 983040, "maxTokens": 128000},
-            "anthropic/claude-opus-4.7": {"name": "Claude-Opus-4.7", "reasoning": True, "input": ["text", "image"], "cost": {"input": 4.3, "output": 21, "cacheRead": 0.43, "cacheWrite": 5.4}, "contextWindow": 1048576, "maxTokens": 128000},
-            "anthropic/claude-opus-4.8": {"name": "Claude-Opus-4.8", "reasoning": True, "input": ["text", "image"], "cost": {"input": 4.2929, "output": 21.4646, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 128000},
-            "anthropic/claude-sonnet-4.6": {"name": "Claude-Sonnet-4.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2.6, "output": 13, "cacheRead": 0.26, "cacheWrite": 3.2}, "contextWindow": 983040, "maxTokens": 128000},
-            "empiriolabs/deepseek-v4-flash-el": {"name": "DeepSeek-V4-Flash-EL", "reasoning": True, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000},
-            "empiriolabs/deepseek-v4-pro-el": {"name": "DeepSeek-V4-Pro-EL", "reasoning": True, "input": ["text"], "cost": {"input": 1.67, "output": 3.33, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000},
-            "fireworks-ai/kimi-k2.5-fw": {"name": "Kimi-K2.5-FW", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 16384},
-            "google/gemini-3.1-flash-lite": {"name": "Gemini-3.1-Flash-Lite", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.25, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "google/gemini-3.1-pro": {"name": "Gemini-3.1-Pro", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2, "output": 12, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "google/gemini-3.5-flash": {"name": "Gemini-3.5-Flash", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.5152, "output": 9.0909, "cacheRead": 0.1515, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "google/gemma-4-31b": {"name": "Gemma-4-31B", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 8192},
-            "novita/glm-4.7-flash": {"name": "glm-4.7-flash", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 65500},
-            "novita/glm-4.7-n": {"name": "glm-4.7-n", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 205000, "maxTokens": 131072},
-            "novita/glm-5": {"name": "GLM-5", "reasoning": True, "input": ["text"], "cost": {"input": 1, "output": 3.2, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 205000, "maxTokens": 131072},
-            "novita/kimi-k2.5": {"name": "Kimi-K2.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3, "cacheRead": 0.1, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 262144},
-            "novita/kimi-k2.6": {"name": "Kimi-K2.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.96, "output": 4.04, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "novita/minimax-m2.1": {"name": "minimax-m2.1", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 205000, "maxTokens": 131072},
-            "openai/gpt-5.2-codex": {"name": "GPT-5.2-Codex", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.6, "output": 13, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "openai/gpt-5.2-instant": {"name": "GPT-5.2-Instant", "reasoning": False, "input": ["text", "image"], "cost": {"input": 1.6, "output": 13, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384},
-            "openai/gpt-5.3-codex": {"name": "GPT-5.3-Codex", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.6, "output": 13, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "openai/gpt-5.3-codex-spark": {"name": "GPT-5.3-Codex-Spark", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384},
-            "openai/gpt-5.3-instant": {"name": "GPT-5.3-Instant", "reasoning": False, "input": ["text", "image"], "cost": {"input": 1.6, "output": 13, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384},
-            "openai/gpt-5.4-mini": {"name": "GPT-5.4-Mini", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.68, "output": 4, "cacheRead": 0.068, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "openai/gpt-5.4-nano": {"name": "GPT-5.4-Nano", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.18, "output": 1.1, "cacheRead": 0.018, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "xai/grok-4.20-multi-agent": {"name": "Grok-4.20-Multi-Agent", "reasoning": False, "input": ["text", "image"], "cost": {"input": 2, "output": 6, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384},
-        },
     },
     "privatemode-ai": {
         "name": "PrivateMode AI",
@@ -1364,11 +646,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "gemma-3-27b": {"name": "Gemma 3 27B", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192},
-            "gpt-oss-120b": {"name": "gpt-oss-120b", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000},
-            "qwen3-coder-30b-a3b": {"name": "Qwen3-Coder 30B-A3B", "reasoning": False, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32768},
-        },
     },
     "requesty": {
         "name": "Requesty",
@@ -1382,33 +659,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "anthropic/claude-haiku-4-5": {"name": "Claude Haiku 4.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.0, "output": 5.0, "cacheRead": 0.1, "cacheWrite": 1.25}, "contextWindow": 200000, "maxTokens": 62000},
-            "anthropic/claude-opus-4-5": {"name": "Claude Opus 4.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 200000, "maxTokens": 64000},
-            "anthropic/claude-opus-4-6": {"name": "Claude Opus 4.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000},
-            "anthropic/claude-sonnet-4-5": {"name": "Claude Sonnet 4.5 (latest)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 1000000, "maxTokens": 64000},
-            "anthropic/claude-sonnet-4-6": {"name": "Claude Sonnet 4.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3.0, "output": 15.0, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 1000000, "maxTokens": 128000},
-            "google/gemini-3-flash-preview": {"name": "Gemini 3 Flash", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.5, "output": 3, "cacheRead": 0.05, "cacheWrite": 1}, "contextWindow": 1048576, "maxTokens": 65536},
-            "google/gemini-3-pro-preview": {"name": "Gemini 3 Pro", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2.0, "output": 12.0, "cacheRead": 0.2, "cacheWrite": 4.5}, "contextWindow": 1048576, "maxTokens": 65536},
-            "openai/gpt-5-codex": {"name": "GPT-5 Codex", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "openai/gpt-5-mini": {"name": "GPT-5 Mini", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.25, "output": 2.0, "cacheRead": 0.03, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000},
-            "openai/gpt-5-nano": {"name": "GPT-5 Nano", "reasoning": True, "input": ["text"], "cost": {"input": 0.05, "output": 0.4, "cacheRead": 0.01, "cacheWrite": 0}, "contextWindow": 16000, "maxTokens": 4000},
-            "openai/gpt-5-pro": {"name": "OpenAI: GPT-5 Pro", "reasoning": True, "input": ["text", "image"], "cost": {"input": 15, "output": 120, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "openai/gpt-5.1": {"name": "GPT-5.1", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "openai/gpt-5.1-chat": {"name": "GPT-5.1 Chat", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384},
-            "openai/gpt-5.1-codex": {"name": "GPT-5.1-Codex", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "openai/gpt-5.1-codex-max": {"name": "GPT-5.1-Codex-Max", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.1, "output": 9.0, "cacheRead": 0.11, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "openai/gpt-5.1-codex-mini": {"name": "GPT-5.1-Codex-Mini", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.25, "output": 2.0, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 100000},
-            "openai/gpt-5.2": {"name": "GPT-5.2", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "openai/gpt-5.2-chat": {"name": "GPT-5.2 Chat", "reasoning": False, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384},
-            "openai/gpt-5.2-codex": {"name": "GPT-5.2-Codex", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "openai/gpt-5.2-pro": {"name": "GPT-5.2 Pro", "reasoning": True, "input": ["text", "image"], "cost": {"input": 21.0, "output": 168.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "openai/gpt-5.3-codex": {"name": "GPT-5.3-Codex", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "openai/gpt-5.4": {"name": "GPT-5.4", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2.5, "output": 15, "cacheRead": 0.25, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000},
-            "openai/gpt-5.4-pro": {"name": "GPT-5.4 Pro", "reasoning": True, "input": ["text", "image"], "cost": {"input": 30.0, "output": 180.0, "cacheRead": 30.0, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000},
-            "xai/grok-4": {"name": "Grok 4", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3.0, "output": 15.0, "cacheRead": 0.75, "cacheWrite": 3.0}, "contextWindow": 256000, "maxTokens": 64000},
-            "xai/grok-4-fast": {"name": "Grok 4 Fast", "reasoning": True, "input": ["text"], "cost": {"input": 0.2, "output": 0.5, "cacheRead": 0.05, "cacheWrite": 0.2}, "contextWindow": 2000000, "maxTokens": 64000},
-        },
     },
     "submodel": {
         "name": "Submodel",
@@ -1422,17 +672,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "Qwen/Qwen3-235B-A22B-Instruct-2507": {"name": "Qwen3 235B A22B Instruct 2507", "reasoning": False, "input": ["text"], "cost": {"input": 0.2, "output": 0.3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072},
-            "Qwen/Qwen3-235B-A22B-Thinking-2507": {"name": "Qwen3 235B A22B Thinking 2507", "reasoning": True, "input": ["text"], "cost": {"input": 0.2, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072},
-            "Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8": {"name": "Qwen3 Coder 480B A35B Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.2, "output": 0.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "deepseek-ai/DeepSeek-R1-0528": {"name": "DeepSeek R1 0528", "reasoning": True, "input": ["text"], "cost": {"input": 0.5, "output": 2.15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 75000, "maxTokens": 163840},
-            "deepseek-ai/DeepSeek-V3-0324": {"name": "DeepSeek V3 0324", "reasoning": False, "input": ["text"], "cost": {"input": 0.2, "output": 0.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 75000, "maxTokens": 163840},
-            "deepseek-ai/DeepSeek-V3.1": {"name": "DeepSeek V3.1", "reasoning": True, "input": ["text"], "cost": {"input": 0.2, "output": 0.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 75000, "maxTokens": 163840},
-            "openai/gpt-oss-120b": {"name": "GPT OSS 120B", "reasoning": True, "input": ["text"], "cost": {"input": 0.1, "output": 0.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768},
-            "zai-org/GLM-4.5-Air": {"name": "GLM 4.5 Air", "reasoning": False, "input": ["text"], "cost": {"input": 0.1, "output": 0.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072},
-            "zai-org/GLM-4.5-FP8": {"name": "GLM 4.5 FP8", "reasoning": True, "input": ["text"], "cost": {"input": 0.2, "output": 0.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072},
-        },
     },
     "synthetic": {
         "name": "Synthetic",
@@ -1446,17 +685,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "hf:MiniMaxAI/MiniMax-M3": {"name": "MiniMax-M3", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.6, "output": 1.2, "cacheRead": 0.6, "cacheWrite": 0}, "contextWindow": 524288, "maxTokens": 65536},
-            "hf:Qwen/Qwen3.5-397B-A17B": {"name": "Qwen3.5 397B-A17B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3.6, "cacheRead": 0.6, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "hf:Qwen/Qwen3.6-27B": {"name": "Qwen3.6 27B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.45, "output": 3.6, "cacheRead": 0.45, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "hf:moonshotai/Kimi-K2.6": {"name": "Kimi K2.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4, "cacheRead": 0.95, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "hf:openai/gpt-oss-120b": {"name": "GPT OSS 120B", "reasoning": True, "input": ["text"], "cost": {"input": 0.1, "output": 0.1, "cacheRead": 0.1, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768},
-            "hf:zai-org/GLM-4.7": {"name": "GLM-4.7", "reasoning": True, "input": ["text"], "cost": {"input": 0.45, "output": 2.19, "cacheRead": 0.45, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 65536},
-            "hf:zai-org/GLM-4.7-Flash": {"name": "GLM-4.7-Flash", "reasoning": True, "input": ["text"], "cost": {"input": 0.1, "output": 0.5, "cacheRead": 0.1, "cacheWrite": 0}, "contextWindow": 196608, "maxTokens": 65536},
-            "hf:zai-org/GLM-5.1": {"name": "GLM-5.1", "reasoning": True, "input": ["text"], "cost": {"input": 1, "output": 3, "cacheRead": 1, "cacheWrite": 0}, "contextWindow": 196608, "maxTokens": 65536},
-            "hf:zai-org/GLM-5.2": {"name": "GLM-5.2", "reasoning": True, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 1.4, "cacheWrite": 0}, "contextWindow": 524288, "maxTokens": 65536},
-        },
     },
     "vivgrid": {
         "name": "Vivgrid",
@@ -1470,21 +698,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "deepseek-v3.2": {"name": "DeepSeek-V3.2", "reasoning": True, "input": ["text"], "cost": {"input": 0.28, "output": 0.42, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000},
-            "deepseek-v4-pro": {"name": "DeepSeek V4 Pro", "reasoning": True, "input": ["text"], "cost": {"input": 0.435, "output": 0.87, "cacheRead": 0.003625, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000},
-            "gemini-3.1-flash-lite-preview": {"name": "Gemini 3.1 Flash Lite Preview", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.25, "output": 1.5, "cacheRead": 0.025, "cacheWrite": 1.0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-3.1-pro-preview": {"name": "Gemini 3.1 Pro Preview", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2.0, "output": 12.0, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gpt-5-mini": {"name": "GPT-5 Mini", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.25, "output": 2.0, "cacheRead": 0.03, "cacheWrite": 0}, "contextWindow": 272000, "maxTokens": 128000},
-            "gpt-5.1-codex": {"name": "GPT-5.1 Codex", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.1-codex-max": {"name": "GPT-5.1 Codex Max", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.2-codex": {"name": "GPT-5.2 Codex", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.3-codex": {"name": "GPT-5.3 Codex", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.4": {"name": "GPT-5.4", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2.5, "output": 15.0, "cacheRead": 0.25, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.4-mini": {"name": "GPT-5.4 Mini", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.75, "output": 4.5, "cacheRead": 0.075, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.4-nano": {"name": "GPT-5.4 Nano", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.25, "cacheRead": 0.02, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.5": {"name": "GPT-5.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 30, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000},
-        },
     },
     "vultr": {
         "name": "Vultr",
@@ -1498,14 +711,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "MiniMaxAI/MiniMax-M2.7": {"name": "MiniMax-M2.7", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "moonshotai/Kimi-K2.6": {"name": "Kimi K2.6", "reasoning": True, "input": ["text"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 131072},
-            "nvidia/DeepSeek-V3.2-NVFP4": {"name": "DeepSeek V3.2", "reasoning": True, "input": ["text"], "cost": {"input": 0.55, "output": 1.65, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072},
-            "nvidia/Nemotron-3-Nano-Omni-30B-A3B-Reasoning-BF16": {"name": "NVIDIA Nemotron 3 Nano Omni", "reasoning": True, "input": ["text"], "cost": {"input": 0.13, "output": 0.38, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072},
-            "nvidia/Nemotron-Cascade-2-30B-A3B": {"name": "NVIDIA Nemotron Cascade 2", "reasoning": True, "input": ["text"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072},
-            "zai-org/GLM-5.1-FP8": {"name": "GLM-5.1 FP8", "reasoning": True, "input": ["text"], "cost": {"input": 0.85, "output": 3.1, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 131072},
-        },
     },
     "wandb": {
         "name": "Weights & Biases",
@@ -1519,26 +724,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "MiniMaxAI/MiniMax-M2.5": {"name": "MiniMax M2.5", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 196608, "maxTokens": 196608},
-            "OpenPipe/Qwen3-14B-Instruct": {"name": "OpenPipe Qwen3 14B Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.05, "output": 0.22, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 32768, "maxTokens": 32768},
-            "Qwen/Qwen3-235B-A22B-Instruct-2507": {"name": "Qwen3 235B A22B Instruct 2507", "reasoning": False, "input": ["text"], "cost": {"input": 0.1, "output": 0.1, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "Qwen/Qwen3-235B-A22B-Thinking-2507": {"name": "Qwen3-235B-A22B-Thinking-2507", "reasoning": True, "input": ["text"], "cost": {"input": 0.1, "output": 0.1, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "Qwen/Qwen3-30B-A3B-Instruct-2507": {"name": "Qwen3 30B A3B Instruct 2507", "reasoning": False, "input": ["text"], "cost": {"input": 0.1, "output": 0.3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "Qwen/Qwen3-Coder-480B-A35B-Instruct": {"name": "Qwen3-Coder-480B-A35B-Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 1, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "deepseek-ai/DeepSeek-V3.1": {"name": "DeepSeek V3.1", "reasoning": False, "input": ["text"], "cost": {"input": 0.55, "output": 1.65, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 161000, "maxTokens": 161000},
-            "meta-llama/Llama-3.1-70B-Instruct": {"name": "Llama 3.1 70B", "reasoning": False, "input": ["text"], "cost": {"input": 0.8, "output": 0.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000},
-            "meta-llama/Llama-3.1-8B-Instruct": {"name": "Meta-Llama-3.1-8B-Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.22, "output": 0.22, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000},
-            "meta-llama/Llama-3.3-70B-Instruct": {"name": "Llama-3.3-70B-Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.71, "output": 0.71, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000},
-            "meta-llama/Llama-4-Scout-17B-16E-Instruct": {"name": "Llama 4 Scout 17B 16E Instruct", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.17, "output": 0.66, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 64000, "maxTokens": 64000},
-            "microsoft/Phi-4-mini-instruct": {"name": "Phi-4-mini-instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.08, "output": 0.35, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000},
-            "moonshotai/Kimi-K2.5": {"name": "Kimi K2.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.5, "output": 2.85, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "nvidia/NVIDIA-Nemotron-3-Super-120B-A12B-FP8": {"name": "NVIDIA Nemotron 3 Super 120B", "reasoning": True, "input": ["text"], "cost": {"input": 0.2, "output": 0.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "openai/gpt-oss-120b": {"name": "gpt-oss-120b", "reasoning": True, "input": ["text"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072},
-            "openai/gpt-oss-20b": {"name": "gpt-oss-20b", "reasoning": True, "input": ["text"], "cost": {"input": 0.05, "output": 0.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072},
-            "zai-org/GLM-5-FP8": {"name": "GLM 5", "reasoning": False, "input": ["text"], "cost": {"input": 1, "output": 3.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 200000},
-            "zai-org/GLM-5.1": {"name": "GLM-5.1", "reasoning": True, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 16384},
-        },
     },
     "xiaomi": {
         "name": "Xiaomi",
@@ -1552,11 +737,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "mimo-v2.5": {"name": "MiMo-V2.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.0028, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 131072},
-            "mimo-v2.5-pro": {"name": "MiMo-V2.5-Pro", "reasoning": True, "input": ["text"], "cost": {"input": 0.435, "output": 0.87, "cacheRead": 0.0036, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 131072},
-            "mimo-v2.5-pro-ultraspeed": {"name": "MiMo-V2.5-Pro-UltraSpeed", "reasoning": True, "input": ["text"], "cost": {"input": 1.305, "output": 2.61, "cacheRead": 0.0108, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 131072},
-        },
     },
     "alibaba-cn": {
         "name": "Alibaba China",
@@ -1571,33 +751,6 @@ PROVIDERS = {
         "maxTokens": 16384,
         "baseline": True,
         "compat": {"thinkingFormat": "qwen"},
-        "models": {
-            "MiniMax-M2.5": {"name": "MiniMax-M2.5", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "MiniMax/MiniMax-M2.7": {"name": "MiniMax-M2.7", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0.375}, "contextWindow": 204800, "maxTokens": 131072},
-            "deepseek-v4-flash": {"name": "DeepSeek V4 Flash", "reasoning": True, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.0028, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000},
-            "deepseek-v4-pro": {"name": "DeepSeek V4 Pro", "reasoning": True, "input": ["text"], "cost": {"input": 0.435, "output": 0.87, "cacheRead": 0.003625, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000},
-            "glm-5": {"name": "GLM-5", "reasoning": True, "input": ["text"], "cost": {"input": 0.86, "output": 3.15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 16384},
-            "glm-5.1": {"name": "GLM-5.1", "reasoning": True, "input": ["text"], "cost": {"input": 0.87, "output": 3.48, "cacheRead": 0.17, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 128000},
-            "kimi-k2-thinking": {"name": "Moonshot Kimi K2 Thinking", "reasoning": True, "input": ["text"], "cost": {"input": 0.574, "output": 2.294, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 16384},
-            "kimi-k2.5": {"name": "Moonshot Kimi K2.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.574, "output": 2.411, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768},
-            "kimi-k2.6": {"name": "Moonshot Kimi K2.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.929, "output": 3.858, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 16384},
-            "kimi/kimi-k2.5": {"name": "kimi/kimi-k2.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3.0, "cacheRead": 0.1, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "qwen-plus": {"name": "Qwen Plus", "reasoning": True, "input": ["text"], "cost": {"input": 0.115, "output": 0.287, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 32768},
-            "qwen3-max": {"name": "Qwen3 Max", "reasoning": False, "input": ["text"], "cost": {"input": 0.861, "output": 3.441, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "qwen3-next-80b-a3b-instruct": {"name": "Qwen3-Next 80B-A3B Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.144, "output": 0.574, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768},
-            "qwen3-next-80b-a3b-thinking": {"name": "Qwen3-Next 80B-A3B (Thinking)", "reasoning": True, "input": ["text"], "cost": {"input": 0.144, "output": 1.434, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768},
-            "qwen3-vl-plus": {"name": "Qwen3-VL Plus", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.143353, "output": 1.433525, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768},
-            "qwen3.5-397b-a17b": {"name": "Qwen3.5 397B-A17B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.43, "output": 2.58, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "qwen3.5-flash": {"name": "Qwen3.5 Flash", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.172, "output": 1.72, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 65536},
-            "qwen3.5-plus": {"name": "Qwen3.5 Plus", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.573, "output": 3.44, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 65536},
-            "qwen3.6-flash": {"name": "Qwen3.6 Flash", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.1875, "output": 1.125, "cacheRead": 0, "cacheWrite": 0.234375}, "contextWindow": 1000000, "maxTokens": 65536},
-            "qwen3.6-max-preview": {"name": "Qwen3.6 Max Preview", "reasoning": True, "input": ["text"], "cost": {"input": 1.32, "output": 7.9, "cacheRead": 0.132, "cacheWrite": 0}, "contextWindow": 245800, "maxTokens": 65536},
-            "qwen3.6-plus": {"name": "Qwen3.6 Plus", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.5, "output": 3.0, "cacheRead": 0.05, "cacheWrite": 0.625}, "contextWindow": 1000000, "maxTokens": 65536},
-            "qwen3.7-max": {"name": "Qwen3.7 Max", "reasoning": True, "input": ["text"], "cost": {"input": 2.5, "output": 7.5, "cacheRead": 0.5, "cacheWrite": 3.125}, "contextWindow": 1000000, "maxTokens": 65536},
-            "qwen3.7-plus": {"name": "Qwen3.7 Plus", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.5, "output": 3, "cacheRead": 0.05, "cacheWrite": 0.625}, "contextWindow": 1000000, "maxTokens": 65536},
-            "siliconflow/deepseek-v3.1-terminus": {"name": "siliconflow/deepseek-v3.1-terminus", "reasoning": True, "input": ["text"], "cost": {"input": 0.27, "output": 1.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 163840, "maxTokens": 65536},
-            "siliconflow/deepseek-v3.2": {"name": "siliconflow/deepseek-v3.2", "reasoning": True, "input": ["text"], "cost": {"input": 0.27, "output": 0.42, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 163840, "maxTokens": 65536},
-        },
     },
     "alibaba-us": {
         "name": "Alibaba US",
@@ -1612,9 +765,6 @@ PROVIDERS = {
         "maxTokens": 16384,
         "baseline": False,
         "compat": {"thinkingFormat": "qwen"},
-        "models": {
-            "qwen-plus": {"name": "Qwen Plus", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 32768},
-        },
     },
     "kimi-for-coding": {
         "name": "Kimi for Coding",
@@ -1628,11 +778,6 @@ PROVIDERS = {
         "contextWindow": 262144,
         "maxTokens": 32768,
         "baseline": True,
-        "models": {
-            "k2p5": {"name": "Kimi K2.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768},
-            "k2p6": {"name": "Kimi K2.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768},
-            "kimi-k2-thinking": {"name": "Kimi K2 Thinking", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768},
-        },
     },
     "minimax": {
         "name": "MiniMax",
@@ -1646,15 +791,6 @@ PROVIDERS = {
         "contextWindow": 204800,
         "maxTokens": 131072,
         "baseline": True,
-        "models": {
-            "MiniMax-M2": {"name": "MiniMax-M2", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 196608, "maxTokens": 128000},
-            "MiniMax-M2.1": {"name": "MiniMax-M2.1", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "MiniMax-M2.5": {"name": "MiniMax-M2.5", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.03, "cacheWrite": 0.375}, "contextWindow": 204800, "maxTokens": 131072},
-            "MiniMax-M2.5-highspeed": {"name": "MiniMax-M2.5-highspeed", "reasoning": True, "input": ["text"], "cost": {"input": 0.6, "output": 2.4, "cacheRead": 0.06, "cacheWrite": 0.375}, "contextWindow": 204800, "maxTokens": 131072},
-            "MiniMax-M2.7": {"name": "MiniMax-M2.7", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0.375}, "contextWindow": 204800, "maxTokens": 131072},
-            "MiniMax-M2.7-highspeed": {"name": "MiniMax-M2.7-highspeed", "reasoning": True, "input": ["text"], "cost": {"input": 0.6, "output": 2.4, "cacheRead": 0.06, "cacheWrite": 0.375}, "contextWindow": 204800, "maxTokens": 131072},
-            "MiniMax-M3": {"name": "MiniMax-M3", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-        },
     },
     "minimax-cn": {
         "name": "MiniMax China",
@@ -1668,15 +804,6 @@ PROVIDERS = {
         "contextWindow": 204800,
         "maxTokens": 131072,
         "baseline": True,
-        "models": {
-            "MiniMax-M2": {"name": "MiniMax-M2", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 196608, "maxTokens": 128000},
-            "MiniMax-M2.1": {"name": "MiniMax-M2.1", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "MiniMax-M2.5": {"name": "MiniMax-M2.5", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.03, "cacheWrite": 0.375}, "contextWindow": 204800, "maxTokens": 131072},
-            "MiniMax-M2.5-highspeed": {"name": "MiniMax-M2.5-highspeed", "reasoning": True, "input": ["text"], "cost": {"input": 0.6, "output": 2.4, "cacheRead": 0.06, "cacheWrite": 0.375}, "contextWindow": 204800, "maxTokens": 131072},
-            "MiniMax-M2.7": {"name": "MiniMax-M2.7", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0.375}, "contextWindow": 204800, "maxTokens": 131072},
-            "MiniMax-M2.7-highspeed": {"name": "MiniMax-M2.7-highspeed", "reasoning": True, "input": ["text"], "cost": {"input": 0.6, "output": 2.4, "cacheRead": 0.06, "cacheWrite": 0.375}, "contextWindow": 204800, "maxTokens": 131072},
-            "MiniMax-M3": {"name": "MiniMax-M3", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-        },
     },
     "minimax-coding-plan": {
         "name": "MiniMax Coding Plan",
@@ -1690,15 +817,6 @@ PROVIDERS = {
         "contextWindow": 204800,
         "maxTokens": 131072,
         "baseline": True,
-        "models": {
-            "MiniMax-M2": {"name": "MiniMax-M2", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 196608, "maxTokens": 128000},
-            "MiniMax-M2.1": {"name": "MiniMax-M2.1", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "MiniMax-M2.5": {"name": "MiniMax-M2.5", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "MiniMax-M2.5-highspeed": {"name": "MiniMax-M2.5-highspeed", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "MiniMax-M2.7": {"name": "MiniMax-M2.7", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "MiniMax-M2.7-highspeed": {"name": "MiniMax-M2.7-highspeed", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "MiniMax-M3": {"name": "MiniMax-M3", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-        },
     },
     "minimax-cn-coding-plan": {
         "name": "MiniMax China Coding Plan",
@@ -1712,15 +830,6 @@ PROVIDERS = {
         "contextWindow": 204800,
         "maxTokens": 131072,
         "baseline": True,
-        "models": {
-            "MiniMax-M2": {"name": "MiniMax-M2", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 196608, "maxTokens": 128000},
-            "MiniMax-M2.1": {"name": "MiniMax-M2.1", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "MiniMax-M2.5": {"name": "MiniMax-M2.5", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "MiniMax-M2.5-highspeed": {"name": "MiniMax-M2.5-highspeed", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "MiniMax-M2.7": {"name": "MiniMax-M2.7", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "MiniMax-M2.7-highspeed": {"name": "MiniMax-M2.7-highspeed", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "MiniMax-M3": {"name": "MiniMax-M3", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-        },
     },
     "modelscope": {
         "name": "ModelScope",
@@ -1734,15 +843,6 @@ PROVIDERS = {
         "contextWindow": 131072,
         "maxTokens": 98304,
         "baseline": True,
-        "models": {
-            "Qwen/Qwen3-235B-A22B-Instruct-2507": {"name": "Qwen3 235B A22B Instruct 2507", "reasoning": False, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072},
-            "Qwen/Qwen3-235B-A22B-Thinking-2507": {"name": "Qwen3-235B-A22B-Thinking-2507", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072},
-            "Qwen/Qwen3-30B-A3B-Instruct-2507": {"name": "Qwen3 30B A3B Instruct 2507", "reasoning": False, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 16384},
-            "Qwen/Qwen3-30B-A3B-Thinking-2507": {"name": "Qwen3 30B A3B Thinking 2507", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768},
-            "Qwen/Qwen3-Coder-30B-A3B-Instruct": {"name": "Qwen3 Coder 30B A3B Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "ZhipuAI/GLM-4.5": {"name": "GLM-4.5", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 98304},
-            "ZhipuAI/GLM-4.6": {"name": "GLM-4.6", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 98304},
-        },
     },
     "moonshotai-cn": {
         "name": "Moonshot AI China",
@@ -1756,16 +856,6 @@ PROVIDERS = {
         "contextWindow": 262144,
         "maxTokens": 262144,
         "baseline": True,
-        "models": {
-            "kimi-k2-0711-preview": {"name": "Kimi K2 0711", "reasoning": False, "input": ["text"], "cost": {"input": 0.6, "output": 2.5, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 16384},
-            "kimi-k2-0905-preview": {"name": "Kimi K2 0905", "reasoning": False, "input": ["text"], "cost": {"input": 0.6, "output": 2.5, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "kimi-k2-thinking": {"name": "Kimi K2 Thinking", "reasoning": True, "input": ["text"], "cost": {"input": 0.6, "output": 2.5, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "kimi-k2-thinking-turbo": {"name": "Kimi K2 Thinking Turbo", "reasoning": True, "input": ["text"], "cost": {"input": 1.15, "output": 8, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "kimi-k2-turbo-preview": {"name": "Kimi K2 Turbo", "reasoning": False, "input": ["text"], "cost": {"input": 2.4, "output": 10, "cacheRead": 0.6, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "kimi-k2.5": {"name": "Kimi K2.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3.0, "cacheRead": 0.1, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "kimi-k2.6": {"name": "Kimi K2.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4.0, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "kimi-k2.7-code": {"name": "Kimi K2.7 Code", "reasoning": True, "input": ["text"], "cost": {"input": 0.95, "output": 4.0, "cacheRead": 0.19, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072},
-        },
     },
     "nebius": {
         "name": "Nebius",
@@ -1779,26 +869,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 8192,
         "baseline": True,
-        "models": {
-            "MiniMaxAI/MiniMax-M2.5": {"name": "MiniMax-M2.5", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.03, "cacheWrite": 0.375}, "contextWindow": 196608, "maxTokens": 8192},
-            "NousResearch/Hermes-4-405B": {"name": "Hermes-4-405B", "reasoning": True, "input": ["text"], "cost": {"input": 1.0, "output": 3.0, "cacheRead": 0.1, "cacheWrite": 1.25}, "contextWindow": 128000, "maxTokens": 8192},
-            "NousResearch/Hermes-4-70B": {"name": "Hermes-4-70B", "reasoning": True, "input": ["text"], "cost": {"input": 0.13, "output": 0.4, "cacheRead": 0.013, "cacheWrite": 0.16}, "contextWindow": 128000, "maxTokens": 8192},
-            "Qwen/Qwen2.5-VL-72B-Instruct": {"name": "Qwen2.5-VL-72B-Instruct", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.25, "output": 0.75, "cacheRead": 0.025, "cacheWrite": 0.31}, "contextWindow": 128000, "maxTokens": 8192},
-            "Qwen/Qwen3-235B-A22B-Instruct-2507": {"name": "Qwen3 235B A22B Instruct 2507", "reasoning": False, "input": ["text"], "cost": {"input": 0.2, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 8192},
-            "Qwen/Qwen3-30B-A3B-Instruct-2507": {"name": "Qwen3-30B-A3B-Instruct-2507", "reasoning": False, "input": ["text"], "cost": {"input": 0.1, "output": 0.3, "cacheRead": 0.01, "cacheWrite": 0.125}, "contextWindow": 128000, "maxTokens": 8192},
-            "Qwen/Qwen3-32B": {"name": "Qwen3-32B", "reasoning": False, "input": ["text"], "cost": {"input": 0.1, "output": 0.3, "cacheRead": 0.01, "cacheWrite": 0.125}, "contextWindow": 128000, "maxTokens": 8192},
-            "Qwen/Qwen3-Next-80B-A3B-Thinking": {"name": "Qwen3-Next-80B-A3B-Thinking", "reasoning": True, "input": ["text"], "cost": {"input": 0.15, "output": 1.2, "cacheRead": 0.015, "cacheWrite": 0.18}, "contextWindow": 128000, "maxTokens": 16384},
-            "Qwen/Qwen3.5-397B-A17B": {"name": "Qwen3.5-397B-A17B", "reasoning": True, "input": ["text"], "cost": {"input": 0.6, "output": 3.6, "cacheRead": 0.06, "cacheWrite": 0.75}, "contextWindow": 262144, "maxTokens": 8192},
-            "deepseek-ai/DeepSeek-V4-Pro": {"name": "deepseek-ai/DeepSeek-V4-Pro", "reasoning": True, "input": ["text"], "cost": {"input": 1.75, "output": 3.5, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 1049000, "maxTokens": 393000},
-            "google/gemma-3-27b-it": {"name": "Gemma-3-27b-it", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.3, "cacheRead": 0.01, "cacheWrite": 0.125}, "contextWindow": 110000, "maxTokens": 8192},
-            "meta-llama/Llama-3.3-70B-Instruct": {"name": "Llama-3.3-70B-Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.13, "output": 0.4, "cacheRead": 0.013, "cacheWrite": 0.16}, "contextWindow": 128000, "maxTokens": 8192},
-            "nvidia/Llama-3_1-Nemotron-Ultra-253B-v1": {"name": "Llama-3.1-Nemotron-Ultra-253B-v1", "reasoning": False, "input": ["text"], "cost": {"input": 0.6, "output": 1.8, "cacheRead": 0.06, "cacheWrite": 0.75}, "contextWindow": 128000, "maxTokens": 4096},
-            "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B": {"name": "Nemotron-3-Nano-30B-A3B", "reasoning": False, "input": ["text"], "cost": {"input": 0.06, "output": 0.24, "cacheRead": 0.006, "cacheWrite": 0.075}, "contextWindow": 32000, "maxTokens": 4096},
-            "nvidia/Nemotron-3-Nano-Omni": {"name": "Nemotron-3-Nano-Omni", "reasoning": True, "input": ["text"], "cost": {"input": 0.06, "output": 0.24, "cacheRead": 0.006, "cacheWrite": 0.075}, "contextWindow": 65536, "maxTokens": 8192},
-            "nvidia/nemotron-3-super-120b-a12b": {"name": "Nemotron-3-Super-120B-A12B", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 0.9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 32768},
-            "openai/gpt-oss-120b": {"name": "gpt-oss-120b", "reasoning": True, "input": ["text"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0.015, "cacheWrite": 0.18}, "contextWindow": 128000, "maxTokens": 8192},
-            "zai-org/GLM-5.2": {"name": "GLM-5.2", "reasoning": True, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 432000, "maxTokens": 432000},
-        },
     },
     "ovhcloud": {
         "name": "OVHcloud",
@@ -1812,19 +882,6 @@ PROVIDERS = {
         "contextWindow": 32768,
         "maxTokens": 32768,
         "baseline": True,
-        "models": {
-            "gpt-oss-120b": {"name": "gpt-oss-120b", "reasoning": True, "input": ["text"], "cost": {"input": 0.09, "output": 0.47, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072},
-            "gpt-oss-20b": {"name": "gpt-oss-20b", "reasoning": True, "input": ["text"], "cost": {"input": 0.05, "output": 0.18, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072},
-            "meta-llama-3_3-70b-instruct": {"name": "Meta-Llama-3_3-70B-Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.74, "output": 0.74, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072},
-            "mistral-7b-instruct-v0.3": {"name": "Mistral-7B-Instruct-v0.3", "reasoning": False, "input": ["text"], "cost": {"input": 0.11, "output": 0.11, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 65536, "maxTokens": 65536},
-            "mistral-nemo-instruct-2407": {"name": "Mistral-Nemo-Instruct-2407", "reasoning": False, "input": ["text"], "cost": {"input": 0.14, "output": 0.14, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 65536, "maxTokens": 65536},
-            "mistral-small-3.2-24b-instruct-2506": {"name": "Mistral-Small-3.2-24B-Instruct-2506", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.31, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072},
-            "qwen3-32b": {"name": "Qwen3-32B", "reasoning": True, "input": ["text"], "cost": {"input": 0.09, "output": 0.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 32768, "maxTokens": 32768},
-            "qwen3-coder-30b-a3b-instruct": {"name": "Qwen3-Coder-30B-A3B-Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.07, "output": 0.26, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "qwen3.5-397b-a17b": {"name": "Qwen3.5-397B-A17B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.71, "output": 4.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "qwen3.5-9b": {"name": "Qwen3.5-9B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.12, "output": 0.18, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "qwen3.6-27b": {"name": "Qwen3.6-27B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.47, "output": 3.19, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-        },
     },
     "scaleway": {
         "name": "Scaleway",
@@ -1838,20 +895,6 @@ PROVIDERS = {
         "contextWindow": 260000,
         "maxTokens": 8192,
         "baseline": True,
-        "models": {
-            "gemma-3-27b-it": {"name": "Gemma-3-27B-IT", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.25, "output": 0.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 40000, "maxTokens": 8192},
-            "gemma-4-26b-a4b-it": {"name": "Gemma 4 26B A4B IT", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.25, "output": 0.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 16384},
-            "glm-5.2": {"name": "GLM-5.2", "reasoning": True, "input": ["text"], "cost": {"input": 1.8, "output": 5.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 16384},
-            "gpt-oss-120b": {"name": "GPT-OSS 120B", "reasoning": True, "input": ["text"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32768},
-            "llama-3.3-70b-instruct": {"name": "Llama-3.3-70B-Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.9, "output": 0.9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 100000, "maxTokens": 16384},
-            "mistral-medium-3.5-128b": {"name": "Mistral Medium 3.5 128B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.5, "output": 7.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 16384},
-            "mistral-small-3.2-24b-instruct-2506": {"name": "Mistral Small 3.2 24B Instruct (2506)", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.15, "output": 0.35, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768},
-            "qwen3-235b-a22b-instruct-2507": {"name": "Qwen3 235B A22B Instruct 2507", "reasoning": False, "input": ["text"], "cost": {"input": 0.75, "output": 2.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 260000, "maxTokens": 65536},
-            "qwen3-coder-30b-a3b-instruct": {"name": "Qwen3-Coder 30B-A3B Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.2, "output": 0.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32768},
-            "qwen3.5-397b-a17b": {"name": "Qwen3.5 397B A17B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 16384},
-            "qwen3.6-35b-a3b": {"name": "Qwen3.6 35B A3B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.25, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384},
-            "voxtral-small-24b-2507": {"name": "Voxtral Small 24B 2507", "reasoning": False, "input": ["text"], "cost": {"input": 0.15, "output": 0.35, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 32000, "maxTokens": 16384},
-        },
     },
     "stackit": {
         "name": "STACKIT",
@@ -1865,13 +908,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 8192,
         "baseline": False,
-        "models": {
-            "Qwen/Qwen3-VL-235B-A22B-Instruct-FP8": {"name": "Qwen3-VL 235B", "reasoning": False, "input": ["text", "image"], "cost": {"input": 1.64, "output": 1.91, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 218000, "maxTokens": 8192},
-            "cortecs/Llama-3.3-70B-Instruct-FP8-Dynamic": {"name": "Llama 3.3 70B", "reasoning": False, "input": ["text"], "cost": {"input": 0.49, "output": 0.71, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192},
-            "neuralmagic/Meta-Llama-3.1-8B-Instruct-FP8": {"name": "Llama 3.1 8B", "reasoning": False, "input": ["text"], "cost": {"input": 0.16, "output": 0.27, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192},
-            "neuralmagic/Mistral-Nemo-Instruct-2407-FP8": {"name": "Mistral Nemo", "reasoning": False, "input": ["text"], "cost": {"input": 0.49, "output": 0.71, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192},
-            "openai/gpt-oss-120b": {"name": "GPT-OSS 120B", "reasoning": True, "input": ["text"], "cost": {"input": 0.49, "output": 0.71, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131000, "maxTokens": 8192},
-        },
     },
     "siliconflow": {
         "name": "SiliconFlow",
@@ -1885,33 +921,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "MiniMaxAI/MiniMax-M2.5": {"name": "MiniMaxAI/MiniMax-M2.5", "reasoning": False, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.03, "cacheWrite": 0}, "contextWindow": 197000, "maxTokens": 131000},
-            "Qwen/Qwen3-VL-30B-A3B-Thinking": {"name": "Qwen/Qwen3-VL-30B-A3B-Thinking", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.29, "output": 1.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "Qwen/Qwen3-VL-32B-Instruct": {"name": "Qwen/Qwen3-VL-32B-Instruct", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.2, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "Qwen/Qwen3-VL-32B-Thinking": {"name": "Qwen/Qwen3-VL-32B-Thinking", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "Qwen/Qwen3-VL-8B-Instruct": {"name": "Qwen/Qwen3-VL-8B-Instruct", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.18, "output": 0.68, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "Qwen/Qwen3.5-122B-A10B": {"name": "Qwen: Qwen3.5-122B-A10B", "reasoning": False, "input": ["text"], "cost": {"input": 0.26, "output": 2.08, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "Qwen/Qwen3.5-27B": {"name": "Qwen: Qwen3.5-27B", "reasoning": False, "input": ["text"], "cost": {"input": 0.25, "output": 2.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "Qwen/Qwen3.5-35B-A3B": {"name": "Qwen 3.5 35B A3B", "reasoning": False, "input": ["text"], "cost": {"input": 0.24, "output": 1.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "Qwen/Qwen3.5-397B-A17B": {"name": "Qwen 3.5 397B A17B", "reasoning": False, "input": ["text"], "cost": {"input": 0.39, "output": 2.34, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "Qwen/Qwen3.5-9B": {"name": "Qwen/Qwen3.5-9B", "reasoning": False, "input": ["text"], "cost": {"input": 0.1, "output": 0.15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "Qwen/Qwen3.6-27B": {"name": "Qwen: Qwen3.6 27B", "reasoning": False, "input": ["text"], "cost": {"input": 0.3, "output": 3.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "Qwen/Qwen3.6-35B-A3B": {"name": "Qwen3.6 35B A3B", "reasoning": False, "input": ["text"], "cost": {"input": 0.2, "output": 1.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "deepseek-ai/DeepSeek-V3.2": {"name": "deepseek-ai/DeepSeek-V3.2", "reasoning": True, "input": ["text"], "cost": {"input": 0.27, "output": 0.42, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 164000, "maxTokens": 164000},
-            "deepseek-ai/DeepSeek-V4-Flash": {"name": "DeepSeek V4 Flash", "reasoning": True, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.028, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000},
-            "deepseek-ai/DeepSeek-V4-Pro": {"name": "deepseek-ai/DeepSeek-V4-Pro", "reasoning": True, "input": ["text"], "cost": {"input": 1.74, "output": 3.48, "cacheRead": 0.145, "cacheWrite": 0}, "contextWindow": 1049000, "maxTokens": 393000},
-            "google/gemma-4-26B-A4B-it": {"name": "Google: Gemma 4 26B A4B", "reasoning": False, "input": ["text"], "cost": {"input": 0.12, "output": 0.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "google/gemma-4-31B-it": {"name": "Gemma 4 31B Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.13, "output": 0.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "moonshotai/Kimi-K2.5": {"name": "moonshotai/Kimi-K2.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.45, "output": 2.25, "cacheRead": 0.07, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "moonshotai/Kimi-K2.6": {"name": "moonshotai/Kimi-K2.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.77, "output": 4.0, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "stepfun-ai/Step-3.5-Flash": {"name": "stepfun-ai/Step-3.5-Flash", "reasoning": True, "input": ["text"], "cost": {"input": 0.1, "output": 0.3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "tencent/Hy3-preview": {"name": "Tencent: Hy3 Preview", "reasoning": True, "input": ["text"], "cost": {"input": 0.066, "output": 0.26, "cacheRead": 0.029, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "zai-org/GLM-5": {"name": "zai-org/GLM-5", "reasoning": True, "input": ["text"], "cost": {"input": 0.95, "output": 2.55, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 205000, "maxTokens": 205000},
-            "zai-org/GLM-5.1": {"name": "zai-org/GLM-5.1", "reasoning": True, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 205000, "maxTokens": 205000},
-            "zai-org/GLM-5.2": {"name": "GLM-5.2", "reasoning": True, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 1049000, "maxTokens": 262000},
-            "zai-org/GLM-5V-Turbo": {"name": "zai-org/GLM-5V-Turbo", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.2, "output": 4, "cacheRead": 0.24, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072},
-        },
     },
     "siliconflow-cn": {
         "name": "SiliconFlow China",
@@ -1925,33 +934,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "Pro/MiniMaxAI/MiniMax-M2.5": {"name": "Pro/MiniMaxAI/MiniMax-M2.5", "reasoning": False, "input": ["text"], "cost": {"input": 0.3, "output": 1.22, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 192000, "maxTokens": 131000},
-            "Pro/deepseek-ai/DeepSeek-V3.2": {"name": "Pro/deepseek-ai/DeepSeek-V3.2", "reasoning": True, "input": ["text"], "cost": {"input": 0.27, "output": 0.42, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 164000, "maxTokens": 164000},
-            "Pro/moonshotai/Kimi-K2.5": {"name": "Pro/moonshotai/Kimi-K2.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.45, "output": 2.25, "cacheRead": 0.07, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "Pro/moonshotai/Kimi-K2.6": {"name": "Pro/moonshotai/Kimi-K2.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4.0, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "Pro/zai-org/GLM-5": {"name": "Pro/zai-org/GLM-5", "reasoning": True, "input": ["text"], "cost": {"input": 1, "output": 3.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 205000, "maxTokens": 205000},
-            "Pro/zai-org/GLM-5.1": {"name": "Pro/zai-org/GLM-5.1", "reasoning": True, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 205000, "maxTokens": 205000},
-            "Qwen/Qwen3-VL-235B-A22B-Instruct": {"name": "Qwen/Qwen3-VL-235B-A22B-Instruct", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.3, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "Qwen/Qwen3-VL-235B-A22B-Thinking": {"name": "Qwen/Qwen3-VL-235B-A22B-Thinking", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.45, "output": 3.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "Qwen/Qwen3-VL-30B-A3B-Instruct": {"name": "Qwen/Qwen3-VL-30B-A3B-Instruct", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.29, "output": 1.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "Qwen/Qwen3-VL-30B-A3B-Thinking": {"name": "Qwen/Qwen3-VL-30B-A3B-Thinking", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.29, "output": 1.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "Qwen/Qwen3-VL-32B-Instruct": {"name": "Qwen/Qwen3-VL-32B-Instruct", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.2, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "Qwen/Qwen3-VL-32B-Thinking": {"name": "Qwen/Qwen3-VL-32B-Thinking", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "Qwen/Qwen3-VL-8B-Instruct": {"name": "Qwen/Qwen3-VL-8B-Instruct", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.18, "output": 0.68, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "Qwen/Qwen3.5-122B-A10B": {"name": "Qwen/Qwen3.5-122B-A10B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.29, "output": 2.32, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "Qwen/Qwen3.5-27B": {"name": "Qwen/Qwen3.5-27B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.26, "output": 2.09, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "Qwen/Qwen3.5-35B-A3B": {"name": "Qwen/Qwen3.5-35B-A3B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.23, "output": 1.86, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "Qwen/Qwen3.5-397B-A17B": {"name": "Qwen/Qwen3.5-397B-A17B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.29, "output": 1.74, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "Qwen/Qwen3.5-4B": {"name": "Qwen/Qwen3.5-4B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "Qwen/Qwen3.5-9B": {"name": "Qwen/Qwen3.5-9B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.22, "output": 1.74, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "Qwen/Qwen3.6-35B-A3B": {"name": "Qwen/Qwen3.6-35B-A3B", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.23, "output": 1.86, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "deepseek-ai/DeepSeek-V3.2": {"name": "deepseek-ai/DeepSeek-V3.2", "reasoning": True, "input": ["text"], "cost": {"input": 0.27, "output": 0.42, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 164000, "maxTokens": 164000},
-            "deepseek-ai/DeepSeek-V4-Flash": {"name": "DeepSeek V4 Flash", "reasoning": True, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.003, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000},
-            "deepseek-ai/DeepSeek-V4-Pro": {"name": "deepseek-ai/DeepSeek-V4-Pro", "reasoning": True, "input": ["text"], "cost": {"input": 1.74, "output": 3.48, "cacheRead": 0.145, "cacheWrite": 0}, "contextWindow": 1049000, "maxTokens": 393000},
-            "stepfun-ai/Step-3.5-Flash": {"name": "stepfun-ai/Step-3.5-Flash", "reasoning": True, "input": ["text"], "cost": {"input": 0.1, "output": 0.3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "zai-org/GLM-5.2": {"name": "GLM-5.2", "reasoning": True, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 1049000, "maxTokens": 262000},
-        },
     },
     "upstage": {
         "name": "Upstage",
@@ -1965,11 +947,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "solar-mini": {"name": "solar-mini", "reasoning": False, "input": ["text"], "cost": {"input": 0.15, "output": 0.15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 32768, "maxTokens": 4096},
-            "solar-pro2": {"name": "solar-pro2", "reasoning": True, "input": ["text"], "cost": {"input": 0.25, "output": 0.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 65536, "maxTokens": 8192},
-            "solar-pro3": {"name": "solar-pro3", "reasoning": True, "input": ["text"], "cost": {"input": 0.25, "output": 0.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 8192},
-        },
     },
     "venice": {
         "name": "Venice AI",
@@ -1983,33 +960,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "arcee-trinity-large-thinking": {"name": "Trinity Large Thinking", "reasoning": True, "input": ["text"], "cost": {"input": 0.3125, "output": 1.125, "cacheRead": 0.075, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 65536},
-            "claude-fable-5": {"name": "Claude Fable 5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 12, "output": 60, "cacheRead": 1.2, "cacheWrite": 15}, "contextWindow": 1000000, "maxTokens": 128000},
-            "claude-opus-4-7": {"name": "Claude Opus 4.7", "reasoning": True, "input": ["text", "image"], "cost": {"input": 6, "output": 30, "cacheRead": 0.6, "cacheWrite": 7.5}, "contextWindow": 1000000, "maxTokens": 128000},
-            "claude-opus-4-7-fast": {"name": "Claude Opus 4.7 Fast", "reasoning": True, "input": ["text", "image"], "cost": {"input": 36, "output": 180, "cacheRead": 3.6, "cacheWrite": 45}, "contextWindow": 1000000, "maxTokens": 128000},
-            "claude-opus-4-8": {"name": "Claude Opus 4.8", "reasoning": True, "input": ["text", "image"], "cost": {"input": 6, "output": 30, "cacheRead": 0.6, "cacheWrite": 7.5}, "contextWindow": 1000000, "maxTokens": 128000},
-            "claude-opus-4-8-fast": {"name": "Claude Opus 4.8 Fast", "reasoning": True, "input": ["text", "image"], "cost": {"input": 12, "output": 60, "cacheRead": 1.2, "cacheWrite": 15}, "contextWindow": 1000000, "maxTokens": 128000},
-            "deepseek-v4-flash": {"name": "DeepSeek V4 Flash", "reasoning": True, "input": ["text"], "cost": {"input": 0.138, "output": 0.275, "cacheRead": 0.028, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 32768},
-            "deepseek-v4-pro": {"name": "DeepSeek V4 Pro", "reasoning": True, "input": ["text"], "cost": {"input": 1.65, "output": 3.301, "cacheRead": 0.33, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 32768},
-            "gemini-3-1-pro-preview": {"name": "Gemini 3.1 Pro Preview", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2.5, "output": 15, "cacheRead": 0.5, "cacheWrite": 0.5}, "contextWindow": 1000000, "maxTokens": 32768},
-            "gemini-3-5-flash": {"name": "Gemini 3.5 Flash", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.55, "output": 9.45, "cacheRead": 0.155, "cacheWrite": 0.086}, "contextWindow": 1000000, "maxTokens": 65536},
-            "gemma-4-uncensored": {"name": "Gemma 4 Uncensored", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.1625, "output": 0.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 8192},
-            "grok-4-20": {"name": "Grok 4.20", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.42, "output": 2.83, "cacheRead": 0.23, "cacheWrite": 0}, "contextWindow": 2000000, "maxTokens": 128000},
-            "grok-4-3": {"name": "Grok 4.3", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.42, "output": 2.83, "cacheRead": 0.23, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 32000},
-            "grok-build-0-1": {"name": "Grok Build 0.1", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1, "output": 2, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 65536},
-            "kimi-k2-6": {"name": "Kimi-K2.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.75, "output": 3.5, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 65536},
-            "kimi-k2-7-code": {"name": "Kimi K2.7 Code", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.9, "output": 4.3, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 65536},
-            "mercury-2": {"name": "Mercury 2", "reasoning": True, "input": ["text"], "cost": {"input": 0.3125, "output": 0.9375, "cacheRead": 0.03125, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 50000},
-            "minimax-m3-preview": {"name": "MiniMax M3 Preview", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 524288, "maxTokens": 65536},
-            "mistral-small-2603": {"name": "Mistral Small 4", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.1875, "output": 0.75, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 65536},
-            "qwen-3-6-plus": {"name": "Qwen 3.6 Plus Uncensored", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.625, "output": 3.75, "cacheRead": 0.0625, "cacheWrite": 0.78}, "contextWindow": 1000000, "maxTokens": 64000},
-            "qwen3-5-35b-a3b": {"name": "Qwen 3.5 35B A3B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.3125, "output": 1.25, "cacheRead": 0.15625, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 16384},
-            "qwen3-5-9b": {"name": "Qwen 3.5 9B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 32768},
-            "qwen3-6-27b": {"name": "Qwen 3.6 27B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.325, "output": 3.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 65536},
-            "venice-uncensored-1-2": {"name": "Venice Uncensored 1.2", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.2, "output": 0.9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192},
-            "venice-uncensored-role-play": {"name": "Venice Role Play Uncensored", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.5, "output": 2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096},
-        },
     },
     "zai": {
         "name": "Zai",
@@ -2024,22 +974,6 @@ PROVIDERS = {
         "maxTokens": 16384,
         "baseline": True,
         "compat": {"thinkingFormat": "zai"},
-        "models": {
-            "glm-4.5": {"name": "GLM-4.5", "reasoning": True, "input": ["text"], "cost": {"input": 0.6, "output": 2.2, "cacheRead": 0.11, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 98304},
-            "glm-4.5-air": {"name": "GLM-4.5-Air", "reasoning": True, "input": ["text"], "cost": {"input": 0.2, "output": 1.1, "cacheRead": 0.03, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 98304},
-            "glm-4.5-flash": {"name": "GLM-4.5-Flash", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 98304},
-            "glm-4.5v": {"name": "GLM-4.5V", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.6, "output": 1.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 64000, "maxTokens": 16384},
-            "glm-4.6": {"name": "GLM-4.6", "reasoning": True, "input": ["text"], "cost": {"input": 0.6, "output": 2.2, "cacheRead": 0.11, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "glm-4.6v": {"name": "GLM-4.6V", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.3, "output": 0.9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32768},
-            "glm-4.7": {"name": "GLM-4.7", "reasoning": True, "input": ["text"], "cost": {"input": 0.6, "output": 2.2, "cacheRead": 0.11, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "glm-4.7-flash": {"name": "GLM-4.7-Flash", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072},
-            "glm-4.7-flashx": {"name": "GLM-4.7-FlashX", "reasoning": True, "input": ["text"], "cost": {"input": 0.07, "output": 0.4, "cacheRead": 0.01, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072},
-            "glm-5": {"name": "GLM-5", "reasoning": True, "input": ["text"], "cost": {"input": 1, "output": 3.2, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "glm-5-turbo": {"name": "GLM-5-Turbo", "reasoning": True, "input": ["text"], "cost": {"input": 1.2, "output": 4.0, "cacheRead": 0.24, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072},
-            "glm-5.1": {"name": "GLM-5.1", "reasoning": True, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072},
-            "glm-5.2": {"name": "GLM-5.2", "reasoning": True, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 131072},
-            "glm-5v-turbo": {"name": "GLM-5V-Turbo", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.2, "output": 4.0, "cacheRead": 0.24, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072},
-        },
     },
     "zai-coding-plan": {
         "name": "Zai Coding Plan",
@@ -2054,14 +988,6 @@ PROVIDERS = {
         "maxTokens": 16384,
         "baseline": True,
         "compat": {"thinkingFormat": "zai"},
-        "models": {
-            "glm-4.5-air": {"name": "GLM-4.5-Air", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 98304},
-            "glm-4.7": {"name": "GLM-4.7", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "glm-5-turbo": {"name": "GLM-5-Turbo", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072},
-            "glm-5.1": {"name": "GLM-5.1", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072},
-            "glm-5.2": {"name": "GLM-5.2", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 131072},
-            "glm-5v-turbo": {"name": "GLM-5V-Turbo", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072},
-        },
     },
     "zhipuai": {
         "name": "Zhipu AI",
@@ -2076,21 +1002,6 @@ PROVIDERS = {
         "maxTokens": 16384,
         "baseline": True,
         "compat": {"thinkingFormat": "zai"},
-        "models": {
-            "glm-4.5": {"name": "GLM-4.5", "reasoning": True, "input": ["text"], "cost": {"input": 0.6, "output": 2.2, "cacheRead": 0.11, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 98304},
-            "glm-4.5-air": {"name": "GLM-4.5-Air", "reasoning": True, "input": ["text"], "cost": {"input": 0.2, "output": 1.1, "cacheRead": 0.03, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 98304},
-            "glm-4.5-flash": {"name": "GLM-4.5-Flash", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 98304},
-            "glm-4.5v": {"name": "GLM-4.5V", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.6, "output": 1.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 64000, "maxTokens": 16384},
-            "glm-4.6": {"name": "GLM-4.6", "reasoning": True, "input": ["text"], "cost": {"input": 0.6, "output": 2.2, "cacheRead": 0.11, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "glm-4.6v": {"name": "GLM-4.6V", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.3, "output": 0.9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32768},
-            "glm-4.7": {"name": "GLM-4.7", "reasoning": True, "input": ["text"], "cost": {"input": 0.6, "output": 2.2, "cacheRead": 0.11, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "glm-4.7-flash": {"name": "GLM-4.7-Flash", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072},
-            "glm-4.7-flashx": {"name": "GLM-4.7-FlashX", "reasoning": True, "input": ["text"], "cost": {"input": 0.07, "output": 0.4, "cacheRead": 0.01, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072},
-            "glm-5": {"name": "GLM-5", "reasoning": True, "input": ["text"], "cost": {"input": 1.0, "output": 3.2, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "glm-5.1": {"name": "GLM-5.1", "reasoning": True, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072},
-            "glm-5.2": {"name": "GLM-5.2", "reasoning": True, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 131072},
-            "glm-5v-turbo": {"name": "GLM-5V-Turbo", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5.0, "output": 22.0, "cacheRead": 1.2, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072},
-        },
     },
     "zhipuai-coding-plan": {
         "name": "Zhipu AI Coding Plan",
@@ -2105,15 +1016,6 @@ PROVIDERS = {
         "maxTokens": 16384,
         "baseline": True,
         "compat": {"thinkingFormat": "zai"},
-        "models": {
-            "glm-4.5-air": {"name": "GLM-4.5-Air", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 98304},
-            "glm-4.6v": {"name": "GLM-4.6V", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.3, "output": 0.9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32768},
-            "glm-4.7": {"name": "GLM-4.7", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "glm-5-turbo": {"name": "GLM-5-Turbo", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072},
-            "glm-5.1": {"name": "GLM-5.1", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072},
-            "glm-5.2": {"name": "GLM-5.2", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 131072},
-            "glm-5v-turbo": {"name": "GLM-5V-Turbo", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072},
-        },
     },
     "baseten": {
         "name": "Baseten",
@@ -2127,17 +1029,6 @@ PROVIDERS = {
         "contextWindow": 262144,
         "maxTokens": 65536,
         "baseline": True,
-        "models": {
-            "deepseek-ai/DeepSeek-V4-Pro": {"name": "Deepseek V4 Pro", "reasoning": True, "input": ["text"], "cost": {"input": 1.74, "output": 3.48, "cacheRead": 0.145, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "moonshotai/Kimi-K2.5": {"name": "Kimi K2.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3, "cacheRead": 0.12, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "moonshotai/Kimi-K2.6": {"name": "Kimi K2.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "moonshotai/Kimi-K2.7-Code": {"name": "Kimi K2.7 Code", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "openai/gpt-oss-120b": {"name": "OpenAI GPT 120B", "reasoning": True, "input": ["text"], "cost": {"input": 0.1, "output": 0.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128072, "maxTokens": 128072},
-            "zai-org/GLM-4.7": {"name": "GLM 4.7", "reasoning": True, "input": ["text"], "cost": {"input": 0.6, "output": 2.2, "cacheRead": 0.12, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 200000},
-            "zai-org/GLM-5": {"name": "GLM 5", "reasoning": True, "input": ["text"], "cost": {"input": 0.95, "output": 3.15, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 202800, "maxTokens": 202800},
-            "zai-org/GLM-5.1": {"name": "GLM 5.1", "reasoning": True, "input": ["text"], "cost": {"input": 1.3, "output": 4.3, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 202800, "maxTokens": 202800},
-            "zai-org/GLM-5.2": {"name": "GLM 5.2", "reasoning": True, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.3, "cacheWrite": 0}, "contextWindow": 202720, "maxTokens": 202720},
-        },
     },
     "llama": {
         "name": "Meta Llama",
@@ -2151,15 +1042,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 4096,
         "baseline": True,
-        "models": {
-            "cerebras-llama-4-maverick-17b-128e-instruct": {"name": "Cerebras-Llama-4-Maverick-17B-128E-Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096},
-            "cerebras-llama-4-scout-17b-16e-instruct": {"name": "Cerebras-Llama-4-Scout-17B-16E-Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096},
-            "groq-llama-4-maverick-17b-128e-instruct": {"name": "Groq-Llama-4-Maverick-17B-128E-Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096},
-            "llama-3.3-70b-instruct": {"name": "Llama-3.3-70B-Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096},
-            "llama-3.3-8b-instruct": {"name": "Llama-3.3-8B-Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096},
-            "llama-4-maverick-17b-128e-instruct-fp8": {"name": "Llama-4-Maverick-17B-128E-Instruct-FP8", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096},
-            "llama-4-scout-17b-16e-instruct-fp8": {"name": "Llama-4-Scout-17B-16E-Instruct-FP8", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096},
-        },
     },
     "lmstudio": {
         "name": "LM Studio",
@@ -2173,11 +1055,6 @@ PROVIDERS = {
         "contextWindow": 131072,
         "maxTokens": 32768,
         "baseline": True,
-        "models": {
-            "openai/gpt-oss-20b": {"name": "GPT OSS 20B", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768},
-            "qwen/qwen3-30b-a3b-2507": {"name": "Qwen3 30B A3B 2507", "reasoning": False, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 16384},
-            "qwen/qwen3-coder-30b": {"name": "Qwen3 Coder 30B", "reasoning": False, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-        },
     },
     "ollama": {
         "name": "Ollama",
@@ -2191,9 +1068,6 @@ PROVIDERS = {
         "contextWindow": 131072,
         "maxTokens": 32768,
         "baseline": False,
-        "models": {
-            "llama3.2": {"name": "Llama 3.2", "reasoning": False, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 16384},
-        },
     },
     "llamacpp": {
         "name": "llama.cpp",
@@ -2207,9 +1081,6 @@ PROVIDERS = {
         "contextWindow": 131072,
         "maxTokens": 32768,
         "baseline": False,
-        "models": {
-            "default": {"name": "Loaded model", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768},
-        },
     },
     "mistralrs": {
         "name": "mistral.rs",
@@ -2223,9 +1094,6 @@ PROVIDERS = {
         "contextWindow": 131072,
         "maxTokens": 32768,
         "baseline": False,
-        "models": {
-            "default": {"name": "Loaded model", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768},
-        },
     },
     "ollama-cloud": {
         "name": "Ollama Cloud",
@@ -2239,33 +1107,6 @@ PROVIDERS = {
         "contextWindow": 262144,
         "maxTokens": 131072,
         "baseline": True,
-        "models": {
-            "deepseek-v3.1:671b": {"name": "deepseek-v3.1:671b", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 163840, "maxTokens": 163840},
-            "deepseek-v4-flash": {"name": "deepseek-v4-flash", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 1048576},
-            "deepseek-v4-pro": {"name": "deepseek-v4-pro", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 1048576},
-            "devstral-2:123b": {"name": "devstral-2:123b", "reasoning": False, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "devstral-small-2:24b": {"name": "devstral-small-2:24b", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "gemini-3-flash-preview": {"name": "gemini-3-flash-preview", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemma4:31b": {"name": "gemma4:31b", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "glm-4.7": {"name": "glm-4.7", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 131072},
-            "glm-5": {"name": "glm-5", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 131072},
-            "glm-5.1": {"name": "glm-5.1", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 131072},
-            "glm-5.2": {"name": "GLM-5.2", "reasoning": True, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 976000, "maxTokens": 131072},
-            "gpt-oss:120b": {"name": "gpt-oss:120b", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768},
-            "kimi-k2.5": {"name": "kimi-k2.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "kimi-k2.6": {"name": "kimi-k2.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "kimi-k2.7-code": {"name": "kimi-k2.7-code", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4.0, "cacheRead": 0.19, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072},
-            "minimax-m2.1": {"name": "minimax-m2.1", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "minimax-m2.5": {"name": "minimax-m2.5", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "minimax-m2.7": {"name": "minimax-m2.7", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 196608, "maxTokens": 196608},
-            "minimax-m3": {"name": "minimax-m3", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 512000, "maxTokens": 131072},
-            "mistral-large-3:675b": {"name": "mistral-large-3:675b", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "nemotron-3-nano:30b": {"name": "nemotron-3-nano:30b", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 131072},
-            "nemotron-3-super": {"name": "nemotron-3-super", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "qwen3-coder-next": {"name": "qwen3-coder-next", "reasoning": False, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "qwen3.5:397b": {"name": "qwen3.5:397b", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "rnj-1:8b": {"name": "rnj-1:8b", "reasoning": False, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 32768, "maxTokens": 4096},
-        },
     },
     "opencode": {
         "name": "OpenCode",
@@ -2279,24 +1120,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "big-pickle": {"name": "Big Pickle", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0.0, "cacheWrite": 0.0}, "contextWindow": 200000, "maxTokens": 32000},
-            "deepseek-v4-flash": {"name": "DeepSeek V4 Flash", "reasoning": True, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.028, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000},
-            "deepseek-v4-flash-free": {"name": "DeepSeek V4 Flash Free", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 128000},
-            "deepseek-v4-pro": {"name": "DeepSeek V4 Pro", "reasoning": True, "input": ["text"], "cost": {"input": 1.74, "output": 3.84, "cacheRead": 0.145, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000},
-            "glm-5": {"name": "GLM-5", "reasoning": True, "input": ["text"], "cost": {"input": 1, "output": 3.2, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "glm-5.1": {"name": "GLM-5.1", "reasoning": True, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "glm-5.2": {"name": "GLM-5.2", "reasoning": True, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 131072},
-            "grok-build-0.1": {"name": "Grok Build 0.1", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.0, "output": 2.0, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 256000},
-            "kimi-k2.5": {"name": "Kimi K2.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3, "cacheRead": 0.08, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "kimi-k2.6": {"name": "Kimi K2.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4.0, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "kimi-k2.7-code": {"name": "Kimi K2.7 Code", "reasoning": True, "input": ["text"], "cost": {"input": 0.95, "output": 4.0, "cacheRead": 0.19, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072},
-            "mimo-v2.5-free": {"name": "MiMo V2.5 Free", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 32000},
-            "minimax-m2.5": {"name": "MiniMax M2.5", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "minimax-m2.7": {"name": "MiniMax-M2.7", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072},
-            "minimax-m3": {"name": "MiniMax-M3", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 512000, "maxTokens": 128000},
-            "nemotron-3-ultra-free": {"name": "Nemotron 3 Ultra Free", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-        },
     },
     "vercel": {
         "name": "Vercel AI",
@@ -2310,33 +1133,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "alibaba/qwen-3.6-max-preview": {"name": "Qwen 3.6 Max Preview", "reasoning": True, "input": ["text"], "cost": {"input": 1.3, "output": 7.8, "cacheRead": 0.26, "cacheWrite": 1.625}, "contextWindow": 240000, "maxTokens": 64000},
-            "alibaba/qwen3.7-max": {"name": "Qwen 3.7 Max", "reasoning": True, "input": ["text"], "cost": {"input": 1.25, "output": 3.75, "cacheRead": 0.25, "cacheWrite": 1.5625}, "contextWindow": 991000, "maxTokens": 64000},
-            "alibaba/qwen3.7-plus": {"name": "Qwen 3.7 Plus", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.4, "output": 1.6, "cacheRead": 0.08, "cacheWrite": 0.5}, "contextWindow": 1000000, "maxTokens": 65536},
-            "anthropic/claude-opus-4.6": {"name": "Claude Opus 4.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000},
-            "anthropic/claude-opus-4.8": {"name": "Claude Opus 4.8", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000},
-            "anthropic/claude-sonnet-5": {"name": "Claude Sonnet 5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2, "output": 10, "cacheRead": 0.2, "cacheWrite": 2.5}, "contextWindow": 1000000, "maxTokens": 128000},
-            "deepseek/deepseek-v4-flash": {"name": "DeepSeek: DeepSeek V4 Flash", "reasoning": True, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.0028, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 384000},
-            "deepseek/deepseek-v4-pro": {"name": "DeepSeek: DeepSeek V4 Pro", "reasoning": True, "input": ["text"], "cost": {"input": 0.435, "output": 0.87, "cacheRead": 0.0036, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 384000},
-            "google/gemini-3.1-flash-lite": {"name": "Google: Gemini 3.1 Flash Lite", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.25, "output": 1.5, "cacheRead": 0.03, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 65000},
-            "google/gemini-3.5-flash": {"name": "Google: Gemini 3.5 Flash", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.5, "output": 9, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 64000},
-            "minimax/minimax-m3": {"name": "MiniMax M3", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 1000000},
-            "mistral/mistral-medium-3.5": {"name": "Mistral Medium Latest", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.5, "output": 7.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 256000},
-            "moonshotai/kimi-k2.6": {"name": "Kimi K2.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000},
-            "moonshotai/kimi-k2.7-code": {"name": "Kimi K2.7 Code", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4, "cacheRead": 0.19, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 32768},
-            "nvidia/nemotron-3-ultra-550b-a55b": {"name": "Nemotron 3 Ultra", "reasoning": True, "input": ["text"], "cost": {"input": 0.6, "output": 2.4, "cacheRead": 0.12, "cacheWrite": 0}, "contextWindow": 512300, "maxTokens": 65000},
-            "openai/gpt-5.5": {"name": "GPT 5.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 30, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-            "openai/gpt-5.5-pro": {"name": "GPT 5.5 Pro", "reasoning": True, "input": ["text", "image"], "cost": {"input": 30, "output": 180, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-            "sakana/fugu-ultra": {"name": "Fugu Ultra", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 30, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 1000000},
-            "stepfun/step-3.7-flash": {"name": "Step 3.7 Flash", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.15, "cacheRead": 0.04, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 16384},
-            "xai/grok-4.3": {"name": "Grok 4.3", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 2.5, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 1000000},
-            "xai/grok-build-0.1": {"name": "Grok Build 0.1", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1, "output": 2, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 256000},
-            "xiaomi/mimo-v2.5": {"name": "MiMo M2.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.0028, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 131100},
-            "xiaomi/mimo-v2.5-pro": {"name": "MiMo V2.5 Pro", "reasoning": True, "input": ["text"], "cost": {"input": 0.435, "output": 0.87, "cacheRead": 0.0036, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 131000},
-            "zai/glm-5.2": {"name": "GLM 5.2", "reasoning": True, "input": ["text"], "cost": {"input": 1.5, "output": 4.5, "cacheRead": 0.3, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-            "zai/glm-5.2-fast": {"name": "GLM 5.2 Fast", "reasoning": True, "input": ["text"], "cost": {"input": 3, "output": 10.25, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-        },
     },
     "zenmux": {
         "name": "ZenMux",
@@ -2350,28 +1146,6 @@ PROVIDERS = {
         "contextWindow": 200000,
         "maxTokens": 8192,
         "baseline": True,
-        "models": {
-            "anthropic/claude-3.5-haiku": {"name": "Claude 3.5 Haiku", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.8, "output": 4.0, "cacheRead": 0.08, "cacheWrite": 1.0}, "contextWindow": 200000, "maxTokens": 64000},
-            "anthropic/claude-3.7-sonnet": {"name": "Claude 3.7 Sonnet", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3.0, "output": 15.0, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 200000, "maxTokens": 64000},
-            "anthropic/claude-fable-5": {"name": "Claude Fable 5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 10.0, "output": 50.0, "cacheRead": 1.0, "cacheWrite": 12.5}, "contextWindow": 1000000, "maxTokens": 128000},
-            "anthropic/claude-haiku-4.5": {"name": "Claude Haiku 4.5", "reasoning": False, "input": ["text", "image"], "cost": {"input": 1.0, "output": 5.0, "cacheRead": 0.1, "cacheWrite": 1.25}, "contextWindow": 200000, "maxTokens": 64000},
-            "anthropic/claude-opus-4": {"name": "Claude Opus 4", "reasoning": True, "input": ["text", "image"], "cost": {"input": 15.0, "output": 75.0, "cacheRead": 1.5, "cacheWrite": 18.75}, "contextWindow": 200000, "maxTokens": 32000},
-            "anthropic/claude-opus-4.1": {"name": "Claude Opus 4.1", "reasoning": True, "input": ["text", "image"], "cost": {"input": 15.0, "output": 75.0, "cacheRead": 1.5, "cacheWrite": 18.75}, "contextWindow": 200000, "maxTokens": 64000},
-            "anthropic/claude-opus-4.5": {"name": "Claude Opus 4.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 200000, "maxTokens": 64000},
-            "anthropic/claude-opus-4.6": {"name": "Claude Opus 4.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000},
-            "anthropic/claude-opus-4.7": {"name": "Claude Opus 4.7", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000},
-            "anthropic/claude-opus-4.8": {"name": "Claude Opus 4.8", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000},
-            "anthropic/claude-sonnet-4": {"name": "Claude Sonnet 4", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3.0, "output": 15.0, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 1000000, "maxTokens": 64000},
-            "anthropic/claude-sonnet-4.5": {"name": "Claude Sonnet 4.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3.0, "output": 15.0, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 1000000, "maxTokens": 64000},
-            "anthropic/claude-sonnet-4.6": {"name": "Claude Sonnet 4.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3.0, "output": 15.0, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 1000000, "maxTokens": 64000},
-            "minimax/minimax-m2": {"name": "MiniMax M2", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.03, "cacheWrite": 0.38}, "contextWindow": 204000, "maxTokens": 64000},
-            "minimax/minimax-m2.1": {"name": "MiniMax M2.1", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.03, "cacheWrite": 0.38}, "contextWindow": 204000, "maxTokens": 64000},
-            "minimax/minimax-m2.5": {"name": "MiniMax M2.5", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.03, "cacheWrite": 0.375}, "contextWindow": 204800, "maxTokens": 131072},
-            "minimax/minimax-m2.5-lightning": {"name": "MiniMax M2.5 highspeed", "reasoning": True, "input": ["text"], "cost": {"input": 0.6, "output": 4.8, "cacheRead": 0.06, "cacheWrite": 0.75}, "contextWindow": 204800, "maxTokens": 131072},
-            "minimax/minimax-m2.7": {"name": "MiniMax M2.7", "reasoning": True, "input": ["text"], "cost": {"input": 0.3055, "output": 1.2219, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131070},
-            "minimax/minimax-m2.7-highspeed": {"name": "MiniMax M2.7 highspeed", "reasoning": True, "input": ["text"], "cost": {"input": 0.611, "output": 2.4439, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131070},
-            "minimax/minimax-m3": {"name": "MiniMax M3", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.6, "output": 2.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 512000, "maxTokens": 80000},
-        },
     },
     "gmi": {
         "name": "GMI Cloud",
@@ -2385,17 +1159,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": False,
-        "models": {
-            "Qwen/Qwen3.7-Max": {"name": "Qwen: Qwen3.7 Max", "reasoning": True, "input": ["text"], "cost": {"input": 2.5, "output": 7.5, "cacheRead": 0.25, "cacheWrite": 3.125}, "contextWindow": 1000000, "maxTokens": 65536},
-            "anthropic/claude-opus-4.6": {"name": "Anthropic: Claude Opus 4.6", "reasoning": True, "input": ["text"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 409600, "maxTokens": 128000},
-            "anthropic/claude-opus-4.7": {"name": "Anthropic: Claude Opus 4.7", "reasoning": True, "input": ["text"], "cost": {"input": 4.5, "output": 22.5, "cacheRead": 0.45, "cacheWrite": 0}, "contextWindow": 409600, "maxTokens": 128000},
-            "anthropic/claude-sonnet-4.6": {"name": "Anthropic: Claude Sonnet 4.6", "reasoning": True, "input": ["text"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 0}, "contextWindow": 409600, "maxTokens": 128000},
-            "deepseek-ai/DeepSeek-V4-Flash": {"name": "DeepSeek V4 Flash", "reasoning": True, "input": ["text"], "cost": {"input": 0.112, "output": 0.224, "cacheRead": 0.022, "cacheWrite": 0}, "contextWindow": 1048575, "maxTokens": 384000},
-            "deepseek-ai/DeepSeek-V4-Pro": {"name": "deepseek-ai/DeepSeek-V4-Pro", "reasoning": True, "input": ["text"], "cost": {"input": 1.392, "output": 2.784, "cacheRead": 0.116, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 393000},
-            "moonshotai/Kimi-K2.6": {"name": "Kimi K2.6", "reasoning": True, "input": ["text"], "cost": {"input": 0.855, "output": 3.6, "cacheRead": 0.144, "cacheWrite": 0}, "contextWindow": 65536, "maxTokens": 65536},
-            "zai-org/GLM-5-FP8": {"name": "GLM 5", "reasoning": False, "input": ["text"], "cost": {"input": 0.6, "output": 1.92, "cacheRead": 0.12, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 200000},
-            "zai-org/GLM-5.1-FP8": {"name": "GLM-5.1 FP8", "reasoning": True, "input": ["text"], "cost": {"input": 0.98, "output": 3.08, "cacheRead": 0.182, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 131072},
-        },
     },
     "coreweave": {
         "name": "CoreWeave Serverless Inference",
@@ -2409,26 +1172,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": False,
-        "models": {
-            "MiniMaxAI/MiniMax-M2.5": {"name": "MiniMax M2.5", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 196608, "maxTokens": 196608},
-            "OpenPipe/Qwen3-14B-Instruct": {"name": "OpenPipe Qwen3 14B Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.05, "output": 0.22, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 32768, "maxTokens": 32768},
-            "Qwen/Qwen3-235B-A22B-Instruct-2507": {"name": "Qwen3 235B A22B Instruct 2507", "reasoning": False, "input": ["text"], "cost": {"input": 0.1, "output": 0.1, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "Qwen/Qwen3-235B-A22B-Thinking-2507": {"name": "Qwen3-235B-A22B-Thinking-2507", "reasoning": True, "input": ["text"], "cost": {"input": 0.1, "output": 0.1, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "Qwen/Qwen3-30B-A3B-Instruct-2507": {"name": "Qwen3 30B A3B Instruct 2507", "reasoning": False, "input": ["text"], "cost": {"input": 0.1, "output": 0.3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "Qwen/Qwen3-Coder-480B-A35B-Instruct": {"name": "Qwen3-Coder-480B-A35B-Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 1, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "deepseek-ai/DeepSeek-V3.1": {"name": "DeepSeek V3.1", "reasoning": False, "input": ["text"], "cost": {"input": 0.55, "output": 1.65, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 161000, "maxTokens": 161000},
-            "meta-llama/Llama-3.1-70B-Instruct": {"name": "Llama 3.1 70B", "reasoning": False, "input": ["text"], "cost": {"input": 0.8, "output": 0.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000},
-            "meta-llama/Llama-3.1-8B-Instruct": {"name": "Meta-Llama-3.1-8B-Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.22, "output": 0.22, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000},
-            "meta-llama/Llama-3.3-70B-Instruct": {"name": "Llama-3.3-70B-Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.71, "output": 0.71, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000},
-            "meta-llama/Llama-4-Scout-17B-16E-Instruct": {"name": "Llama 4 Scout 17B 16E Instruct", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.17, "output": 0.66, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 64000, "maxTokens": 64000},
-            "microsoft/Phi-4-mini-instruct": {"name": "Phi-4-mini-instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.08, "output": 0.35, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000},
-            "moonshotai/Kimi-K2.5": {"name": "Kimi K2.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.5, "output": 2.85, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "nvidia/NVIDIA-Nemotron-3-Super-120B-A12B-FP8": {"name": "NVIDIA Nemotron 3 Super 120B", "reasoning": True, "input": ["text"], "cost": {"input": 0.2, "output": 0.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "openai/gpt-oss-120b": {"name": "gpt-oss-120b", "reasoning": True, "input": ["text"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072},
-            "openai/gpt-oss-20b": {"name": "gpt-oss-20b", "reasoning": True, "input": ["text"], "cost": {"input": 0.05, "output": 0.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072},
-            "zai-org/GLM-5-FP8": {"name": "GLM 5", "reasoning": False, "input": ["text"], "cost": {"input": 1, "output": 3.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 200000},
-            "zai-org/GLM-5.1": {"name": "GLM-5.1", "reasoning": True, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 16384},
-        },
     },
     "sakana": {
         "name": "Sakana AI",
@@ -2442,9 +1185,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": False,
-        "models": {
-            "fugu-ultra": {"name": "Fugu Ultra", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 30, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 1000000},
-        },
     },
     "wafer": {
         "name": "Wafer Serverless",
@@ -2458,16 +1198,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": False,
-        "models": {
-            "GLM-5.1": {"name": "GLM-5.1", "reasoning": True, "input": ["text"], "cost": {"input": 1.0, "output": 3.2, "cacheRead": 0.1, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 131072},
-            "GLM-5.2": {"name": "GLM-5.2", "reasoning": True, "input": ["text"], "cost": {"input": 1.2, "output": 4.1, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 131072},
-            "Kimi-K2.6": {"name": "Kimi-K2.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.68, "output": 3.15, "cacheRead": 0.07, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "Qwen3.5-397B-A17B": {"name": "Qwen3.5-397B-A17B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.43, "output": 2.6, "cacheRead": 0.04, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "Qwen3.6-35B-A3B": {"name": "Qwen3.6-35B-A3B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.15, "output": 1.0, "cacheRead": 0.02, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 65536},
-            "deepseek-v4-flash": {"name": "DeepSeek V4 Flash", "reasoning": True, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.01, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000},
-            "deepseek-v4-pro": {"name": "DeepSeek V4 Pro", "reasoning": True, "input": ["text"], "cost": {"input": 1.74, "output": 3.48, "cacheRead": 0.02, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000},
-            "qwen3.7-max": {"name": "Qwen3.7-Max", "reasoning": True, "input": ["text"], "cost": {"input": 5.0, "output": 15.0, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 65536},
-        },
     },
     "qianfan": {
         "name": "Qianfan (Baidu)",
@@ -2481,9 +1211,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": False,
-        "models": {
-            "ernie-4.5-turbo-128k": {"name": "ERNIE 4.5 Turbo 128K", "reasoning": False, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 12288},
-        },
     },
     "umans": {
         "name": "Umans AI Coding Plan",
@@ -2497,14 +1224,6 @@ PROVIDERS = {
         "contextWindow": 200000,
         "maxTokens": 8192,
         "baseline": False,
-        "models": {
-            "umans-coder": {"name": "Umans Coder", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 16384},
-            "umans-flash": {"name": "Umans Flash", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 262144},
-            "umans-glm-5.1": {"name": "GLM 5.1", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 16384},
-            "umans-glm-5.2": {"name": "GLM 5.2", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 405504, "maxTokens": 16384},
-            "umans-kimi-k2.7": {"name": "Kimi K2.7 Code", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 16384},
-            "umans-qwen3.6-35b-a3b": {"name": "Qwen3.6 35B A3B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 262144},
-        },
     },
     "kilo": {
         "name": "Kilo Gateway",
@@ -2518,33 +1237,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": False,
-        "models": {
-            "anthropic/claude-opus-4.7-fast": {"name": "Anthropic: Claude Opus 4.7 (Fast)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 30.0, "output": 150.0, "cacheRead": 3.0, "cacheWrite": 37.5}, "contextWindow": 1000000, "maxTokens": 128000},
-            "anthropic/claude-sonnet-4.6": {"name": "Anthropic: Claude Sonnet 4.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-            "baidu/cobuddy:free": {"name": "Baidu: CoBuddy (free)", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 65536},
-            "google/gemini-3.1-flash-lite": {"name": "Google: Gemini 3.1 Flash Lite", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.25, "output": 1.5, "cacheRead": 0.025, "cacheWrite": 0.08333}, "contextWindow": 1048576, "maxTokens": 65536},
-            "google/gemini-3.5-flash": {"name": "Google: Gemini 3.5 Flash", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.5, "output": 9.0, "cacheRead": 0.15, "cacheWrite": 0.08333}, "contextWindow": 1048576, "maxTokens": 65536},
-            "ibm-granite/granite-4.1-8b": {"name": "IBM: Granite 4.1 8B", "reasoning": False, "input": ["text"], "cost": {"input": 0.05, "output": 0.1, "cacheRead": 0.05, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072},
-            "inclusionai/ring-2.6-1t": {"name": "inclusionAI: Ring-2.6-1T", "reasoning": True, "input": ["text"], "cost": {"input": 0.075, "output": 0.625, "cacheRead": 0.015, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "mistralai/mistral-medium-3-5": {"name": "Mistral: Mistral Medium 3.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.5, "output": 7.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-            "nvidia/nemotron-3-nano-omni-30b-a3b-reasoning:free": {"name": "NVIDIA: Nemotron 3 Nano Omni (free)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 65536},
-            "openai/gpt-chat-latest": {"name": "OpenAI: GPT Chat Latest", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5.0, "output": 30.0, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "openrouter/owl-alpha": {"name": "Owl Alpha", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048756, "maxTokens": 262144},
-            "poolside/laguna-m.1:free": {"name": "Poolside: Laguna M.1 (free)", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768},
-            "poolside/laguna-xs.2:free": {"name": "Poolside: Laguna XS.2 (free)", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768},
-            "qwen/qwen3.5-plus-20260420": {"name": "Qwen: Qwen3.5 Plus 2026-04-20", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.4, "output": 2.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 65536},
-            "qwen/qwen3.6-27b": {"name": "Qwen: Qwen3.6 27B", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.325, "output": 3.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 65536},
-            "qwen/qwen3.6-flash": {"name": "Qwen: Qwen3.6 Flash", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.25, "output": 1.5, "cacheRead": 0, "cacheWrite": 0.3125}, "contextWindow": 1000000, "maxTokens": 65536},
-            "qwen/qwen3.6-max-preview": {"name": "Qwen: Qwen3.6 Max Preview", "reasoning": True, "input": ["text"], "cost": {"input": 1.04, "output": 6.24, "cacheRead": 0, "cacheWrite": 1.3}, "contextWindow": 262144, "maxTokens": 65536},
-            "x-ai/grok-4.3": {"name": "xAI: Grok 4.3", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 2.5, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 4096},
-            "x-ai/grok-build-0.1": {"name": "xAI: Grok Build 0.1", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.0, "output": 2.0, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 256000},
-            "~anthropic/claude-haiku-latest": {"name": "Anthropic: Claude Haiku Latest", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.0, "output": 5.0, "cacheRead": 0.1, "cacheWrite": 1.25}, "contextWindow": 200000, "maxTokens": 64000},
-            "~anthropic/claude-sonnet-latest": {"name": "Anthropic: Claude Sonnet Latest", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3.0, "output": 15.0, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 1000000, "maxTokens": 128000},
-            "~google/gemini-flash-latest": {"name": "Google: Gemini Flash Latest", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.5, "output": 3.0, "cacheRead": 0.05, "cacheWrite": 0.08333333}, "contextWindow": 1048576, "maxTokens": 65536},
-            "~google/gemini-pro-latest": {"name": "Google: Gemini Pro Latest", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2.0, "output": 12.0, "cacheRead": 0.2, "cacheWrite": 0.375}, "contextWindow": 1048576, "maxTokens": 65536},
-            "~moonshotai/kimi-latest": {"name": "MoonshotAI: Kimi Latest", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.74, "output": 3.49, "cacheRead": 0.14, "cacheWrite": 0}, "contextWindow": 262142, "maxTokens": 262142},
-            "~openai/gpt-latest": {"name": "OpenAI: GPT Latest", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5.0, "output": 30.0, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000},
-        },
     },
     "opencode-go": {
         "name": "OpenCode Go",
@@ -2558,16 +1250,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": False,
-        "models": {
-            "deepseek-v4-flash": {"name": "DeepSeek V4 Flash", "reasoning": True, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.0028, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000},
-            "deepseek-v4-pro": {"name": "DeepSeek V4 Pro", "reasoning": True, "input": ["text"], "cost": {"input": 1.74, "output": 3.48, "cacheRead": 0.0145, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000},
-            "glm-5.1": {"name": "GLM-5.1", "reasoning": True, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 32768},
-            "glm-5.2": {"name": "GLM-5.2", "reasoning": True, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 131072},
-            "kimi-k2.6": {"name": "Kimi K2.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4.0, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536},
-            "kimi-k2.7-code": {"name": "Kimi K2.7 Code", "reasoning": True, "input": ["text"], "cost": {"input": 0.95, "output": 4.0, "cacheRead": 0.19, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072},
-            "mimo-v2.5": {"name": "MiMo V2.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.0028, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-            "mimo-v2.5-pro": {"name": "MiMo V2.5 Pro", "reasoning": True, "input": ["text"], "cost": {"input": 1.74, "output": 3.48, "cacheRead": 0.0145, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 128000},
-        },
     },
     "cloudflare-ai-gateway": {
         "name": "Cloudflare AI Gateway",
@@ -2582,20 +1264,6 @@ PROVIDERS = {
         "maxTokens": 16384,
         "baseline": True,
         "urlVars": {"account_id": ["CLOUDFLARE_ACCOUNT_ID"], "gateway_id": ["CLOUDFLARE_GATEWAY_ID"]},
-        "models": {
-            "gpt-4": {"name": "GPT-4", "reasoning": False, "input": ["text"], "cost": {"input": 30.0, "output": 60.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 8192, "maxTokens": 8192},
-            "gpt-4-turbo": {"name": "GPT-4 Turbo", "reasoning": False, "input": ["text", "image"], "cost": {"input": 10.0, "output": 30.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096},
-            "gpt-4o": {"name": "GPT-4o", "reasoning": False, "input": ["text", "image"], "cost": {"input": 2.5, "output": 10.0, "cacheRead": 1.25, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384},
-            "gpt-4o-mini": {"name": "GPT-4o mini", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0.08, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384},
-            "gpt-5.1": {"name": "GPT-5.1", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0.13, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.2": {"name": "GPT-5.2", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.4": {"name": "GPT-5.4", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2.5, "output": 15.0, "cacheRead": 0.25, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000},
-            "gpt-5.5": {"name": "OpenAI: GPT-5.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 30, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000},
-            "o1": {"name": "o1", "reasoning": True, "input": ["text", "image"], "cost": {"input": 15.0, "output": 60.0, "cacheRead": 7.5, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 100000},
-            "o3": {"name": "o3", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2.0, "output": 8.0, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 100000},
-            "o3-mini": {"name": "o3-mini", "reasoning": True, "input": ["text"], "cost": {"input": 1.1, "output": 4.4, "cacheRead": 0.55, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 100000},
-            "o4-mini": {"name": "o4-mini", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.1, "output": 4.4, "cacheRead": 0.28, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 100000},
-        },
     },
     "cloudflare-workers-ai": {
         "name": "Cloudflare Workers AI",
@@ -2610,20 +1278,6 @@ PROVIDERS = {
         "maxTokens": 16384,
         "baseline": True,
         "urlVars": {"account_id": ["CLOUDFLARE_ACCOUNT_ID"]},
-        "models": {
-            "@cf/google/gemma-4-26b-a4b-it": {"name": "Gemma 4 26B A4B IT", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 16384},
-            "@cf/ibm-granite/granite-4.0-h-micro": {"name": "Granite 4.0 H Micro", "reasoning": False, "input": ["text"], "cost": {"input": 0.017, "output": 0.112, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131000, "maxTokens": 131000},
-            "@cf/meta/llama-4-scout-17b-16e-instruct": {"name": "Llama 4 Scout 17B 16E Instruct", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.27, "output": 0.85, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131000, "maxTokens": 8192},
-            "@cf/mistralai/mistral-small-3.1-24b-instruct": {"name": "Mistral Small 3.1 24B Instruct", "reasoning": False, "input": ["text"], "cost": {"input": 0.351, "output": 0.555, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000},
-            "@cf/moonshotai/kimi-k2.6": {"name": "Kimi K2.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 256000},
-            "@cf/moonshotai/kimi-k2.7-code": {"name": "Kimi K2.7 Code", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4, "cacheRead": 0.19, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072},
-            "@cf/nvidia/nemotron-3-120b-a12b": {"name": "Nemotron 3 Super 120B", "reasoning": True, "input": ["text"], "cost": {"input": 0.5, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 256000},
-            "@cf/openai/gpt-oss-120b": {"name": "gpt-oss-120b", "reasoning": True, "input": ["text"], "cost": {"input": 0.35, "output": 0.75, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384},
-            "@cf/openai/gpt-oss-20b": {"name": "GPT OSS 20B", "reasoning": True, "input": ["text"], "cost": {"input": 0.2, "output": 0.3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384},
-            "@cf/qwen/qwen3-30b-a3b-fp8": {"name": "Qwen3 30B A3b fp8", "reasoning": True, "input": ["text"], "cost": {"input": 0.0509, "output": 0.335, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 32768, "maxTokens": 32768},
-            "@cf/zai-org/glm-4.7-flash": {"name": "GLM-4.7-Flash", "reasoning": True, "input": ["text"], "cost": {"input": 0.0605, "output": 0.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072},
-            "@cf/zai-org/glm-5.2": {"name": "Glm 5.2", "reasoning": True, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144},
-        },
     },
     "google-vertex": {
         "name": "Google Vertex AI",
@@ -2639,28 +1293,6 @@ PROVIDERS = {
         "baseline": True,
         "urlVars": {"location": ["GOOGLE_CLOUD_LOCATION", "VERTEX_LOCATION"], "project": ["GOOGLE_CLOUD_PROJECT", "VERTEX_PROJECT"]},
         "urlDefaults": {"location": "us-central1", "publisher": "google"},
-        "models": {
-            "claude-haiku-4-5@20251001": {"name": "Claude Haiku 4.5 (latest)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1, "output": 5, "cacheRead": 0.1, "cacheWrite": 1.25}, "contextWindow": 200000, "maxTokens": 64000},
-            "claude-opus-4-5@20251101": {"name": "Claude Opus 4.5 (latest)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 200000, "maxTokens": 64000},
-            "claude-opus-4-6@default": {"name": "Claude Opus 4.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000},
-            "claude-opus-4-7@default": {"name": "Claude Opus 4.7", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000},
-            "claude-opus-4-8@default": {"name": "Claude Opus 4.8", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000},
-            "claude-sonnet-4-5@20250929": {"name": "Claude Sonnet 4.5 (latest)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 200000, "maxTokens": 64000},
-            "claude-sonnet-4-6@default": {"name": "Claude Sonnet 4.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 1000000, "maxTokens": 128000},
-            "claude-sonnet-5@default": {"name": "Claude Sonnet 5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2, "output": 10, "cacheRead": 0.2, "cacheWrite": 2.5}, "contextWindow": 1000000, "maxTokens": 128000},
-            "gemini-2.5-flash": {"name": "Gemini 2.5 Flash (Vertex)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.3, "output": 2.5, "cacheRead": 0.03, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-2.5-flash-lite": {"name": "Gemini 2.5 Flash Lite (Vertex)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.4, "cacheRead": 0.01, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-2.5-flash-lite-preview-09-2025": {"name": "Gemini 2.5 Flash Lite Preview 09-25 (Vertex)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.4, "cacheRead": 0.01, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-2.5-pro": {"name": "Gemini 2.5 Pro (Vertex)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-3-flash-preview": {"name": "Gemini 3 Flash Preview (Vertex)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.5, "output": 3, "cacheRead": 0.05, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-3-pro-preview": {"name": "Gemini 3 Pro Preview (Vertex)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2, "output": 12, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 64000},
-            "gemini-3.1-flash-lite": {"name": "Gemini 3.1 Flash Lite", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.25, "output": 1.5, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-3.1-pro-preview": {"name": "Gemini 3.1 Pro Preview (Vertex)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2, "output": 12, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-3.1-pro-preview-customtools": {"name": "Gemini 3.1 Pro Preview Custom Tools", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2, "output": 12, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-3.5-flash": {"name": "Gemini 3.5 Flash", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.5, "output": 9, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-flash-latest": {"name": "Gemini Flash Latest", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.3, "output": 2.5, "cacheRead": 0.075, "cacheWrite": 0.383}, "contextWindow": 1048576, "maxTokens": 65536},
-            "gemini-flash-lite-latest": {"name": "Gemini Flash-Lite Latest", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.4, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536},
-        },
     },
     "amazon-bedrock": {
         "name": "Amazon Bedrock",
@@ -2676,33 +1308,6 @@ PROVIDERS = {
         "baseline": True,
         "urlVars": {"region": ["AWS_REGION", "AWS_DEFAULT_REGION"]},
         "urlDefaults": {"region": "us-east-1"},
-        "models": {
-            "anthropic.claude-opus-4-6-v1": {"name": "Claude Opus 4.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000},
-            "anthropic.claude-opus-4-7": {"name": "Claude Opus 4.7", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000},
-            "anthropic.claude-opus-4-8": {"name": "Claude Opus 4.8", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000},
-            "anthropic.claude-sonnet-4-6": {"name": "Claude Sonnet 4.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 1000000, "maxTokens": 64000},
-            "anthropic.claude-sonnet-5": {"name": "Claude Sonnet 5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2, "output": 10, "cacheRead": 0.2, "cacheWrite": 2.5}, "contextWindow": 1000000, "maxTokens": 128000},
-            "deepseek.v3.2": {"name": "DeepSeek-V3.2", "reasoning": True, "input": ["text"], "cost": {"input": 0.62, "output": 1.85, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 163840, "maxTokens": 81920},
-            "global.anthropic.claude-fable-5": {"name": "Claude Fable 5 (Global)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 10, "output": 50, "cacheRead": 1, "cacheWrite": 12.5}, "contextWindow": 1000000, "maxTokens": 128000},
-            "global.anthropic.claude-opus-4-6-v1": {"name": "Claude Opus 4.6 (Global)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000},
-            "global.anthropic.claude-opus-4-7": {"name": "Claude Opus 4.7 (Global)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000},
-            "global.anthropic.claude-opus-4-8": {"name": "Claude Opus 4.8 (Global)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000},
-            "global.anthropic.claude-sonnet-4-6": {"name": "Claude Sonnet 4.6 (Global)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 1000000, "maxTokens": 64000},
-            "global.anthropic.claude-sonnet-5": {"name": "Claude Sonnet 5 (Global)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2, "output": 10, "cacheRead": 0.2, "cacheWrite": 2.5}, "contextWindow": 1000000, "maxTokens": 128000},
-            "minimax.minimax-m2.5": {"name": "MiniMax M2.5", "reasoning": True, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 196608, "maxTokens": 98304},
-            "mistral.devstral-2-123b": {"name": "Devstral 2 123B", "reasoning": False, "input": ["text"], "cost": {"input": 0.4, "output": 2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 8192},
-            "moonshotai.kimi-k2.5": {"name": "Kimi K2.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 256000},
-            "nvidia.nemotron-super-3-120b": {"name": "NVIDIA Nemotron 3 Super 120B A12B", "reasoning": True, "input": ["text"], "cost": {"input": 0.15, "output": 0.65, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072},
-            "qwen.qwen3-coder-next": {"name": "Qwen3 Coder Next", "reasoning": True, "input": ["text"], "cost": {"input": 0.22, "output": 1.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 65536},
-            "us.anthropic.claude-fable-5": {"name": "Claude Fable 5 (US)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 10, "output": 50, "cacheRead": 1, "cacheWrite": 12.5}, "contextWindow": 1000000, "maxTokens": 128000},
-            "us.anthropic.claude-opus-4-6-v1": {"name": "Claude Opus 4.6 (US)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000},
-            "us.anthropic.claude-opus-4-7": {"name": "Claude Opus 4.7 (US)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000},
-            "us.anthropic.claude-opus-4-8": {"name": "Claude Opus 4.8 (US)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000},
-            "us.anthropic.claude-sonnet-4-6": {"name": "Claude Sonnet 4.6 (US)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 1000000, "maxTokens": 64000},
-            "us.anthropic.claude-sonnet-5": {"name": "Claude Sonnet 5 (US)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2, "output": 10, "cacheRead": 0.2, "cacheWrite": 2.5}, "contextWindow": 1000000, "maxTokens": 128000},
-            "zai.glm-4.7-flash": {"name": "GLM-4.7-Flash", "reasoning": True, "input": ["text"], "cost": {"input": 0.07, "output": 0.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072},
-            "zai.glm-5": {"name": "GLM-5", "reasoning": True, "input": ["text"], "cost": {"input": 1.0, "output": 3.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 101376},
-        },
     },
     "sap-ai-core": {
         "name": "SAP AI Core",
@@ -2717,15 +1322,6 @@ PROVIDERS = {
         "maxTokens": 16384,
         "baseline": True,
         "urlVars": {"service_url": ["SAP_AI_CORE_SERVICE_URL"]},
-        "models": {
-            "gpt-4.1": {"name": "gpt-4.1", "reasoning": False, "input": ["text", "image"], "cost": {"input": 2.0, "output": 8.0, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1047576, "maxTokens": 32768},
-            "gpt-4.1-mini": {"name": "gpt-4.1-mini", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.4, "output": 1.6, "cacheRead": 0.1, "cacheWrite": 0}, "contextWindow": 1047576, "maxTokens": 32768},
-            "gpt-5": {"name": "gpt-5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5-mini": {"name": "gpt-5-mini", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.25, "output": 2.0, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5-nano": {"name": "gpt-5-nano", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.05, "output": 0.4, "cacheRead": 0.005, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.4": {"name": "gpt-5.4", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2.5, "output": 15.0, "cacheRead": 0.25, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000},
-            "gpt-5.5": {"name": "gpt-5.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5.0, "output": 30.0, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000},
-        },
     },
     "azure-openai": {
         "name": "Azure OpenAI",
@@ -2741,33 +1337,6 @@ PROVIDERS = {
         "baseline": True,
         "urlVars": {"api_version": ["AZURE_OPENAI_API_VERSION"], "deployment": ["AZURE_OPENAI_DEPLOYMENT"], "resource": ["AZURE_OPENAI_RESOURCE", "AZURE_RESOURCE_NAME"]},
         "urlDefaults": {"api_version": "2024-12-01-preview"},
-        "models": {
-            "codex-mini": {"name": "Codex Mini", "reasoning": True, "input": ["text"], "cost": {"input": 1.5, "output": 6.0, "cacheRead": 0.375, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 100000},
-            "gpt-4.1": {"name": "GPT-4.1", "reasoning": False, "input": ["text", "image"], "cost": {"input": 2, "output": 8, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1047576, "maxTokens": 32768},
-            "gpt-4.1-mini": {"name": "GPT-4.1 mini", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.4, "output": 1.6, "cacheRead": 0.1, "cacheWrite": 0}, "contextWindow": 1047576, "maxTokens": 32768},
-            "gpt-4.1-nano": {"name": "GPT-4.1 nano", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.4, "cacheRead": 0.03, "cacheWrite": 0}, "contextWindow": 1047576, "maxTokens": 32768},
-            "gpt-5": {"name": "GPT-5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5-codex": {"name": "GPT-5-Codex", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5-mini": {"name": "GPT-5 Mini", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.25, "output": 2, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5-nano": {"name": "GPT-5 Nano", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.05, "output": 0.4, "cacheRead": 0.005, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5-pro": {"name": "GPT-5 Pro", "reasoning": True, "input": ["text", "image"], "cost": {"input": 15, "output": 120, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 272000},
-            "gpt-5.1": {"name": "GPT-5.1", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.13, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.1-codex": {"name": "GPT-5.1 Codex", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.1-codex-max": {"name": "GPT-5.1 Codex Max", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.1-codex-mini": {"name": "GPT-5.1 Codex mini", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.25, "output": 2, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.2": {"name": "GPT-5.2", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.2-chat": {"name": "GPT-5.2 Chat", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384},
-            "gpt-5.2-codex": {"name": "GPT-5.2 Codex", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.3-chat": {"name": "GPT-5.3 Chat", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384},
-            "gpt-5.3-codex": {"name": "GPT-5.3 Codex", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.4": {"name": "GPT-5.4", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2.5, "output": 15, "cacheRead": 0.25, "cacheWrite": 0}, "contextWindow": 272000, "maxTokens": 128000},
-            "gpt-5.4-mini": {"name": "GPT-5.4 Mini", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.75, "output": 4.5, "cacheRead": 0.075, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.4-nano": {"name": "GPT-5.4 Nano", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.25, "cacheRead": 0.02, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "gpt-5.4-pro": {"name": "GPT-5.4 Pro", "reasoning": True, "input": ["text", "image"], "cost": {"input": 30, "output": 180, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000},
-            "gpt-5.5": {"name": "GPT-5.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 30, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000},
-            "o3": {"name": "o3", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2, "output": 8, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 100000},
-            "o4-mini": {"name": "o4-mini", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.1, "output": 4.4, "cacheRead": 0.28, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 100000},
-        },
     },
     "github-copilot": {
         "name": "GitHub Copilot",
@@ -2781,25 +1350,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "claude-fable-5": {"name": "Claude Fable 5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 10, "output": 50, "cacheRead": 1, "cacheWrite": 12.5}, "contextWindow": 1000000, "maxTokens": 128000},
-            "claude-haiku-4.5": {"name": "Claude Haiku 4.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000},
-            "claude-opus-4.5": {"name": "Claude Opus 4.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000},
-            "claude-opus-4.6": {"name": "Claude Opus 4.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 64000},
-            "claude-opus-4.7": {"name": "Claude Opus 4.7", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 200000, "maxTokens": 32000},
-            "claude-opus-4.8": {"name": "Claude Opus 4.8", "reasoning": True, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 200000, "maxTokens": 64000},
-            "claude-sonnet-4": {"name": "Claude Sonnet 4", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16000},
-            "claude-sonnet-4.5": {"name": "Claude Sonnet 4.5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000},
-            "claude-sonnet-4.6": {"name": "Claude Sonnet 4.6", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000},
-            "claude-sonnet-5": {"name": "Claude Sonnet 5", "reasoning": True, "input": ["text", "image"], "cost": {"input": 2.0, "output": 10.0, "cacheRead": 0.2, "cacheWrite": 2.5}, "contextWindow": 1000000, "maxTokens": 128000},
-            "gemini-2.5-pro": {"name": "Gemini 2.5 Pro", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 64000},
-            "gemini-3-flash-preview": {"name": "Gemini 3 Flash", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 64000},
-            "gemini-3-pro-preview": {"name": "Gemini 3 Pro Preview", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 64000},
-            "gemini-3.1-pro-preview": {"name": "Gemini 3.1 Pro Preview", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 64000},
-            "gemini-3.5-flash": {"name": "Gemini 3.5 Flash", "reasoning": True, "input": ["text", "image"], "cost": {"input": 1.5, "output": 9, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 64000},
-            "gpt-4.1": {"name": "GPT-4.1", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 64000, "maxTokens": 16384},
-            "grok-code-fast-1": {"name": "Grok Code Fast 1", "reasoning": True, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 64000},
-        },
     },
     "gitlab": {
         "name": "GitLab Duo",
@@ -2813,25 +1363,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 4096,
         "baseline": True,
-        "models": {
-            "duo-chat-gpt-5-1": {"name": "Agentic Chat (GPT-5.1)", "reasoning": False, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "duo-chat-gpt-5-2": {"name": "Agentic Chat (GPT-5.2)", "reasoning": False, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "duo-chat-gpt-5-2-codex": {"name": "Agentic Chat (GPT-5.2 Codex)", "reasoning": False, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "duo-chat-gpt-5-3-codex": {"name": "Agentic Chat (GPT-5.3 Codex)", "reasoning": False, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "duo-chat-gpt-5-4": {"name": "Agentic Chat (GPT-5.4)", "reasoning": False, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000},
-            "duo-chat-gpt-5-4-mini": {"name": "Agentic Chat (GPT-5.4 Mini)", "reasoning": False, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "duo-chat-gpt-5-4-nano": {"name": "Agentic Chat (GPT-5.4 Nano)", "reasoning": False, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "duo-chat-gpt-5-5": {"name": "Agentic Chat (GPT-5.5)", "reasoning": False, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000},
-            "duo-chat-gpt-5-codex": {"name": "Agentic Chat (GPT-5 Codex)", "reasoning": False, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "duo-chat-gpt-5-mini": {"name": "Agentic Chat (GPT-5 Mini)", "reasoning": False, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000},
-            "duo-chat-haiku-4-5": {"name": "Agentic Chat (Claude Haiku 4.5)", "reasoning": False, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 64000},
-            "duo-chat-opus-4-5": {"name": "Agentic Chat (Claude Opus 4.5)", "reasoning": False, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 64000},
-            "duo-chat-opus-4-6": {"name": "Agentic Chat (Claude Opus 4.6)", "reasoning": False, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 64000},
-            "duo-chat-opus-4-7": {"name": "Agentic Chat (Claude Opus 4.7)", "reasoning": False, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 64000},
-            "duo-chat-opus-4-8": {"name": "Agentic Chat (Claude Opus 4.8)", "reasoning": False, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000},
-            "duo-chat-sonnet-4-5": {"name": "Agentic Chat (Claude Sonnet 4.5)", "reasoning": False, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 64000},
-            "duo-chat-sonnet-4-6": {"name": "Agentic Chat (Claude Sonnet 4.6)", "reasoning": False, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 64000},
-        },
     },
     "github-models": {
         "name": "GitHub Models",
@@ -2845,33 +1376,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "models": {
-            "cohere/cohere-command-a": {"name": "Cohere Command A", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096},
-            "deepseek/deepseek-r1": {"name": "DeepSeek-R1", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 65536, "maxTokens": 8192},
-            "deepseek/deepseek-r1-0528": {"name": "DeepSeek-R1-0528", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 65536, "maxTokens": 8192},
-            "deepseek/deepseek-v3-0324": {"name": "DeepSeek-V3-0324", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192},
-            "meta/llama-3.2-11b-vision-instruct": {"name": "Llama-3.2-11B-Vision-Instruct", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192},
-            "meta/llama-3.2-90b-vision-instruct": {"name": "Llama-3.2-90B-Vision-Instruct", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192},
-            "meta/llama-3.3-70b-instruct": {"name": "Llama-3.3-70B-Instruct", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32768},
-            "meta/llama-4-maverick-17b-128e-instruct-fp8": {"name": "Llama 4 Maverick 17B 128E Instruct FP8", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192},
-            "meta/llama-4-scout-17b-16e-instruct": {"name": "Llama 4 Scout 17B 16E Instruct", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192},
-            "microsoft/mai-ds-r1": {"name": "MAI-DS-R1", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 65536, "maxTokens": 8192},
-            "microsoft/phi-4": {"name": "Phi-4", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 16000, "maxTokens": 4096},
-            "microsoft/phi-4-mini-instruct": {"name": "Phi-4-mini-instruct", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096},
-            "microsoft/phi-4-mini-reasoning": {"name": "Phi-4-mini-reasoning", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096},
-            "microsoft/phi-4-multimodal-instruct": {"name": "Phi-4-multimodal-instruct", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096},
-            "microsoft/phi-4-reasoning": {"name": "Phi-4-Reasoning", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096},
-            "mistral-ai/codestral-2501": {"name": "Codestral 25.01", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 32000, "maxTokens": 8192},
-            "mistral-ai/ministral-3b": {"name": "Ministral 3B", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192},
-            "mistral-ai/mistral-large-2411": {"name": "Mistral Large 24.11", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32768},
-            "mistral-ai/mistral-medium-2505": {"name": "Mistral Medium 3 (25.05)", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32768},
-            "mistral-ai/mistral-small-2503": {"name": "Mistral Small 3.1", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32768},
-            "openai/gpt-4.1": {"name": "GPT-4.1", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384},
-            "openai/gpt-4.1-mini": {"name": "GPT-4.1-mini", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384},
-            "openai/gpt-4.1-nano": {"name": "GPT-4.1-nano", "reasoning": False, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384},
-            "xai/grok-3": {"name": "Grok 3", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192},
-            "xai/grok-3-mini": {"name": "Grok 3 Mini", "reasoning": True, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192},
-        },
     },
     "faux": {
         "name": "Faux (offline)",
@@ -2885,10 +1389,1512 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": False,
-        "models": {
-            "faux-1": {"name": "Faux 1", "reasoning": True, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384},
-        },
     },
+}
+
+MODELS = {
+    "anthropic": r"""
+{"id": "claude-fable-5", "name": "Claude Fable 5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 10.0, "output": 50.0, "cacheRead": 1.0, "cacheWrite": 12.5}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "claude-haiku-4-5", "name": "Claude Haiku 4.5 (latest)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1, "output": 5, "cacheRead": 0.1, "cacheWrite": 1.25}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "claude-haiku-4-5-20251001", "name": "Claude Haiku 4.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1, "output": 5, "cacheRead": 0.1, "cacheWrite": 1.25}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "claude-opus-4-0", "name": "Claude Opus 4 (latest)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 15, "output": 75, "cacheRead": 1.5, "cacheWrite": 18.75}, "contextWindow": 200000, "maxTokens": 32000}
+{"id": "claude-opus-4-1", "name": "Claude Opus 4.1 (latest)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 15, "output": 75, "cacheRead": 1.5, "cacheWrite": 18.75}, "contextWindow": 200000, "maxTokens": 32000}
+{"id": "claude-opus-4-1-20250805", "name": "Claude Opus 4.1", "reasoning": true, "input": ["text", "image"], "cost": {"input": 15, "output": 75, "cacheRead": 1.5, "cacheWrite": 18.75}, "contextWindow": 200000, "maxTokens": 32000}
+{"id": "claude-opus-4-20250514", "name": "Claude Opus 4", "reasoning": true, "input": ["text", "image"], "cost": {"input": 15, "output": 75, "cacheRead": 1.5, "cacheWrite": 18.75}, "contextWindow": 200000, "maxTokens": 32000}
+{"id": "claude-opus-4-5", "name": "Claude Opus 4.5 (latest)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "claude-opus-4-5-20251101", "name": "Claude Opus 4.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "claude-opus-4-6", "name": "Claude Opus 4.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "claude-opus-4-7", "name": "Claude Opus 4.7", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "claude-opus-4-8", "name": "Claude Opus 4.8", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "claude-sonnet-4-0", "name": "Claude Sonnet 4 (latest)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "claude-sonnet-4-20250514", "name": "Claude Sonnet 4", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "claude-sonnet-4-5", "name": "Claude Sonnet 4.5 (latest)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "claude-sonnet-4-5-20250929", "name": "Claude Sonnet 4.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "claude-sonnet-4-6", "name": "Claude Sonnet 4.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 1000000, "maxTokens": 64000}
+{"id": "claude-sonnet-5", "name": "Claude Sonnet 5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2.0, "output": 10.0, "cacheRead": 0.2, "cacheWrite": 2.5}, "contextWindow": 1000000, "maxTokens": 128000}
+""",
+    "openai": r"""
+{"id": "gpt-5", "name": "GPT-5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5-chat-latest", "name": "GPT-5 Chat Latest", "reasoning": false, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384}
+{"id": "gpt-5-codex", "name": "GPT-5-Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5-mini", "name": "GPT-5 Mini", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 2, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5-nano", "name": "GPT-5 Nano", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.05, "output": 0.4, "cacheRead": 0.005, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5-pro", "name": "GPT-5 Pro", "reasoning": true, "input": ["text", "image"], "cost": {"input": 15, "output": 120, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 272000}
+{"id": "gpt-5.1", "name": "GPT-5.1", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.13, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.1-chat-latest", "name": "GPT-5.1 Chat", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384}
+{"id": "gpt-5.1-codex", "name": "GPT-5.1 Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.1-codex-max", "name": "GPT-5.1 Codex Max", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.1-codex-mini", "name": "GPT-5.1 Codex mini", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 2, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.2", "name": "GPT-5.2", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.2-chat-latest", "name": "GPT-5.2 Chat", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384}
+{"id": "gpt-5.2-codex", "name": "GPT-5.2 Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.2-pro", "name": "GPT-5.2 Pro", "reasoning": true, "input": ["text", "image"], "cost": {"input": 21, "output": 168, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.3-chat-latest", "name": "GPT-5.3 Chat (latest)", "reasoning": false, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384}
+{"id": "gpt-5.3-codex", "name": "GPT-5.3 Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.3-codex-spark", "name": "GPT-5.3 Codex Spark", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000}
+{"id": "gpt-5.4", "name": "GPT-5.4", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2.5, "output": 15, "cacheRead": 0.25, "cacheWrite": 0}, "contextWindow": 272000, "maxTokens": 128000}
+{"id": "gpt-5.4-mini", "name": "GPT-5.4 mini", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.75, "output": 4.5, "cacheRead": 0.075, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.4-nano", "name": "GPT-5.4 nano", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.25, "cacheRead": 0.02, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.4-pro", "name": "GPT-5.4 Pro", "reasoning": true, "input": ["text", "image"], "cost": {"input": 30, "output": 180, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000}
+{"id": "gpt-5.5", "name": "GPT-5.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5.0, "output": 30.0, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000}
+{"id": "gpt-5.5-pro", "name": "GPT-5.5 Pro", "reasoning": true, "input": ["text", "image"], "cost": {"input": 30.0, "output": 180.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000}
+{"id": "o3-pro", "name": "o3-pro", "reasoning": true, "input": ["text", "image"], "cost": {"input": 20, "output": 80, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 100000}
+""",
+    "openai-codex": r"""
+{"id": "gpt-5.1", "name": "GPT-5.1", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 272000, "maxTokens": 128000}
+{"id": "gpt-5.1-codex-max", "name": "GPT-5.1 Codex Max", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 272000, "maxTokens": 128000}
+{"id": "gpt-5.1-codex-mini", "name": "GPT-5.1 Codex Mini", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 2, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 272000, "maxTokens": 128000}
+{"id": "gpt-5.2", "name": "GPT-5.2", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 272000, "maxTokens": 128000}
+{"id": "gpt-5.2-codex", "name": "GPT-5.2 Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 272000, "maxTokens": 128000}
+{"id": "gpt-5.3-codex", "name": "GPT-5.3 Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 272000, "maxTokens": 128000}
+{"id": "gpt-5.3-codex-spark", "name": "GPT-5.3 Codex Spark", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000}
+{"id": "gpt-5.4", "name": "GPT-5.4", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2.5, "output": 15, "cacheRead": 0.25, "cacheWrite": 0}, "contextWindow": 272000, "maxTokens": 128000}
+""",
+    "google": r"""
+{"id": "gemini-2.5-flash", "name": "Gemini 2.5 Flash", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.3, "output": 2.5, "cacheRead": 0.075, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-2.5-flash-lite", "name": "Gemini 2.5 Flash Lite", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.4, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-2.5-flash-lite-preview-06-17", "name": "Gemini 2.5 Flash Lite Preview 06-17", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.4, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-2.5-flash-lite-preview-09-2025", "name": "Gemini 2.5 Flash Lite Preview 09-25", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.4, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-2.5-flash-preview-05-20", "name": "Gemini 2.5 Flash Preview 05-20", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0.0375, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-2.5-flash-preview-09-2025", "name": "Gemini 2.5 Flash Preview 09-25", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.3, "output": 2.5, "cacheRead": 0.075, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-2.5-pro", "name": "Gemini 2.5 Pro", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.31, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-2.5-pro-preview-06-05", "name": "Gemini 2.5 Pro Preview 06-05", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.31, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-3-flash-preview", "name": "Gemini 3 Flash Preview", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.5, "output": 3, "cacheRead": 0.05, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-3.1-flash-lite", "name": "Gemini 3.1 Flash Lite", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 1.5, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-3.1-pro-preview", "name": "Gemini 3.1 Pro Preview", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2, "output": 12, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-3.1-pro-preview-customtools", "name": "Gemini 3.1 Pro Preview Custom Tools", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2, "output": 12, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-3.5-flash", "name": "Gemini 3.5 Flash", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.5, "output": 9.0, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-flash-latest", "name": "Gemini Flash Latest", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.3, "output": 2.5, "cacheRead": 0.075, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-flash-lite-latest", "name": "Gemini Flash-Lite Latest", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.4, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemma-4-26b-a4b-it", "name": "Gemma 4 26B A4B IT", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768}
+{"id": "gemma-4-31b-it", "name": "Gemma 4 31B IT", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768}
+""",
+    "google-gemini-cli": r"""
+{"id": "gemini-2.0-flash", "name": "Gemini 2.0 Flash (Cloud Code Assist)", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 8192}
+{"id": "gemini-2.5-flash", "name": "Gemini 2.5 Flash (Cloud Code Assist)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65535}
+{"id": "gemini-2.5-pro", "name": "Gemini 2.5 Pro (Cloud Code Assist)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65535}
+{"id": "gemini-3-flash-preview", "name": "Gemini 3 Flash Preview (Cloud Code Assist)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65535}
+{"id": "gemini-3-pro-preview", "name": "Gemini 3 Pro Preview (Cloud Code Assist)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65535}
+{"id": "gemini-3.1-pro-preview", "name": "Gemini 3.1 Pro Preview (Cloud Code Assist)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65535}
+""",
+    "google-antigravity": r"""
+{"id": "claude-opus-4-5-thinking", "name": "Claude Opus 4.5 Thinking (Antigravity)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "claude-opus-4-6-thinking", "name": "Claude Opus 4.6 Thinking (Antigravity)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 200000, "maxTokens": 128000}
+{"id": "claude-sonnet-4-5", "name": "Claude Sonnet 4.5 (Antigravity)", "reasoning": false, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "claude-sonnet-4-5-thinking", "name": "Claude Sonnet 4.5 Thinking (Antigravity)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "claude-sonnet-4-6", "name": "Claude Sonnet 4.6 (Antigravity)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "gemini-3-flash", "name": "Gemini 3 Flash (Antigravity)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.5, "output": 3, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65535}
+{"id": "gemini-3.1-pro-high", "name": "Gemini 3.1 Pro High (Antigravity)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2, "output": 12, "cacheRead": 0.2, "cacheWrite": 2.375}, "contextWindow": 1048576, "maxTokens": 65535}
+{"id": "gemini-3.1-pro-low", "name": "Gemini 3.1 Pro Low (Antigravity)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2, "output": 12, "cacheRead": 0.2, "cacheWrite": 2.375}, "contextWindow": 1048576, "maxTokens": 65535}
+{"id": "gpt-oss-120b-medium", "name": "GPT-OSS 120B Medium (Antigravity)", "reasoning": false, "input": ["text"], "cost": {"input": 0.09, "output": 0.36, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768}
+""",
+    "cohere": r"""
+{"id": "command-a-03-2025", "name": "Command A", "reasoning": false, "input": ["text"], "cost": {"input": 2.5, "output": 10.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 8000}
+{"id": "command-a-reasoning-08-2025", "name": "Command A Reasoning", "reasoning": true, "input": ["text"], "cost": {"input": 2.5, "output": 10.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 32000}
+{"id": "command-a-translate-08-2025", "name": "Command A Translate", "reasoning": false, "input": ["text"], "cost": {"input": 2.5, "output": 10.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 8000, "maxTokens": 8000}
+{"id": "command-r-08-2024", "name": "Command R", "reasoning": false, "input": ["text"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4000}
+{"id": "command-r-plus-08-2024", "name": "Command R+", "reasoning": false, "input": ["text"], "cost": {"input": 2.5, "output": 10.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4000}
+{"id": "command-r7b-12-2024", "name": "Command R7B", "reasoning": false, "input": ["text"], "cost": {"input": 0.0375, "output": 0.15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4000}
+{"id": "command-r7b-arabic-02-2025", "name": "Command R7B Arabic", "reasoning": false, "input": ["text"], "cost": {"input": 0.0375, "output": 0.15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4000}
+""",
+    "cursor": r"""
+{"id": "composer-1", "name": "Composer 1", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 64000}
+""",
+    "groq": r"""
+{"id": "llama-3.1-8b-instant", "name": "Llama 3.1 8B Instant", "reasoning": false, "input": ["text"], "cost": {"input": 0.05, "output": 0.08, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072}
+{"id": "llama-3.3-70b-versatile", "name": "Llama 3.3 70B Versatile", "reasoning": false, "input": ["text"], "cost": {"input": 0.59, "output": 0.79, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768}
+{"id": "meta-llama/llama-4-scout-17b-16e-instruct", "name": "Llama 4 Scout 17B", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.11, "output": 0.34, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 8192}
+{"id": "moonshotai/kimi-k2-instruct", "name": "Kimi K2 Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 1, "output": 3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 16384}
+{"id": "moonshotai/kimi-k2-instruct-0905", "name": "Kimi K2 Instruct 0905", "reasoning": false, "input": ["text"], "cost": {"input": 1, "output": 3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 16384}
+{"id": "openai/gpt-oss-120b", "name": "GPT OSS 120B", "reasoning": true, "input": ["text"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 65536}
+{"id": "openai/gpt-oss-20b", "name": "GPT OSS 20B", "reasoning": true, "input": ["text"], "cost": {"input": 0.075, "output": 0.3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 65536}
+{"id": "qwen/qwen3-32b", "name": "Qwen3 32B", "reasoning": true, "input": ["text"], "cost": {"input": 0.29, "output": 0.59, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 16384, "compat": {"reasoningEffortMap": {"minimal": "default", "low": "default", "medium": "default", "high": "default", "xhigh": "default"}}}
+""",
+    "deepinfra": r"""
+{"id": "MiniMaxAI/MiniMax-M2.5", "name": "MiniMax M2.5", "reasoning": true, "input": ["text"], "cost": {"input": 0.15, "output": 1.15, "cacheRead": 0.03, "cacheWrite": 0.375}, "contextWindow": 196608, "maxTokens": 131072}
+{"id": "Qwen/Qwen3-Coder-480B-A35B-Instruct-Turbo", "name": "Qwen3 Coder 480B A35B Instruct Turbo", "reasoning": false, "input": ["text"], "cost": {"input": 0.3, "output": 1.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 66536}
+{"id": "Qwen/Qwen3.5-35B-A3B", "name": "Qwen 3.5 35B A3B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.14, "output": 1.0, "cacheRead": 0.05, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 81920}
+{"id": "Qwen/Qwen3.5-397B-A17B", "name": "Qwen 3.5 397B A17B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.45, "output": 3.0, "cacheRead": 0.22, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 81920}
+{"id": "Qwen/Qwen3.6-35B-A3B", "name": "Qwen3.6 35B A3B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.15, "output": 0.95, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 81920}
+{"id": "XiaomiMiMo/MiMo-V2.5", "name": "MiMo V2.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.4, "output": 2, "cacheRead": 0.08, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 16384}
+{"id": "XiaomiMiMo/MiMo-V2.5-Pro", "name": "MiMo V2.5 Pro", "reasoning": true, "input": ["text"], "cost": {"input": 1, "output": 3, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 16384}
+{"id": "deepseek-ai/DeepSeek-R1-0528", "name": "DeepSeek-R1-0528", "reasoning": true, "input": ["text"], "cost": {"input": 0.5, "output": 2.15, "cacheRead": 0.35, "cacheWrite": 0}, "contextWindow": 163840, "maxTokens": 64000}
+{"id": "deepseek-ai/DeepSeek-V3.2", "name": "DeepSeek-V3.2", "reasoning": true, "input": ["text"], "cost": {"input": 0.26, "output": 0.38, "cacheRead": 0.13, "cacheWrite": 0}, "contextWindow": 163840, "maxTokens": 64000}
+{"id": "deepseek-ai/DeepSeek-V4-Flash", "name": "DeepSeek V4 Flash", "reasoning": true, "input": ["text"], "cost": {"input": 0.1, "output": 0.2, "cacheRead": 0.02, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 16384}
+{"id": "deepseek-ai/DeepSeek-V4-Pro", "name": "deepseek-ai/DeepSeek-V4-Pro", "reasoning": true, "input": ["text"], "cost": {"input": 1.3, "output": 2.6, "cacheRead": 0.1, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 16384}
+{"id": "google/gemma-4-26B-A4B-it", "name": "Google: Gemma 4 26B A4B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.07, "output": 0.34, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "google/gemma-4-31B-it", "name": "Gemma 4 31B Instruct", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.13, "output": 0.38, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "meta-llama/Llama-4-Scout-17B-16E-Instruct", "name": "Llama 4 Scout 17B", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 327680, "maxTokens": 16384}
+{"id": "moonshotai/Kimi-K2.5", "name": "Kimi K2.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.45, "output": 2.25, "cacheRead": 0.07, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768}
+{"id": "moonshotai/Kimi-K2.6", "name": "Kimi K2.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.75, "output": 3.5, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 16384}
+{"id": "moonshotai/Kimi-K2.7-Code", "name": "Kimi K2.7 Code", "reasoning": true, "input": ["text"], "cost": {"input": 0.74, "output": 3.5, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072}
+{"id": "openai/gpt-oss-120b", "name": "GPT OSS 120B", "reasoning": true, "input": ["text"], "cost": {"input": 0.039, "output": 0.19, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 16384}
+{"id": "openai/gpt-oss-20b", "name": "GPT OSS 20B", "reasoning": true, "input": ["text"], "cost": {"input": 0.03, "output": 0.14, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 16384}
+{"id": "zai-org/GLM-4.6", "name": "GLM-4.6", "reasoning": true, "input": ["text"], "cost": {"input": 0.43, "output": 1.74, "cacheRead": 0.08, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 131072}
+{"id": "zai-org/GLM-4.7", "name": "GLM-4.7", "reasoning": true, "input": ["text"], "cost": {"input": 0.4, "output": 1.75, "cacheRead": 0.08, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 16384}
+{"id": "zai-org/GLM-4.7-Flash", "name": "GLM-4.7-Flash", "reasoning": true, "input": ["text"], "cost": {"input": 0.06, "output": 0.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 16384}
+{"id": "zai-org/GLM-5", "name": "GLM-5", "reasoning": true, "input": ["text"], "cost": {"input": 0.6, "output": 2.08, "cacheRead": 0.12, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 16384}
+{"id": "zai-org/GLM-5.1", "name": "GLM-5.1", "reasoning": true, "input": ["text"], "cost": {"input": 1.05, "output": 3.5, "cacheRead": 0.205, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 16384}
+{"id": "zai-org/GLM-5.2", "name": "GLM-5.2", "reasoning": true, "input": ["text"], "cost": {"input": 0.95, "output": 3.0, "cacheRead": 0.18, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 32768}
+""",
+    "cerebras": r"""
+{"id": "gpt-oss-120b", "name": "GPT OSS 120B", "reasoning": true, "input": ["text"], "cost": {"input": 0.25, "output": 0.69, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768}
+{"id": "zai-glm-4.7", "name": "Z.AI GLM-4.7", "reasoning": false, "input": ["text"], "cost": {"input": 2.25, "output": 2.75, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 40000}
+""",
+    "atlascloud": r"""
+{"id": "deepseek-ai/DeepSeek-V3.1", "name": "DeepSeek V3.1", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 16384}
+""",
+    "openrouter": r"""
+{"id": "anthropic/claude-opus-4.7-fast", "name": "Claude Opus 4.7 (Fast)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 30, "output": 150, "cacheRead": 3, "cacheWrite": 37.5}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "anthropic/claude-opus-4.8", "name": "Claude Opus 4.8", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "anthropic/claude-opus-4.8-fast", "name": "Claude Opus 4.8 (Fast)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 10, "output": 50, "cacheRead": 1, "cacheWrite": 12.5}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "anthropic/claude-sonnet-5", "name": "Claude Sonnet 5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2, "output": 10, "cacheRead": 0.2, "cacheWrite": 2.5}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "cohere/north-mini-code:free", "name": "North Mini Code (free)", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 64000}
+{"id": "google/gemini-3.1-flash-lite", "name": "Google: Gemini 3.1 Flash Lite", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 1.5, "cacheRead": 0.025, "cacheWrite": 0.083333}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "google/gemini-3.5-flash", "name": "Google: Gemini 3.5 Flash", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.5, "output": 9, "cacheRead": 0.15, "cacheWrite": 0.083333}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "ibm-granite/granite-4.1-8b", "name": "Granite 4.1 8B", "reasoning": false, "input": ["text"], "cost": {"input": 0.05, "output": 0.1, "cacheRead": 0.05, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072}
+{"id": "inclusionai/ring-2.6-1t", "name": "Ring-2.6-1T", "reasoning": true, "input": ["text"], "cost": {"input": 0.075, "output": 0.625, "cacheRead": 0.015, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "minimax/minimax-m3", "name": "MiniMax M3", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 524288, "maxTokens": 512000}
+{"id": "mistralai/mistral-medium-3-5", "name": "Mistral Medium 3.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.5, "output": 7.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "moonshotai/kimi-k2.7-code", "name": "Kimi K2.7 Code", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.74, "output": 3.5, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 16384}
+{"id": "nvidia/nemotron-3-nano-omni-30b-a3b-reasoning:free", "name": "Nemotron 3 Nano Omni (free)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 65536}
+{"id": "nvidia/nemotron-3-ultra-550b-a55b", "name": "Nemotron 3 Ultra 550B A55B", "reasoning": true, "input": ["text"], "cost": {"input": 0.5, "output": 2.2, "cacheRead": 0.1, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 16384}
+{"id": "openai/gpt-5.1-codex", "name": "OpenAI: GPT-5.1-Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "openai/gpt-chat-latest", "name": "GPT Chat Latest", "reasoning": false, "input": ["text", "image"], "cost": {"input": 5, "output": 30, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "poolside/laguna-m.1", "name": "Laguna M.1", "reasoning": true, "input": ["text"], "cost": {"input": 0.2, "output": 0.4, "cacheRead": 0.1, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768}
+{"id": "poolside/laguna-m.1:free", "name": "Laguna M.1 (free)", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768}
+{"id": "qwen/qwen3.7-plus", "name": "Qwen3.7 Plus", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.32, "output": 1.28, "cacheRead": 0.064, "cacheWrite": 0.4}, "contextWindow": 1000000, "maxTokens": 65536}
+{"id": "sakana/fugu-ultra", "name": "Fugu Ultra", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 30, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "stepfun/step-3.7-flash", "name": "Step 3.7 Flash", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.15, "cacheRead": 0.04, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 16384}
+{"id": "x-ai/grok-4.3", "name": "xAI: Grok 4.3", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 2.5, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 1000000}
+{"id": "x-ai/grok-build-0.1", "name": "xAI: Grok Build 0.1", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1, "output": 2, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 256000}
+{"id": "z-ai/glm-5.2", "name": "GLM-5.2", "reasoning": true, "input": ["text"], "cost": {"input": 0.93, "output": 3, "cacheRead": 0.18, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 32768}
+{"id": "~anthropic/claude-fable-latest", "name": "Claude Fable Latest", "reasoning": true, "input": ["text", "image"], "cost": {"input": 10, "output": 50, "cacheRead": 1, "cacheWrite": 12.5}, "contextWindow": 1000000, "maxTokens": 128000}
+""",
+    "mistral": r"""
+{"id": "codestral-latest", "name": "Codestral (latest)", "reasoning": false, "input": ["text"], "cost": {"input": 0.3, "output": 0.9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 4096}
+{"id": "magistral-medium-latest", "name": "Magistral Medium (latest)", "reasoning": true, "input": ["text"], "cost": {"input": 2, "output": 5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384}
+{"id": "magistral-small", "name": "Magistral Small", "reasoning": true, "input": ["text"], "cost": {"input": 0.5, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000}
+{"id": "ministral-3b-latest", "name": "Ministral 3B (latest)", "reasoning": false, "input": ["text"], "cost": {"input": 0.04, "output": 0.04, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000}
+{"id": "ministral-8b-latest", "name": "Ministral 8B (latest)", "reasoning": false, "input": ["text"], "cost": {"input": 0.1, "output": 0.1, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000}
+{"id": "mistral-large-2411", "name": "Mistral Large 2.1", "reasoning": false, "input": ["text"], "cost": {"input": 2, "output": 6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 16384}
+{"id": "mistral-large-2512", "name": "Mistral Large 3", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.5, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "mistral-large-latest", "name": "Mistral Large (latest)", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.5, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "mistral-medium-2505", "name": "Mistral Medium 3", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.4, "output": 2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072}
+{"id": "mistral-medium-2508", "name": "Mistral Medium 3.1", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.4, "output": 2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "mistral-medium-2604", "name": "Mistral Medium 3.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.5, "output": 7.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "mistral-medium-latest", "name": "Mistral Medium (latest)", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.4, "output": 2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384}
+{"id": "mistral-nemo", "name": "Mistral Nemo", "reasoning": false, "input": ["text"], "cost": {"input": 0.15, "output": 0.15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000}
+{"id": "mistral-small-2506", "name": "Mistral Small 3.2", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384}
+{"id": "mistral-small-2603", "name": "Mistral Small 4", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 256000}
+{"id": "mistral-small-latest", "name": "Mistral Small (latest)", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384}
+{"id": "open-mistral-7b", "name": "Mistral 7B", "reasoning": false, "input": ["text"], "cost": {"input": 0.25, "output": 0.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 8000, "maxTokens": 8000}
+{"id": "open-mixtral-8x22b", "name": "Mixtral 8x22B", "reasoning": false, "input": ["text"], "cost": {"input": 2, "output": 6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 64000, "maxTokens": 64000}
+{"id": "open-mixtral-8x7b", "name": "Mixtral 8x7B", "reasoning": false, "input": ["text"], "cost": {"input": 0.7, "output": 0.7, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 32000, "maxTokens": 32000}
+{"id": "pixtral-12b", "name": "Pixtral 12B", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.15, "output": 0.15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000}
+{"id": "pixtral-large-latest", "name": "Pixtral Large (latest)", "reasoning": false, "input": ["text", "image"], "cost": {"input": 2, "output": 6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000}
+""",
+    "moonshotai": r"""
+{"id": "kimi-k2-0711-preview", "name": "Kimi K2 0711", "reasoning": false, "input": ["text"], "cost": {"input": 0.6, "output": 2.5, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 16384}
+{"id": "kimi-k2-0905-preview", "name": "Kimi K2 0905", "reasoning": false, "input": ["text"], "cost": {"input": 0.6, "output": 2.5, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "kimi-k2-thinking", "name": "Kimi K2 Thinking", "reasoning": true, "input": ["text"], "cost": {"input": 0.6, "output": 2.5, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "kimi-k2-thinking-turbo", "name": "Kimi K2 Thinking Turbo", "reasoning": true, "input": ["text"], "cost": {"input": 1.15, "output": 8, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "kimi-k2-turbo-preview", "name": "Kimi K2 Turbo", "reasoning": false, "input": ["text"], "cost": {"input": 2.4, "output": 10, "cacheRead": 0.6, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "kimi-k2.5", "name": "Kimi K2.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3.0, "cacheRead": 0.1, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "kimi-k2.6", "name": "Kimi K2.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4.0, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "kimi-k2.7-code", "name": "Kimi K2.7 Code", "reasoning": true, "input": ["text"], "cost": {"input": 0.95, "output": 4.0, "cacheRead": 0.19, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072}
+""",
+    "alibaba": r"""
+{"id": "qwen-flash", "name": "Qwen Flash", "reasoning": true, "input": ["text"], "cost": {"input": 0.05, "output": 0.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 32768}
+{"id": "qwen-plus", "name": "Qwen Plus", "reasoning": true, "input": ["text"], "cost": {"input": 0.4, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 32768}
+{"id": "qwen3-14b", "name": "Qwen3 14B", "reasoning": true, "input": ["text"], "cost": {"input": 0.35, "output": 1.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 8192}
+{"id": "qwen3-235b-a22b", "name": "Qwen3 235B-A22B", "reasoning": true, "input": ["text"], "cost": {"input": 0.7, "output": 2.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 16384}
+{"id": "qwen3-32b", "name": "Qwen3 32B", "reasoning": true, "input": ["text"], "cost": {"input": 0.7, "output": 2.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 16384}
+{"id": "qwen3-8b", "name": "Qwen3 8B", "reasoning": true, "input": ["text"], "cost": {"input": 0.18, "output": 0.7, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 8192}
+{"id": "qwen3-coder-30b-a3b-instruct", "name": "Qwen3-Coder 30B-A3B Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.45, "output": 2.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "qwen3-coder-flash", "name": "Qwen3 Coder Flash", "reasoning": false, "input": ["text"], "cost": {"input": 0.3, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 65536}
+{"id": "qwen3-coder-plus", "name": "Qwen3 Coder Plus", "reasoning": false, "input": ["text"], "cost": {"input": 1, "output": 5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "qwen3-max", "name": "Qwen3 Max", "reasoning": false, "input": ["text"], "cost": {"input": 1.2, "output": 6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "qwen3-next-80b-a3b-instruct", "name": "Qwen3-Next 80B-A3B Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.5, "output": 2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768}
+{"id": "qwen3-next-80b-a3b-thinking", "name": "Qwen3-Next 80B-A3B (Thinking)", "reasoning": true, "input": ["text"], "cost": {"input": 0.5, "output": 6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768}
+{"id": "qwen3-vl-plus", "name": "Qwen3-VL Plus", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768}
+{"id": "qwen3.5-122b-a10b", "name": "Qwen3.5 122B-A10B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.4, "output": 3.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "qwen3.5-27b", "name": "Qwen3.5 27B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.3, "output": 2.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "qwen3.5-35b-a3b", "name": "Qwen3.5 35B-A3B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "qwen3.5-397b-a17b", "name": "Qwen3.5 397B-A17B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "qwen3.5-plus", "name": "Qwen3.5 Plus", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.4, "output": 2.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 65536}
+{"id": "qwen3.6-27b", "name": "Qwen3.6 27B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "qwen3.6-35b-a3b", "name": "Qwen3.6 35B-A3B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.248, "output": 1.485, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "qwen3.6-flash", "name": "Qwen3.6 Flash", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.1875, "output": 1.125, "cacheRead": 0, "cacheWrite": 0.234375}, "contextWindow": 1000000, "maxTokens": 65536}
+{"id": "qwen3.6-max-preview", "name": "Qwen3.6 Max Preview", "reasoning": true, "input": ["text"], "cost": {"input": 1.3, "output": 7.8, "cacheRead": 0.13, "cacheWrite": 1.625}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "qwen3.6-plus", "name": "Qwen3.6 Plus", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.5, "output": 3.0, "cacheRead": 0.05, "cacheWrite": 0.625}, "contextWindow": 1000000, "maxTokens": 65536}
+{"id": "qwen3.7-max", "name": "Qwen3.7 Max", "reasoning": true, "input": ["text"], "cost": {"input": 2.5, "output": 7.5, "cacheRead": 0.5, "cacheWrite": 3.125}, "contextWindow": 1000000, "maxTokens": 65536}
+{"id": "qwen3.7-plus", "name": "Qwen3.7 Plus", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.5, "output": 3.0, "cacheRead": 0.05, "cacheWrite": 0.625}, "contextWindow": 1000000, "maxTokens": 65536}
+""",
+    "deepseek": r"""
+{"id": "deepseek-chat", "name": "DeepSeek Chat", "reasoning": false, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.0028, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000}
+{"id": "deepseek-reasoner", "name": "DeepSeek Reasoner", "reasoning": true, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.0028, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000}
+{"id": "deepseek-v4-flash", "name": "DeepSeek V4 Flash", "reasoning": true, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.0028, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000}
+{"id": "deepseek-v4-pro", "name": "DeepSeek V4 Pro", "reasoning": true, "input": ["text"], "cost": {"input": 0.435, "output": 0.87, "cacheRead": 0.003625, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000}
+""",
+    "fireworks": r"""
+{"id": "accounts/fireworks/models/deepseek-v4-flash", "name": "DeepSeek V4 Flash", "reasoning": true, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.028, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000}
+{"id": "accounts/fireworks/models/deepseek-v4-pro", "name": "DeepSeek V4 Pro", "reasoning": true, "input": ["text"], "cost": {"input": 1.74, "output": 3.48, "cacheRead": 0.145, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000}
+{"id": "accounts/fireworks/models/glm-5p1", "name": "GLM 5.1", "reasoning": true, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 202800, "maxTokens": 131072}
+{"id": "accounts/fireworks/models/glm-5p2", "name": "GLM 5.2", "reasoning": true, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 1048575, "maxTokens": 131072}
+{"id": "accounts/fireworks/models/gpt-oss-120b", "name": "GPT OSS 120B", "reasoning": true, "input": ["text"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0.015, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768}
+{"id": "accounts/fireworks/models/gpt-oss-20b", "name": "GPT OSS 20B", "reasoning": true, "input": ["text"], "cost": {"input": 0.07, "output": 0.3, "cacheRead": 0.035, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768}
+{"id": "accounts/fireworks/models/kimi-k2p6", "name": "Kimi K2.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4.0, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "accounts/fireworks/models/kimi-k2p7-code", "name": "Kimi K2.7 Code", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4.0, "cacheRead": 0.19, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "accounts/fireworks/models/minimax-m2p7", "name": "MiniMax-M2.7", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 196608, "maxTokens": 196608}
+{"id": "accounts/fireworks/models/minimax-m3", "name": "MiniMax-M3", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 512000, "maxTokens": 512000}
+{"id": "accounts/fireworks/models/qwen3p7-plus", "name": "Qwen 3.7 Plus", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.4, "output": 1.6, "cacheRead": 0.08, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "accounts/fireworks/routers/glm-5p1-fast", "name": "GLM 5.1 Fast", "reasoning": true, "input": ["text"], "cost": {"input": 2.8, "output": 8.8, "cacheRead": 0.52, "cacheWrite": 0}, "contextWindow": 202800, "maxTokens": 131072}
+{"id": "accounts/fireworks/routers/glm-5p2-fast", "name": "GLM 5.2 Fast", "reasoning": true, "input": ["text"], "cost": {"input": 2.1, "output": 6.6, "cacheRead": 0.21, "cacheWrite": 0}, "contextWindow": 1048575, "maxTokens": 131072}
+{"id": "accounts/fireworks/routers/kimi-k2p6-fast", "name": "Kimi K2.6 Fast", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2.0, "output": 8.0, "cacheRead": 0.3, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "accounts/fireworks/routers/kimi-k2p6-turbo", "name": "Kimi K2.6 Turbo", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2.0, "output": 8.0, "cacheRead": 0.3, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "accounts/fireworks/routers/kimi-k2p7-code-fast", "name": "Kimi K2.7 Code Fast", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.9, "output": 8.0, "cacheRead": 0.38, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+""",
+    "togetherai": r"""
+{"id": "MiniMaxAI/MiniMax-M2.7", "name": "MiniMax-M2.7", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 131072}
+{"id": "MiniMaxAI/MiniMax-M3", "name": "MiniMax-M3", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 524288, "maxTokens": 250000}
+{"id": "Qwen/Qwen2.5-7B-Instruct-Turbo", "name": "Qwen 2.5 7B Instruct Turbo", "reasoning": false, "input": ["text"], "cost": {"input": 0.3, "output": 0.3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 32768, "maxTokens": 32768}
+{"id": "Qwen/Qwen3-235B-A22B-Instruct-2507-tput", "name": "Qwen3 235B A22B Instruct 2507 FP8", "reasoning": false, "input": ["text"], "cost": {"input": 0.2, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "Qwen/Qwen3.5-397B-A17B", "name": "Qwen3.5 397B A17B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3.6, "cacheRead": 0.35, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 130000}
+{"id": "Qwen/Qwen3.5-9B", "name": "Qwen3.5 9B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.17, "output": 0.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "Qwen/Qwen3.6-Plus", "name": "Qwen3.6 Plus", "reasoning": true, "input": ["text"], "cost": {"input": 0.5, "output": 3.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 500000}
+{"id": "Qwen/Qwen3.7-Max", "name": "Qwen3.7 Max", "reasoning": false, "input": ["text"], "cost": {"input": 1.25, "output": 3.75, "cacheRead": 0.13, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 500000}
+{"id": "deepseek-ai/DeepSeek-V4-Pro", "name": "DeepSeek V4 Pro", "reasoning": true, "input": ["text"], "cost": {"input": 1.74, "output": 3.48, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 512000, "maxTokens": 384000}
+{"id": "essentialai/Rnj-1-Instruct", "name": "Rnj-1 Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.15, "output": 0.15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 32768, "maxTokens": 32768}
+{"id": "google/gemma-4-31B-it", "name": "Gemma 4 31B Instruct", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.39, "output": 0.97, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072}
+{"id": "meta-llama/Llama-3.3-70B-Instruct-Turbo", "name": "Llama 3.3 70B", "reasoning": false, "input": ["text"], "cost": {"input": 0.88, "output": 0.88, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072}
+{"id": "moonshotai/Kimi-K2.6", "name": "Kimi K2.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.2, "output": 4.5, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131000}
+{"id": "moonshotai/Kimi-K2.7-Code", "name": "Kimi K2.7 Code", "reasoning": true, "input": ["text"], "cost": {"input": 0.95, "output": 4.0, "cacheRead": 0.19, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072}
+{"id": "nvidia/nemotron-3-ultra-550b-a55b", "name": "Nemotron 3 Ultra 550B A55B", "reasoning": true, "input": ["text"], "cost": {"input": 0.6, "output": 3.6, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 512300, "maxTokens": 512300}
+{"id": "openai/gpt-oss-120b", "name": "GPT OSS 120B", "reasoning": true, "input": ["text"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072}
+{"id": "openai/gpt-oss-20b", "name": "GPT OSS 20B", "reasoning": true, "input": ["text"], "cost": {"input": 0.05, "output": 0.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072}
+{"id": "zai-org/GLM-5", "name": "GLM-5", "reasoning": true, "input": ["text"], "cost": {"input": 1.0, "output": 3.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 131072}
+{"id": "zai-org/GLM-5.1", "name": "GLM-5.1", "reasoning": true, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 131072}
+{"id": "zai-org/GLM-5.2", "name": "GLM-5.2", "reasoning": true, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 164000}
+""",
+    "perplexity": r"""
+{"id": "sonar", "name": "Sonar", "reasoning": false, "input": ["text"], "cost": {"input": 1.0, "output": 1.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096}
+{"id": "sonar-deep-research", "name": "Perplexity Sonar Deep Research", "reasoning": true, "input": ["text"], "cost": {"input": 2.0, "output": 8.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32768}
+{"id": "sonar-pro", "name": "Sonar Pro", "reasoning": false, "input": ["text", "image"], "cost": {"input": 3.0, "output": 15.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 8192}
+{"id": "sonar-reasoning-pro", "name": "Sonar Reasoning Pro", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2.0, "output": 8.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096}
+""",
+    "xai": r"""
+{"id": "grok-4", "name": "Grok 4", "reasoning": true, "input": ["text"], "cost": {"input": 3, "output": 15, "cacheRead": 0.75, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 64000}
+{"id": "grok-4-1-fast", "name": "Grok 4.1 Fast", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.2, "output": 0.5, "cacheRead": 0.05, "cacheWrite": 0}, "contextWindow": 2000000, "maxTokens": 30000}
+{"id": "grok-4-1-fast-non-reasoning", "name": "Grok 4.1 Fast (Non-Reasoning)", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.2, "output": 0.5, "cacheRead": 0.05, "cacheWrite": 0}, "contextWindow": 2000000, "maxTokens": 30000}
+{"id": "grok-4-fast", "name": "Grok 4 Fast", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.2, "output": 0.5, "cacheRead": 0.05, "cacheWrite": 0}, "contextWindow": 2000000, "maxTokens": 30000}
+{"id": "grok-4-fast-non-reasoning", "name": "Grok 4 Fast (Non-Reasoning)", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.2, "output": 0.5, "cacheRead": 0.05, "cacheWrite": 0}, "contextWindow": 2000000, "maxTokens": 30000}
+{"id": "grok-4.20-0309-non-reasoning", "name": "Grok 4.20 (Non-Reasoning)", "reasoning": false, "input": ["text", "image"], "cost": {"input": 1.25, "output": 2.5, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 30000}
+{"id": "grok-4.20-0309-reasoning", "name": "Grok 4.20 (Reasoning)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 2.5, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 30000}
+{"id": "grok-4.3", "name": "Grok 4.3", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 2.5, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 30000}
+{"id": "grok-build-0.1", "name": "Grok Build 0.1", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1, "output": 2, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 256000}
+{"id": "grok-code-fast-1", "name": "Grok Code Fast 1", "reasoning": true, "input": ["text"], "cost": {"input": 0.2, "output": 1.5, "cacheRead": 0.02, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 10000}
+""",
+    "302ai": r"""
+{"id": "MiniMax-M2.1", "name": "MiniMax-M2.1", "reasoning": false, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 131072}
+{"id": "MiniMax-M2.7", "name": "MiniMax-M2.7", "reasoning": false, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "MiniMax-M2.7-highspeed", "name": "MiniMax-M2.7-highspeed", "reasoning": false, "input": ["text"], "cost": {"input": 0.6, "output": 4.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "claude-opus-4-6", "name": "claude-opus-4-6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "claude-opus-4-6-thinking", "name": "claude-opus-4-6-thinking", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "claude-opus-4-7", "name": "claude-opus-4-7", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "claude-sonnet-4-6", "name": "claude-sonnet-4-6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3.0, "output": 15.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 64000}
+{"id": "claude-sonnet-4-6-thinking", "name": "claude-sonnet-4-6-thinking", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3.0, "output": 15.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 64000}
+{"id": "doubao-seed-1-8-251215", "name": "doubao-seed-1-8-251215", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.114, "output": 0.286, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 224000, "maxTokens": 64000}
+{"id": "gemini-3-flash-preview", "name": "gemini-3-flash-preview", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.5, "output": 3.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 65536}
+{"id": "glm-4.7", "name": "glm-4.7", "reasoning": true, "input": ["text"], "cost": {"input": 0.286, "output": 1.142, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "glm-4.7-flashx", "name": "glm-4.7-flashx", "reasoning": true, "input": ["text"], "cost": {"input": 0.0715, "output": 0.429, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072}
+{"id": "glm-5", "name": "glm-5", "reasoning": true, "input": ["text"], "cost": {"input": 0.6, "output": 2.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "glm-5-turbo", "name": "glm-5-turbo", "reasoning": true, "input": ["text"], "cost": {"input": 0.72, "output": 3.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072}
+{"id": "glm-5.1", "name": "glm-5.1", "reasoning": true, "input": ["text"], "cost": {"input": 0.86, "output": 3.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072}
+{"id": "glm-5v-turbo", "name": "GLM-5V-Turbo", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.72, "output": 3.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072}
+{"id": "gpt-5.4", "name": "gpt-5.4", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2.5, "output": 15.0, "cacheRead": 0.25, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000}
+{"id": "gpt-5.4-mini", "name": "gpt-5.4-mini", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.75, "output": 4.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.4-mini-2026-03-17", "name": "gpt-5.4-mini-2026-03-17", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.75, "output": 4.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.4-nano", "name": "gpt-5.4-nano", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.4-nano-2026-03-17", "name": "gpt-5.4-nano-2026-03-17", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.4-pro", "name": "gpt-5.4-pro", "reasoning": true, "input": ["text", "image"], "cost": {"input": 30.0, "output": 180.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000}
+{"id": "grok-4.20-beta-0309-non-reasoning", "name": "grok-4.20-beta-0309-non-reasoning", "reasoning": false, "input": ["text", "image"], "cost": {"input": 2.0, "output": 6.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 2000000, "maxTokens": 30000}
+{"id": "grok-4.20-beta-0309-reasoning", "name": "grok-4.20-beta-0309-reasoning", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2.0, "output": 6.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 2000000, "maxTokens": 30000}
+{"id": "grok-4.20-multi-agent-beta-0309", "name": "grok-4.20-multi-agent-beta-0309", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2.0, "output": 6.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 2000000, "maxTokens": 30000}
+""",
+    "abacus": r"""
+{"id": "claude-haiku-4-5-20251001", "name": "Claude Haiku 4.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.0, "output": 5.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "claude-opus-4-5-20251101", "name": "Claude Opus 4.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "claude-opus-4-6", "name": "Claude Opus 4.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 128000}
+{"id": "claude-sonnet-4-5-20250929", "name": "Claude Sonnet 4.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3.0, "output": 15.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "claude-sonnet-4-6", "name": "Claude Sonnet 4.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3.0, "output": 15.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "gemini-3-flash-preview", "name": "Gemini 3 Flash Preview", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.5, "output": 3.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-3.1-flash-lite-preview", "name": "Gemini 3.1 Flash Lite Preview", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 1.5, "cacheRead": 0.025, "cacheWrite": 1.0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-3.1-pro-preview", "name": "Gemini 3.1 Pro Preview", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2.0, "output": 12.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gpt-5", "name": "GPT-5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5-codex", "name": "GPT-5 Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.1", "name": "GPT-5.1", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.1-chat-latest", "name": "GPT-5.1 Chat Latest", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.1-codex", "name": "GPT-5.1 Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.1-codex-max", "name": "GPT-5.1 Codex Max", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.2", "name": "GPT-5.2", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.2-chat-latest", "name": "GPT-5.2 Chat Latest", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.2-codex", "name": "GPT-5.2 Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.3-chat-latest", "name": "GPT-5.3 Chat Latest", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.3-codex", "name": "GPT-5.3 Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.3-codex-xhigh", "name": "GPT-5.3 Codex XHigh", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.4", "name": "GPT-5.4", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2.5, "output": 15.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000}
+{"id": "grok-4-1-fast-non-reasoning", "name": "Grok 4.1 Fast (Non-Reasoning)", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.2, "output": 0.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 2000000, "maxTokens": 16384}
+{"id": "grok-code-fast-1", "name": "Grok Code Fast 1", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 16384}
+{"id": "kimi-k2.5", "name": "Kimi K2.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768}
+{"id": "zai-org/glm-5", "name": "GLM-5", "reasoning": true, "input": ["text"], "cost": {"input": 1.0, "output": 3.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+""",
+    "aihubmix": r"""
+{"id": "alicloud-deepseek-v4-flash", "name": "DeepSeek V4 Flash (Alibaba Cloud)", "reasoning": true, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.028, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000}
+{"id": "alicloud-deepseek-v4-pro", "name": "DeepSeek V4 Pro (Alibaba Cloud)", "reasoning": true, "input": ["text"], "cost": {"input": 1.69, "output": 3.38, "cacheRead": 0.13, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000}
+{"id": "alicloud-glm-5.1", "name": "GLM-5.1 (Alibaba Cloud)", "reasoning": true, "input": ["text"], "cost": {"input": 0.84, "output": 3.38, "cacheRead": 0.169, "cacheWrite": 1.05625}, "contextWindow": 200000, "maxTokens": 128000}
+{"id": "claude-opus-4-7", "name": "Claude Opus 4.7", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "claude-opus-4-7-think", "name": "Claude Opus 4.7 Thinking", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "claude-sonnet-4-6", "name": "Claude Sonnet 4.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3.0, "output": 15.0, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 1000000, "maxTokens": 64000}
+{"id": "coding-glm-5.1", "name": "Coding GLM 5.1", "reasoning": true, "input": ["text"], "cost": {"input": 0.06, "output": 0.22, "cacheRead": 0.013, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 128000}
+{"id": "coding-glm-5.1-free", "name": "Coding GLM 5.1 (free)", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 128000}
+{"id": "coding-minimax-m2.7", "name": "Coding MiniMax M2.7", "reasoning": true, "input": ["text"], "cost": {"input": 0.2, "output": 0.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 128100}
+{"id": "deep-deepseek-v4-flash", "name": "DeepSeek V4 Flash (DeepSeek)", "reasoning": true, "input": ["text"], "cost": {"input": 0.154, "output": 0.308, "cacheRead": 0.0308, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000}
+{"id": "deep-deepseek-v4-pro", "name": "DeepSeek V4 Pro (DeepSeek)", "reasoning": true, "input": ["text"], "cost": {"input": 0.478, "output": 0.956, "cacheRead": 0.004302, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000}
+{"id": "doubao-seed-2-0-lite-260428", "name": "Doubao Seed 2.0 Lite 260428", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.08, "output": 0.51, "cacheRead": 0.01692, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 128000}
+{"id": "doubao-seed-2-0-mini-260428", "name": "Doubao Seed 2.0 Mini 260428", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.03, "output": 0.28, "cacheRead": 0.00564, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 128000}
+{"id": "gemini-3.1-flash-lite", "name": "Gemini 3.1 Flash Lite", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 1.5, "cacheRead": 0.025, "cacheWrite": 1.0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "glm-5.2", "name": "GLM-5.2", "reasoning": true, "input": ["text"], "cost": {"input": 1.1268, "output": 3.9438, "cacheRead": 0.2817, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "glm-5v-turbo", "name": "GLM 5 Vision Turbo", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.7042, "output": 3.09848, "cacheRead": 0.169008, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 128000}
+{"id": "gpt-5.5", "name": "GPT-5.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5.0, "output": 30.0, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000}
+{"id": "grok-4.3", "name": "Grok 4.3", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 2.5, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 1000000}
+{"id": "kimi-k2.6", "name": "Kimi K2.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768}
+{"id": "qwen3.6-flash", "name": "Qwen3.6 Flash", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.17, "output": 1.01, "cacheRead": 0.0169, "cacheWrite": 0.21125}, "contextWindow": 991000, "maxTokens": 64000}
+{"id": "qwen3.6-max-preview", "name": "Qwen3.6 Max Preview", "reasoning": true, "input": ["text"], "cost": {"input": 1.27, "output": 7.61, "cacheRead": 0.1268, "cacheWrite": 1.585}, "contextWindow": 240000, "maxTokens": 64000}
+{"id": "qwen3.6-plus", "name": "Qwen3.6 Plus", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.28, "output": 1.69, "cacheRead": 0.0282, "cacheWrite": 0.3525}, "contextWindow": 991000, "maxTokens": 64000}
+{"id": "qwen3.7-max", "name": "Qwen3.7 Max", "reasoning": true, "input": ["text"], "cost": {"input": 1.69, "output": 5.07, "cacheRead": 0.169, "cacheWrite": 2.1125}, "contextWindow": 991000, "maxTokens": 64000}
+{"id": "qwen3.7-plus", "name": "Qwen3.7 Plus", "reasoning": true, "input": ["text"], "cost": {"input": 0.282, "output": 1.128, "cacheRead": 0.0564, "cacheWrite": 0.3525}, "contextWindow": 991000, "maxTokens": 64000}
+{"id": "zai-glm-5.1", "name": "GLM-5.1 (Z.ai)", "reasoning": true, "input": ["text"], "cost": {"input": 0.845, "output": 3.38, "cacheRead": 0.183112, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 128000}
+""",
+    "bailing": r"""
+{"id": "Ling-1T", "name": "Ling-1T", "reasoning": false, "input": ["text"], "cost": {"input": 0.57, "output": 2.29, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000}
+""",
+    "berget": r"""
+{"id": "google/gemma-4-31B-it", "name": "Gemma 4 31B Instruct", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.275, "output": 0.55, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "meta-llama/Llama-3.3-70B-Instruct", "name": "Llama 3.3 70B Instruct", "reasoning": true, "input": ["text"], "cost": {"input": 0.99, "output": 0.99, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "mistralai/Mistral-Medium-3.5-128B", "name": "Mistral Medium 3.5 128B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.65, "output": 5.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072}
+{"id": "mistralai/Mistral-Small-3.2-24B-Instruct-2506", "name": "Mistral Small 3.2 24B Instruct 2506", "reasoning": true, "input": ["text"], "cost": {"input": 0.33, "output": 0.33, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 32000, "maxTokens": 8192}
+{"id": "moonshotai/Kimi-K2.6", "name": "Kimi K2.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.83, "output": 3.85, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "openai/gpt-oss-120b", "name": "GPT-OSS-120B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.22, "output": 0.83, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "zai-org/GLM-4.7", "name": "GLM 4.7", "reasoning": true, "input": ["text"], "cost": {"input": 0.77, "output": 2.75, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "zai-org/GLM-5.2", "name": "GLM-5.2", "reasoning": true, "input": ["text"], "cost": {"input": 1.54, "output": 4.84, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 524288, "maxTokens": 32768}
+""",
+    "chutes": r"""
+{"id": "Qwen/Qwen3-235B-A22B-Thinking-2507-TEE", "name": "Qwen3 235B A22B Thinking 2507 TEE", "reasoning": true, "input": ["text"], "cost": {"input": 0.2989, "output": 1.1957, "cacheRead": 0.14945, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "deepseek-ai/DeepSeek-V3.2-TEE", "name": "DeepSeek V3.2 TEE", "reasoning": true, "input": ["text"], "cost": {"input": 1, "output": 1, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 65536}
+""",
+    "cortecs": r"""
+{"id": "claude-4-6-sonnet", "name": "Claude Sonnet 4.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3.59, "output": 17.92, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 1000000}
+{"id": "claude-opus4-6", "name": "Claude Opus 4.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5.98, "output": 29.89, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 1000000}
+{"id": "claude-opus4-7", "name": "Claude Opus 4.7", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5.6, "output": 27.99, "cacheRead": 0.56, "cacheWrite": 6.99}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "deepseek-v4-flash", "name": "DeepSeek V4 Flash", "reasoning": true, "input": ["text"], "cost": {"input": 0.133, "output": 0.266, "cacheRead": 0.0028, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 384000}
+{"id": "deepseek-v4-pro", "name": "DeepSeek V4 Pro", "reasoning": true, "input": ["text"], "cost": {"input": 1.553, "output": 3.106, "cacheRead": 0.003625, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 384000}
+{"id": "devstral-2512", "name": "Devstral 2 2512", "reasoning": false, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "glm-4.7", "name": "GLM 4.7", "reasoning": true, "input": ["text"], "cost": {"input": 0.45, "output": 2.23, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 198000, "maxTokens": 198000}
+{"id": "glm-5", "name": "GLM 5", "reasoning": true, "input": ["text"], "cost": {"input": 1.08, "output": 3.44, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 202752}
+{"id": "glm-5-turbo", "name": "GLM-5-Turbo", "reasoning": true, "input": ["text"], "cost": {"input": 1.235, "output": 4.118, "cacheRead": 0.308, "cacheWrite": 1.544}, "contextWindow": 200000, "maxTokens": 131072}
+{"id": "glm-5.1", "name": "GLM-5.1", "reasoning": true, "input": ["text"], "cost": {"input": 1.31, "output": 4.1, "cacheRead": 0.24, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "glm-5.2", "name": "GLM-5.2", "reasoning": true, "input": ["text"], "cost": {"input": 1.44, "output": 4.53, "cacheRead": 0.39, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 131072}
+{"id": "glm-5v-turbo", "name": "GLM-5V-Turbo", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.235, "output": 4.118, "cacheRead": 0.308, "cacheWrite": 1.544}, "contextWindow": 200000, "maxTokens": 131072}
+{"id": "gpt-5.4", "name": "GPT-5.4", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3, "output": 16.13, "cacheRead": 0.25, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000}
+{"id": "kimi-k2-thinking", "name": "Kimi K2 Thinking", "reasoning": true, "input": ["text"], "cost": {"input": 0.656, "output": 2.731, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "kimi-k2.5", "name": "Kimi K2.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.55, "output": 2.76, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 256000}
+{"id": "kimi-k2.6", "name": "Kimi K2.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.81, "output": 3.54, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 256000}
+{"id": "kimi-k2.7-code", "name": "Kimi K2.7 Code", "reasoning": true, "input": ["text"], "cost": {"input": 1.28, "output": 4.63, "cacheRead": 0.32, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072}
+{"id": "minimax-m2.1", "name": "MiniMax-M2.1", "reasoning": true, "input": ["text"], "cost": {"input": 0.34, "output": 1.34, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 196000, "maxTokens": 196000}
+{"id": "minimax-m2.5", "name": "MiniMax-M2.5", "reasoning": true, "input": ["text"], "cost": {"input": 0.32, "output": 1.18, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 196608, "maxTokens": 196608}
+{"id": "minimax-m2.7", "name": "MiniMax-m2.7", "reasoning": true, "input": ["text"], "cost": {"input": 0.47, "output": 1.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 196072}
+{"id": "minimax-m3", "name": "MiniMax-M3", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.355, "output": 1.775, "cacheRead": 0.089, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "nemotron-3-super-120b-a12b", "name": "Nemotron 3 Super 120B A12B", "reasoning": true, "input": ["text"], "cost": {"input": 0.266, "output": 0.799, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "qwen3-coder-next", "name": "Qwen3 Coder Next 80B", "reasoning": true, "input": ["text"], "cost": {"input": 0.158, "output": 0.84, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 65536}
+{"id": "qwen3.5-122b-a10b", "name": "Qwen3.5 122B A10B", "reasoning": true, "input": ["text"], "cost": {"input": 0.444, "output": 3.106, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "qwen3.5-397b-a17b", "name": "Qwen3.5 397B A17B", "reasoning": true, "input": ["text"], "cost": {"input": 0.6, "output": 3.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 250000, "maxTokens": 250000}
+""",
+    "fastrouter": r"""
+{"id": "anthropic/claude-opus-4.1", "name": "Claude Opus 4.1", "reasoning": true, "input": ["text", "image"], "cost": {"input": 15, "output": 75, "cacheRead": 1.5, "cacheWrite": 18.75}, "contextWindow": 200000, "maxTokens": 32000}
+{"id": "anthropic/claude-opus-4.8", "name": "Claude Opus 4.8", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "anthropic/claude-sonnet-4.6", "name": "Anthropic: Claude Sonnet 4.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "deepseek/deepseek-v4-pro", "name": "DeepSeek: DeepSeek V4 Pro", "reasoning": true, "input": ["text"], "cost": {"input": 1.74, "output": 3.48, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 384000}
+{"id": "google/gemini-3.1-pro-preview", "name": "Google: Gemini 3.1 Pro Preview", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2, "output": 12, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "google/gemini-3.5-flash", "name": "Google: Gemini 3.5 Flash", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.5, "output": 9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "google/gemma-4-31b-it", "name": "Gemma 4 31B Instruct", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.13, "output": 0.38, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "minimax/minimax-m2.7", "name": "MiniMax-M2.7", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "minimax/minimax-m2.7-highspeed", "name": "MiniMax M2.7 highspeed", "reasoning": true, "input": ["text"], "cost": {"input": 0.6, "output": 2.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131070}
+{"id": "moonshotai/kimi-k2.6", "name": "Kimi K2.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.75, "output": 3.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "openai/gpt-5", "name": "GPT-5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "openai/gpt-5-mini", "name": "GPT-5 Mini", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 2.0, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "openai/gpt-5-nano", "name": "GPT-5 Nano", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.05, "output": 0.4, "cacheRead": 0.005, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "openai/gpt-5.3-codex", "name": "GPT-5.3 Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "openai/gpt-5.4-mini", "name": "OpenAI: GPT-5.4 Mini", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.75, "output": 4.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "openai/gpt-5.4-nano", "name": "OpenAI: GPT-5.4 Nano", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "openai/gpt-5.5", "name": "OpenAI: GPT-5.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 30, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000}
+{"id": "openai/gpt-5.5-pro", "name": "OpenAI: GPT-5.5 Pro", "reasoning": true, "input": ["text", "image"], "cost": {"input": 30, "output": 180, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000}
+{"id": "openai/gpt-oss-120b", "name": "GPT OSS 120B", "reasoning": true, "input": ["text"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768}
+{"id": "sarvam/sarvam-105b", "name": "Sarvam 105B", "reasoning": true, "input": ["text"], "cost": {"input": 0.04, "output": 0.16, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 4096}
+{"id": "sarvam/sarvam-30b", "name": "Sarvam 30B", "reasoning": true, "input": ["text"], "cost": {"input": 0.02, "output": 0.1, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 65536, "maxTokens": 4096}
+{"id": "x-ai/grok-4.3", "name": "xAI: Grok 4.3", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 2.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 4096}
+{"id": "x-ai/grok-build-0.1", "name": "xAI: Grok Build 0.1", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1, "output": 2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 256000}
+{"id": "z-ai/glm-5", "name": "GLM-5", "reasoning": true, "input": ["text"], "cost": {"input": 0.95, "output": 3.15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "z-ai/glm-5.1", "name": "Z.ai: GLM 5.1", "reasoning": true, "input": ["text"], "cost": {"input": 1.05, "output": 3.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 131072}
+""",
+    "firmware": r"""
+{"id": "claude-sonnet-4-5", "name": "Claude Sonnet 4.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 64000}
+""",
+    "friendli": r"""
+{"id": "Qwen/Qwen3-235B-A22B-Instruct-2507", "name": "Qwen3 235B A22B Instruct 2507", "reasoning": true, "input": ["text"], "cost": {"input": 0.2, "output": 0.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "deepseek-ai/DeepSeek-V3.2", "name": "DeepSeek-V3.2", "reasoning": true, "input": ["text"], "cost": {"input": 0.5, "output": 1.5, "cacheRead": 0.25, "cacheWrite": 0}, "contextWindow": 163840, "maxTokens": 163840}
+{"id": "google/gemma-4-31B-it", "name": "Gemma 4 31B Instruct", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.14, "output": 0.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "zai-org/GLM-5", "name": "GLM-5", "reasoning": true, "input": ["text"], "cost": {"input": 1, "output": 3.2, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 202752}
+{"id": "zai-org/GLM-5.1", "name": "GLM-5.1", "reasoning": true, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 202752}
+{"id": "zai-org/GLM-5.2", "name": "GLM-5.2", "reasoning": true, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 164000}
+""",
+    "helicone": r"""
+{"id": "claude-4.5-haiku", "name": "Anthropic: Claude 4.5 Haiku", "reasoning": false, "input": ["text", "image"], "cost": {"input": 1, "output": 5, "cacheRead": 0.1, "cacheWrite": 1.25}, "contextWindow": 200000, "maxTokens": 8192}
+{"id": "claude-4.5-opus", "name": "Anthropic: Claude Opus 4.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "claude-4.5-sonnet", "name": "Anthropic: Claude Sonnet 4.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "claude-haiku-4-5-20251001", "name": "Anthropic: Claude 4.5 Haiku (20251001)", "reasoning": false, "input": ["text", "image"], "cost": {"input": 1, "output": 5, "cacheRead": 0.1, "cacheWrite": 1.25}, "contextWindow": 200000, "maxTokens": 8192}
+{"id": "claude-opus-4", "name": "Anthropic: Claude Opus 4", "reasoning": true, "input": ["text", "image"], "cost": {"input": 15, "output": 75, "cacheRead": 1.5, "cacheWrite": 18.75}, "contextWindow": 200000, "maxTokens": 32000}
+{"id": "claude-opus-4-1", "name": "Anthropic: Claude Opus 4.1", "reasoning": true, "input": ["text", "image"], "cost": {"input": 15, "output": 75, "cacheRead": 1.5, "cacheWrite": 18.75}, "contextWindow": 200000, "maxTokens": 32000}
+{"id": "claude-opus-4-1-20250805", "name": "Anthropic: Claude Opus 4.1 (20250805)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 15, "output": 75, "cacheRead": 1.5, "cacheWrite": 18.75}, "contextWindow": 200000, "maxTokens": 32000}
+{"id": "claude-sonnet-4", "name": "Anthropic: Claude Sonnet 4", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "claude-sonnet-4-5-20250929", "name": "Anthropic: Claude Sonnet 4.5 (20250929)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "deepseek-tng-r1t2-chimera", "name": "DeepSeek TNG R1T2 Chimera", "reasoning": false, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 130000, "maxTokens": 163840}
+{"id": "deepseek-v3.1-terminus", "name": "DeepSeek V3.1 Terminus", "reasoning": true, "input": ["text"], "cost": {"input": 0.27, "output": 1, "cacheRead": 0.216, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384}
+{"id": "deepseek-v3.2", "name": "DeepSeek V3.2", "reasoning": false, "input": ["text"], "cost": {"input": 0.27, "output": 0.41, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 163840, "maxTokens": 65536}
+{"id": "gemini-2.5-flash", "name": "Google Gemini 2.5 Flash", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.3, "output": 2.5, "cacheRead": 0.075, "cacheWrite": 0.3}, "contextWindow": 1048576, "maxTokens": 65535}
+{"id": "gemini-2.5-flash-lite", "name": "Google Gemini 2.5 Flash Lite", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.4, "cacheRead": 0.025, "cacheWrite": 0.1}, "contextWindow": 1048576, "maxTokens": 65535}
+{"id": "gemini-2.5-pro", "name": "Google Gemini 2.5 Pro", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.3125, "cacheWrite": 1.25}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-3-pro-preview", "name": "Google Gemini 3 Pro Preview", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2, "output": 12, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "grok-4-1-fast-reasoning", "name": "xAI Grok 4.1 Fast Reasoning", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.2, "output": 0.5, "cacheRead": 0.05, "cacheWrite": 0}, "contextWindow": 2000000, "maxTokens": 2000000}
+{"id": "grok-4-fast-non-reasoning", "name": "xAI Grok 4 Fast Non-Reasoning", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.2, "output": 0.5, "cacheRead": 0.05, "cacheWrite": 0}, "contextWindow": 2000000, "maxTokens": 2000000}
+{"id": "grok-4-fast-reasoning", "name": "xAI: Grok 4 Fast Reasoning", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.2, "output": 0.5, "cacheRead": 0.05, "cacheWrite": 0}, "contextWindow": 2000000, "maxTokens": 2000000}
+{"id": "kimi-k2-0905", "name": "Kimi K2 (09/05)", "reasoning": false, "input": ["text"], "cost": {"input": 0.5, "output": 2, "cacheRead": 0.4, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 16384}
+{"id": "kimi-k2-thinking", "name": "Kimi K2 Thinking", "reasoning": false, "input": ["text"], "cost": {"input": 0.48, "output": 2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 262144}
+{"id": "qwen3-30b-a3b", "name": "Qwen3 30B A3B", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.08, "output": 0.29, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 41000, "maxTokens": 41000}
+{"id": "qwen3-coder", "name": "Qwen3 Coder 480B A35B Instruct Turbo", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.22, "output": 0.95, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 16384}
+{"id": "qwen3-coder-30b-a3b-instruct", "name": "Qwen3 Coder 30B A3B Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.1, "output": 0.3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "qwen3-vl-235b-a22b-instruct", "name": "Qwen3 VL 235B A22B Instruct", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.3, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 16384}
+""",
+    "huggingface": r"""
+{"id": "MiniMaxAI/MiniMax-M2.1", "name": "MiniMax-M2.1", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "MiniMaxAI/MiniMax-M2.5", "name": "MiniMax-M2.5", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.03, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "MiniMaxAI/MiniMax-M2.7", "name": "MiniMax-M2.7", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "MiniMaxAI/MiniMax-M3", "name": "MiniMax-M3", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 524288, "maxTokens": 250000}
+{"id": "Qwen/Qwen3-Coder-Next", "name": "Qwen3-Coder-Next", "reasoning": false, "input": ["text"], "cost": {"input": 0.2, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "Qwen/Qwen3.5-122B-A10B", "name": "Qwen: Qwen3.5-122B-A10B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.4, "output": 3.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "Qwen/Qwen3.5-27B", "name": "Qwen: Qwen3.5-27B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.3, "output": 2.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "Qwen/Qwen3.5-35B-A3B", "name": "Qwen 3.5 35B A3B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 81920}
+{"id": "Qwen/Qwen3.5-397B-A17B", "name": "Qwen3.5-397B-A17B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768}
+{"id": "Qwen/Qwen3.5-9B", "name": "Qwen: Qwen3.5-9B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.17, "output": 0.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 32768}
+{"id": "Qwen/Qwen3.6-27B", "name": "Qwen: Qwen3.6 27B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.47, "output": 3.19, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 65536}
+{"id": "Qwen/Qwen3.6-35B-A3B", "name": "Qwen3.6 35B A3B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.15, "output": 0.95, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 81920}
+{"id": "XiaomiMiMo/MiMo-V2.5-Pro", "name": "MiMo V2.5 Pro", "reasoning": true, "input": ["text"], "cost": {"input": 1, "output": 3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 131072}
+{"id": "deepseek-ai/DeepSeek-V4-Flash", "name": "DeepSeek V4 Flash", "reasoning": true, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 384000}
+{"id": "deepseek-ai/DeepSeek-V4-Pro", "name": "deepseek-ai/DeepSeek-V4-Pro", "reasoning": true, "input": ["text"], "cost": {"input": 0.435, "output": 0.87, "cacheRead": 0.003625, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 393216}
+{"id": "google/gemma-4-26B-A4B-it", "name": "Google: Gemma 4 26B A4B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.13, "output": 0.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "google/gemma-4-31B-it", "name": "Gemma 4 31B Instruct", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.14, "output": 0.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "moonshotai/Kimi-K2.5", "name": "Kimi-K2.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3, "cacheRead": 0.1, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "moonshotai/Kimi-K2.6", "name": "Kimi-K2.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4.0, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "moonshotai/Kimi-K2.7-Code", "name": "Kimi K2.7 Code", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072}
+{"id": "stepfun-ai/Step-3.7-Flash", "name": "Step 3.7 Flash", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 16384}
+{"id": "zai-org/GLM-4.5V", "name": "GLM 4.5V", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.6, "output": 1.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 65536, "maxTokens": 16384}
+{"id": "zai-org/GLM-5", "name": "GLM-5", "reasoning": true, "input": ["text"], "cost": {"input": 1, "output": 3.2, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 131072}
+{"id": "zai-org/GLM-5.1", "name": "GLM-5.1", "reasoning": true, "input": ["text"], "cost": {"input": 1.0, "output": 3.2, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 131072}
+{"id": "zai-org/GLM-5.2", "name": "GLM-5.2", "reasoning": true, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 164000}
+""",
+    "iflowcn": r"""
+{"id": "deepseek-r1", "name": "DeepSeek-R1", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000}
+{"id": "deepseek-v3", "name": "DeepSeek-V3", "reasoning": false, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000}
+{"id": "deepseek-v3.2", "name": "DeepSeek-V3.2-Exp", "reasoning": false, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 64000}
+{"id": "glm-4.6", "name": "GLM-4.6", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 128000}
+{"id": "kimi-k2", "name": "Kimi-K2", "reasoning": false, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 64000}
+{"id": "kimi-k2-0905", "name": "Kimi-K2-0905", "reasoning": false, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 64000}
+{"id": "qwen3-235b", "name": "Qwen3-235B-A22B", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000}
+{"id": "qwen3-235b-a22b-instruct", "name": "Qwen3-235B-A22B-Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 64000}
+{"id": "qwen3-235b-a22b-thinking-2507", "name": "Qwen3-235B-A22B-Thinking", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 64000}
+{"id": "qwen3-32b", "name": "Qwen3-32B", "reasoning": false, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000}
+{"id": "qwen3-coder-plus", "name": "Qwen3-Coder-Plus", "reasoning": false, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 64000}
+{"id": "qwen3-max", "name": "Qwen3-Max", "reasoning": false, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 32000}
+{"id": "qwen3-max-preview", "name": "Qwen3-Max-Preview", "reasoning": false, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 32000}
+{"id": "qwen3-vl-plus", "name": "Qwen3-VL-Plus", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 32000}
+""",
+    "inception": r"""
+{"id": "mercury-2", "name": "Mercury 2", "reasoning": true, "input": ["text"], "cost": {"input": 0.25, "output": 0.75, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 50000}
+""",
+    "inference": r"""
+{"id": "google/gemma-3", "name": "Google Gemma 3", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.15, "output": 0.3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 125000, "maxTokens": 4096}
+{"id": "meta/llama-3.1-8b-instruct", "name": "Llama 3.1 8B Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.025, "output": 0.025, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 16000, "maxTokens": 4096}
+{"id": "meta/llama-3.2-11b-vision-instruct", "name": "Llama 3.2 11B Vision Instruct", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.055, "output": 0.055, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 16000, "maxTokens": 4096}
+{"id": "meta/llama-3.2-1b-instruct", "name": "Llama 3.2 1B Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.01, "output": 0.01, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 16000, "maxTokens": 4096}
+{"id": "meta/llama-3.2-3b-instruct", "name": "Llama 3.2 3B Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.02, "output": 0.02, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 16000, "maxTokens": 4096}
+{"id": "mistral/mistral-nemo-12b-instruct", "name": "Mistral Nemo 12B Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.038, "output": 0.1, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 16000, "maxTokens": 4096}
+{"id": "osmosis/osmosis-structure-0.6b", "name": "Osmosis Structure 0.6B", "reasoning": false, "input": ["text"], "cost": {"input": 0.1, "output": 0.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 4000, "maxTokens": 2048}
+{"id": "qwen/qwen-2.5-7b-vision-instruct", "name": "Qwen 2.5 7B Vision Instruct", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.2, "output": 0.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 125000, "maxTokens": 4096}
+""",
+    "io-net": r"""
+{"id": "Intel/Qwen3-Coder-480B-A35B-Instruct-int4-mixed-ar", "name": "Qwen 3 Coder 480B", "reasoning": false, "input": ["text"], "cost": {"input": 0.22, "output": 0.95, "cacheRead": 0.11, "cacheWrite": 0.44}, "contextWindow": 106000, "maxTokens": 4096}
+{"id": "Qwen/Qwen2.5-VL-32B-Instruct", "name": "Qwen 2.5 VL 32B Instruct", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.05, "output": 0.22, "cacheRead": 0.025, "cacheWrite": 0.1}, "contextWindow": 32000, "maxTokens": 4096}
+{"id": "Qwen/Qwen3-235B-A22B-Thinking-2507", "name": "Qwen 3 235B Thinking", "reasoning": true, "input": ["text"], "cost": {"input": 0.11, "output": 0.6, "cacheRead": 0.055, "cacheWrite": 0.22}, "contextWindow": 262144, "maxTokens": 4096}
+{"id": "Qwen/Qwen3-Next-80B-A3B-Instruct", "name": "Qwen 3 Next 80B Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.1, "output": 0.8, "cacheRead": 0.05, "cacheWrite": 0.2}, "contextWindow": 262144, "maxTokens": 4096}
+{"id": "deepseek-ai/DeepSeek-R1-0528", "name": "DeepSeek R1", "reasoning": true, "input": ["text"], "cost": {"input": 2.0, "output": 8.75, "cacheRead": 1.0, "cacheWrite": 4.0}, "contextWindow": 128000, "maxTokens": 4096}
+{"id": "meta-llama/Llama-3.2-90B-Vision-Instruct", "name": "Llama 3.2 90B Vision Instruct", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.35, "output": 0.4, "cacheRead": 0.175, "cacheWrite": 0.7}, "contextWindow": 16000, "maxTokens": 4096}
+{"id": "meta-llama/Llama-3.3-70B-Instruct", "name": "Llama 3.3 70B Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.13, "output": 0.38, "cacheRead": 0.065, "cacheWrite": 0.26}, "contextWindow": 128000, "maxTokens": 4096}
+{"id": "meta-llama/Llama-4-Maverick-17B-128E-Instruct-FP8", "name": "Llama 4 Maverick 17B 128E Instruct", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0.075, "cacheWrite": 0.3}, "contextWindow": 430000, "maxTokens": 4096}
+{"id": "mistralai/Devstral-Small-2505", "name": "Devstral Small 2505", "reasoning": false, "input": ["text"], "cost": {"input": 0.05, "output": 0.22, "cacheRead": 0.025, "cacheWrite": 0.1}, "contextWindow": 128000, "maxTokens": 4096}
+{"id": "mistralai/Magistral-Small-2506", "name": "Magistral Small 2506", "reasoning": false, "input": ["text"], "cost": {"input": 0.5, "output": 1.5, "cacheRead": 0.25, "cacheWrite": 1.0}, "contextWindow": 128000, "maxTokens": 4096}
+{"id": "mistralai/Mistral-Large-Instruct-2411", "name": "Mistral Large Instruct 2411", "reasoning": false, "input": ["text", "image"], "cost": {"input": 2.0, "output": 6.0, "cacheRead": 1.0, "cacheWrite": 4.0}, "contextWindow": 128000, "maxTokens": 4096}
+{"id": "mistralai/Mistral-Nemo-Instruct-2407", "name": "Mistral Nemo Instruct 2407", "reasoning": false, "input": ["text"], "cost": {"input": 0.02, "output": 0.04, "cacheRead": 0.01, "cacheWrite": 0.04}, "contextWindow": 128000, "maxTokens": 4096}
+{"id": "moonshotai/Kimi-K2-Instruct-0905", "name": "Kimi K2 Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.39, "output": 1.9, "cacheRead": 0.195, "cacheWrite": 0.78}, "contextWindow": 32768, "maxTokens": 4096}
+{"id": "moonshotai/Kimi-K2-Thinking", "name": "Kimi K2 Thinking", "reasoning": true, "input": ["text"], "cost": {"input": 0.55, "output": 2.25, "cacheRead": 0.275, "cacheWrite": 1.1}, "contextWindow": 32768, "maxTokens": 4096}
+{"id": "openai/gpt-oss-120b", "name": "GPT-OSS 120B", "reasoning": false, "input": ["text"], "cost": {"input": 0.04, "output": 0.4, "cacheRead": 0.02, "cacheWrite": 0.08}, "contextWindow": 131072, "maxTokens": 4096}
+{"id": "openai/gpt-oss-20b", "name": "GPT-OSS 20B", "reasoning": false, "input": ["text"], "cost": {"input": 0.03, "output": 0.14, "cacheRead": 0.015, "cacheWrite": 0.06}, "contextWindow": 64000, "maxTokens": 4096}
+{"id": "zai-org/GLM-4.6", "name": "GLM 4.6", "reasoning": false, "input": ["text"], "cost": {"input": 0.4, "output": 1.75, "cacheRead": 0.2, "cacheWrite": 0.8}, "contextWindow": 200000, "maxTokens": 4096}
+""",
+    "jiekou": r"""
+{"id": "baidu/ernie-4.5-300b-a47b-paddle", "name": "ERNIE 4.5 300B A47B", "reasoning": false, "input": ["text"], "cost": {"input": 0.28, "output": 1.1, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 123000, "maxTokens": 12000}
+{"id": "baidu/ernie-4.5-vl-424b-a47b", "name": "ERNIE 4.5 VL 424B A47B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.42, "output": 1.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 123000, "maxTokens": 16000}
+{"id": "claude-haiku-4-5-20251001", "name": "claude-haiku-4-5-20251001", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.9, "output": 4.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 20000, "maxTokens": 64000}
+{"id": "claude-opus-4-1-20250805", "name": "claude-opus-4-1-20250805", "reasoning": false, "input": ["text", "image"], "cost": {"input": 13.5, "output": 67.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 32000}
+{"id": "claude-opus-4-20250514", "name": "claude-opus-4-20250514", "reasoning": false, "input": ["text", "image"], "cost": {"input": 13.5, "output": 67.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 32000}
+{"id": "claude-opus-4-5-20251101", "name": "claude-opus-4-5-20251101", "reasoning": false, "input": ["text", "image"], "cost": {"input": 4.5, "output": 22.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 65536}
+{"id": "claude-opus-4-6", "name": "claude-opus-4-6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "claude-sonnet-4-20250514", "name": "claude-sonnet-4-20250514", "reasoning": false, "input": ["text", "image"], "cost": {"input": 2.7, "output": 13.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "claude-sonnet-4-5-20250929", "name": "claude-sonnet-4-5-20250929", "reasoning": false, "input": ["text", "image"], "cost": {"input": 2.7, "output": 13.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "deepseek/deepseek-r1-0528", "name": "DeepSeek R1 0528", "reasoning": true, "input": ["text"], "cost": {"input": 0.7, "output": 2.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 163840, "maxTokens": 32768}
+{"id": "deepseek/deepseek-v3-0324", "name": "DeepSeek V3 0324", "reasoning": false, "input": ["text"], "cost": {"input": 0.28, "output": 1.14, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 163840, "maxTokens": 163840}
+{"id": "deepseek/deepseek-v3.1", "name": "DeepSeek V3.1", "reasoning": true, "input": ["text"], "cost": {"input": 0.27, "output": 1, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 163840, "maxTokens": 32768}
+{"id": "gemini-2.5-flash", "name": "gemini-2.5-flash", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.27, "output": 2.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65535}
+{"id": "gemini-2.5-flash-lite", "name": "gemini-2.5-flash-lite", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.09, "output": 0.36, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65535}
+{"id": "gemini-2.5-flash-lite-preview-06-17", "name": "gemini-2.5-flash-lite-preview-06-17", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.09, "output": 0.36, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65535}
+{"id": "gemini-2.5-flash-lite-preview-09-2025", "name": "gemini-2.5-flash-lite-preview-09-2025", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.09, "output": 0.36, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-2.5-flash-preview-05-20", "name": "gemini-2.5-flash-preview-05-20", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.135, "output": 3.15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 200000}
+{"id": "gemini-2.5-pro", "name": "gemini-2.5-pro", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.125, "output": 9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65535}
+{"id": "gemini-2.5-pro-preview-06-05", "name": "gemini-2.5-pro-preview-06-05", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.125, "output": 9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 200000}
+{"id": "gemini-3-flash-preview", "name": "gemini-3-flash-preview", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.5, "output": 3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-3-pro-preview", "name": "gemini-3-pro-preview", "reasoning": false, "input": ["text", "image"], "cost": {"input": 1.8, "output": 10.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gpt-5-chat-latest", "name": "gpt-5-chat-latest", "reasoning": false, "input": ["text", "image"], "cost": {"input": 1.125, "output": 9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5-codex", "name": "gpt-5-codex", "reasoning": false, "input": ["text", "image"], "cost": {"input": 1.125, "output": 9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.1", "name": "gpt-5.1", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.125, "output": 9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "qwen/qwen3-coder-next", "name": "qwen/qwen3-coder-next", "reasoning": false, "input": ["text"], "cost": {"input": 0.2, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+""",
+    "lucidquery": r"""
+{"id": "lucidnova-rf1-100b", "name": "LucidNova RF1 100B", "reasoning": true, "input": ["text"], "cost": {"input": 2.0, "output": 5.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 120000, "maxTokens": 8000}
+{"id": "lucidquery-agi-01-frontier", "name": "AGI-01 Frontier", "reasoning": true, "input": ["text", "image"], "cost": {"input": 4.5, "output": 22.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 300000, "maxTokens": 120000}
+{"id": "lucidquery-agi-01-swift", "name": "AGI-01 Swift", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2.5, "output": 15.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 300000, "maxTokens": 120000}
+{"id": "lucidquery-nexus-coder", "name": "LucidQuery Nexus Coder", "reasoning": true, "input": ["text"], "cost": {"input": 2.0, "output": 5.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 250000, "maxTokens": 60000}
+""",
+    "moark": r"""
+{"id": "GLM-4.7", "name": "GLM-4.7", "reasoning": true, "input": ["text"], "cost": {"input": 3.5, "output": 14.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "MiniMax-M2.1", "name": "MiniMax-M2.1", "reasoning": true, "input": ["text"], "cost": {"input": 2.1, "output": 8.4, "cacheRead": 2.1, "cacheWrite": 8.4}, "contextWindow": 204800, "maxTokens": 131072}
+""",
+    "morph": r"""
+{"id": "auto", "name": "Auto", "reasoning": false, "input": ["text"], "cost": {"input": 0.85, "output": 1.55, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 32000, "maxTokens": 32000}
+{"id": "morph-v3-fast", "name": "Morph v3 Fast", "reasoning": false, "input": ["text"], "cost": {"input": 0.8, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 16000, "maxTokens": 16000}
+{"id": "morph-v3-large", "name": "Morph v3 Large", "reasoning": false, "input": ["text"], "cost": {"input": 0.9, "output": 1.9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 32000, "maxTokens": 32000}
+""",
+    "nano-gpt": r"""
+{"id": "TEE/gemma-4-26b-a4b-uncensored", "name": "Gemma 4 26B A4B Uncensored TEE", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.15, "output": 0.7, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 65536, "maxTokens": 65536}
+{"id": "TEE/gemma-4-31b-it", "name": "Gemma 4 31B IT TEE", "reasoning": true, "input": ["text"], "cost": {"input": 0.15, "output": 0.46, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "TEE/qwen3.5-122b-a10b", "name": "Qwen3.5 122B A10B TEE", "reasoning": true, "input": ["text"], "cost": {"input": 0.46, "output": 3.68, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "TEE/qwen3.6-35b-a3b-uncensored", "name": "Qwen3.6 35B A3B Uncensored TEE", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.3, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072}
+{"id": "anthropic/claude-opus-4.8", "name": "Claude Opus 4.8", "reasoning": true, "input": ["text", "image"], "cost": {"input": 4.998, "output": 25.007, "cacheRead": 0.4998, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "anthropic/claude-opus-4.8:thinking", "name": "Claude Opus 4.8 Thinking", "reasoning": true, "input": ["text", "image"], "cost": {"input": 4.998, "output": 25.007, "cacheRead": 0.4998, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "anthropic/claude-sonnet-4.6", "name": "Claude Sonnet 4.6", "reasoning": false, "input": ["text", "image"], "cost": {"input": 2.992, "output": 14.994, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "claw-high", "name": "Claw High", "reasoning": true, "input": ["text", "image"], "cost": {"input": 4.998, "output": 25.007, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "claw-low", "name": "Claw Low", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 1.5, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "claw-medium", "name": "Claw Medium", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "google/gemini-3.5-flash", "name": "Gemini 3.5 Flash", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.5, "output": 9, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "hermes-high", "name": "Hermes High", "reasoning": true, "input": ["text", "image"], "cost": {"input": 4.998, "output": 25.007, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "minimax/minimax-m3", "name": "MiniMax M3", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 512000, "maxTokens": 80000}
+{"id": "minimax/minimax-m3:thinking", "name": "MiniMax M3 Thinking", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 512000, "maxTokens": 80000}
+{"id": "mistral-code-agent-latest", "name": "Mistral Code Agent Latest", "reasoning": false, "input": ["text"], "cost": {"input": 0.4, "output": 2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768}
+{"id": "mistral-code-latest", "name": "Mistral Code Latest", "reasoning": false, "input": ["text"], "cost": {"input": 0.3, "output": 0.9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 32768}
+{"id": "nanogpt/coding-router", "name": "Coding Router", "reasoning": true, "input": ["text"], "cost": {"input": 1.1, "output": 2.2, "cacheRead": 0.11, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "nanogpt/coding-router:high", "name": "Coding Router High", "reasoning": true, "input": ["text"], "cost": {"input": 1.1, "output": 2.2, "cacheRead": 0.11, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "nanogpt/coding-router:low", "name": "Coding Router Low", "reasoning": true, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.028, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "nanogpt/coding-router:max", "name": "Coding Router Max", "reasoning": true, "input": ["text"], "cost": {"input": 5, "output": 30, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "nanogpt/coding-router:medium", "name": "Coding Router Medium", "reasoning": true, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.028, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "sarvam-105b", "name": "Sarvam 105B", "reasoning": true, "input": ["text"], "cost": {"input": 0.045, "output": 0.177, "cacheRead": 0.028, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 4096}
+{"id": "sarvam-30b", "name": "Sarvam 30B", "reasoning": true, "input": ["text"], "cost": {"input": 0.028, "output": 0.111, "cacheRead": 0.017, "cacheWrite": 0}, "contextWindow": 65536, "maxTokens": 4096}
+{"id": "stepfun/step-3.7-flash:thinking", "name": "Step 3.7 Flash Thinking", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.15, "cacheRead": 0.04, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 256000}
+{"id": "x-ai/grok-build-0.1", "name": "Grok Build 0.1", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1, "output": 2, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 256000}
+""",
+    "nova": r"""
+{"id": "nova-2-lite-v1", "name": "Nova 2 Lite", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 64000}
+{"id": "nova-2-pro-v1", "name": "Nova 2 Pro", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 64000}
+""",
+    "novita-ai": r"""
+{"id": "deepseek/deepseek-v4-flash", "name": "DeepSeek: DeepSeek V4 Flash", "reasoning": true, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.028, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 393216}
+{"id": "deepseek/deepseek-v4-pro", "name": "DeepSeek: DeepSeek V4 Pro", "reasoning": true, "input": ["text"], "cost": {"input": 1.69, "output": 3.38, "cacheRead": 0.13, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 393216}
+{"id": "google/gemma-4-26b-a4b-it", "name": "Gemma 4 26B A4B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.13, "output": 0.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072}
+{"id": "google/gemma-4-31b-it", "name": "Gemma 4 31B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.14, "output": 0.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072}
+{"id": "inclusionai/ling-2.6-1t", "name": "Ling-2.6-1T", "reasoning": false, "input": ["text"], "cost": {"input": 0.3, "output": 2.5, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768}
+{"id": "inclusionai/ling-2.6-flash", "name": "Ling-2.6-flash", "reasoning": false, "input": ["text"], "cost": {"input": 0.1, "output": 0.3, "cacheRead": 0.02, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768}
+{"id": "inclusionai/ring-2.6-1t", "name": "Ring-2.6-1T", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 2.5, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "minimax/minimax-m2.5", "name": "MiniMax M2.5", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.03, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131100}
+{"id": "minimax/minimax-m2.5-highspeed", "name": "MiniMax M2.5 Highspeed", "reasoning": true, "input": ["text"], "cost": {"input": 0.6, "output": 2.4, "cacheRead": 0.03, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131100}
+{"id": "minimax/minimax-m2.7", "name": "MiniMax M2.7", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "minimax/minimax-m2.7-highspeed", "name": "MiniMax M2.7 highspeed", "reasoning": true, "input": ["text"], "cost": {"input": 0.6, "output": 2.4, "cacheRead": 0.06, "cacheWrite": 0.375}, "contextWindow": 204800, "maxTokens": 131070}
+{"id": "moonshotai/kimi-k2.5", "name": "Kimi K2.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3.0, "cacheRead": 0.1, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "moonshotai/kimi-k2.6", "name": "Kimi K2.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "qwen/qwen3-coder-next", "name": "Qwen3 Coder Next", "reasoning": false, "input": ["text"], "cost": {"input": 0.2, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "qwen/qwen3.5-122b-a10b", "name": "Qwen3.5-122B-A10B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.4, "output": 3.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "qwen/qwen3.5-27b", "name": "Qwen3.5-27B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.3, "output": 2.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "qwen/qwen3.5-35b-a3b", "name": "Qwen3.5-35B-A3B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 2.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "qwen/qwen3.5-397b-a17b", "name": "Qwen3.5-397B-A17B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 64000}
+{"id": "qwen/qwen3.7-max", "name": "Qwen3.7-Max", "reasoning": true, "input": ["text"], "cost": {"input": 1.25, "output": 3.75, "cacheRead": 0.125, "cacheWrite": 1.5625}, "contextWindow": 1000000, "maxTokens": 65536}
+{"id": "xiaomimimo/mimo-v2-pro", "name": "MiMo V2 Pro", "reasoning": true, "input": ["text"], "cost": {"input": 2, "output": 6, "cacheRead": 0.4, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 131072}
+{"id": "xiaomimimo/mimo-v2.5-pro", "name": "MiMo V2.5 Pro", "reasoning": true, "input": ["text"], "cost": {"input": 2, "output": 6, "cacheRead": 0.4, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 131072}
+{"id": "zai-org/glm-4.7-flash", "name": "GLM-4.7-Flash", "reasoning": true, "input": ["text"], "cost": {"input": 0.07, "output": 0.4, "cacheRead": 0.01, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 128000}
+{"id": "zai-org/glm-5", "name": "GLM-5", "reasoning": true, "input": ["text"], "cost": {"input": 1.0, "output": 3.2, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 202800, "maxTokens": 131072}
+{"id": "zai-org/glm-5.1", "name": "GLM-5.1", "reasoning": true, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "zai-org/glm-5.2", "name": "GLM-5.2", "reasoning": true, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 131072}
+""",
+    "nvidia": r"""
+{"id": "bytedance/seed-oss-36b-instruct", "name": "ByteDance-Seed/Seed-OSS-36B-Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "deepseek-ai/deepseek-v4-flash", "name": "DeepSeek V4 Flash", "reasoning": true, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.0028, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 393216}
+{"id": "deepseek-ai/deepseek-v4-pro", "name": "deepseek-ai/DeepSeek-V4-Pro", "reasoning": true, "input": ["text"], "cost": {"input": 0.435, "output": 0.87, "cacheRead": 0.003625, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 393216}
+{"id": "google/gemma-3n-e2b-it", "name": "Gemma 3n E2b It", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096}
+{"id": "google/gemma-4-31b-it", "name": "Gemma-4-31B-IT", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 16384}
+{"id": "minimaxai/minimax-m2.7", "name": "MiniMax-M2.7", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "minimaxai/minimax-m3", "name": "MiniMax-M3", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 16384}
+{"id": "mistralai/mistral-large-3-675b-instruct-2512", "name": "Mistral Large 3 675B Instruct 2512", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "mistralai/mistral-small-4-119b-2603", "name": "mistral-small-4-119b-2603", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "moonshotai/kimi-k2-instruct-0905", "name": "Kimi K2 0905", "reasoning": false, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "moonshotai/kimi-k2.6", "name": "Kimi K2.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "nvidia/nemotron-3-nano-omni-30b-a3b-reasoning", "name": "Nemotron 3 Nano Omni", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 65536}
+{"id": "nvidia/nemotron-3-super-120b-a12b", "name": "Nemotron 3 Super", "reasoning": true, "input": ["text"], "cost": {"input": 0.2, "output": 0.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "nvidia/nemotron-3-ultra-550b-a55b", "name": "Nemotron 3 Ultra 550B A55B", "reasoning": true, "input": ["text"], "cost": {"input": 0.5, "output": 2.5, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 65536}
+{"id": "nvidia/nemotron-voicechat", "name": "nemotron-voicechat", "reasoning": false, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "nvidia/nvidia-nemotron-nano-9b-v2", "name": "nvidia-nemotron-nano-9b-v2", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072}
+{"id": "openai/gpt-oss-120b", "name": "GPT-OSS-120B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "openai/gpt-oss-20b", "name": "GPT OSS 20B", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768}
+{"id": "qwen/qwen3-coder-480b-a35b-instruct", "name": "Qwen3 Coder 480B A35B Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 66536}
+{"id": "qwen/qwen3.5-122b-a10b", "name": "Qwen3.5 122B-A10B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "qwen/qwen3.5-397b-a17b", "name": "Qwen3.5-397B-A17B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 8192}
+{"id": "sarvamai/sarvam-m", "name": "sarvam-m", "reasoning": false, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "stepfun-ai/step-3.5-flash", "name": "Step 3.5 Flash", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 16384}
+{"id": "stepfun-ai/step-3.7-flash", "name": "Step 3.7 Flash", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 16384}
+{"id": "z-ai/glm-5.1", "name": "GLM-5.1", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072}
+""",
+    "poe": r"""
+{"id": "anthropic/claude-opus-4.6", "name": "Claude-Opus-4.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 4.3, "output": 21, "cacheRead": 0.43, "cacheWrite": 5.3}, "contextWindow": 983040, "maxTokens": 128000}
+{"id": "anthropic/claude-opus-4.7", "name": "Claude-Opus-4.7", "reasoning": true, "input": ["text", "image"], "cost": {"input": 4.3, "output": 21, "cacheRead": 0.43, "cacheWrite": 5.4}, "contextWindow": 1048576, "maxTokens": 128000}
+{"id": "anthropic/claude-opus-4.8", "name": "Claude-Opus-4.8", "reasoning": true, "input": ["text", "image"], "cost": {"input": 4.2929, "output": 21.4646, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 128000}
+{"id": "anthropic/claude-sonnet-4.6", "name": "Claude-Sonnet-4.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2.6, "output": 13, "cacheRead": 0.26, "cacheWrite": 3.2}, "contextWindow": 983040, "maxTokens": 128000}
+{"id": "empiriolabs/deepseek-v4-flash-el", "name": "DeepSeek-V4-Flash-EL", "reasoning": true, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000}
+{"id": "empiriolabs/deepseek-v4-pro-el", "name": "DeepSeek-V4-Pro-EL", "reasoning": true, "input": ["text"], "cost": {"input": 1.67, "output": 3.33, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000}
+{"id": "fireworks-ai/kimi-k2.5-fw", "name": "Kimi-K2.5-FW", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 16384}
+{"id": "google/gemini-3.1-flash-lite", "name": "Gemini-3.1-Flash-Lite", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "google/gemini-3.1-pro", "name": "Gemini-3.1-Pro", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2, "output": 12, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "google/gemini-3.5-flash", "name": "Gemini-3.5-Flash", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.5152, "output": 9.0909, "cacheRead": 0.1515, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "google/gemma-4-31b", "name": "Gemma-4-31B", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 8192}
+{"id": "novita/glm-4.7-flash", "name": "glm-4.7-flash", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 65500}
+{"id": "novita/glm-4.7-n", "name": "glm-4.7-n", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 205000, "maxTokens": 131072}
+{"id": "novita/glm-5", "name": "GLM-5", "reasoning": true, "input": ["text"], "cost": {"input": 1, "output": 3.2, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 205000, "maxTokens": 131072}
+{"id": "novita/kimi-k2.5", "name": "Kimi-K2.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3, "cacheRead": 0.1, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 262144}
+{"id": "novita/kimi-k2.6", "name": "Kimi-K2.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.96, "output": 4.04, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "novita/minimax-m2.1", "name": "minimax-m2.1", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 205000, "maxTokens": 131072}
+{"id": "openai/gpt-5.2-codex", "name": "GPT-5.2-Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.6, "output": 13, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "openai/gpt-5.2-instant", "name": "GPT-5.2-Instant", "reasoning": false, "input": ["text", "image"], "cost": {"input": 1.6, "output": 13, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384}
+{"id": "openai/gpt-5.3-codex", "name": "GPT-5.3-Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.6, "output": 13, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "openai/gpt-5.3-codex-spark", "name": "GPT-5.3-Codex-Spark", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384}
+{"id": "openai/gpt-5.3-instant", "name": "GPT-5.3-Instant", "reasoning": false, "input": ["text", "image"], "cost": {"input": 1.6, "output": 13, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384}
+{"id": "openai/gpt-5.4-mini", "name": "GPT-5.4-Mini", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.68, "output": 4, "cacheRead": 0.068, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "openai/gpt-5.4-nano", "name": "GPT-5.4-Nano", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.18, "output": 1.1, "cacheRead": 0.018, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "xai/grok-4.20-multi-agent", "name": "Grok-4.20-Multi-Agent", "reasoning": false, "input": ["text", "image"], "cost": {"input": 2, "output": 6, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384}
+""",
+    "privatemode-ai": r"""
+{"id": "gemma-3-27b", "name": "Gemma 3 27B", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "gpt-oss-120b", "name": "gpt-oss-120b", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000}
+{"id": "qwen3-coder-30b-a3b", "name": "Qwen3-Coder 30B-A3B", "reasoning": false, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32768}
+""",
+    "requesty": r"""
+{"id": "anthropic/claude-haiku-4-5", "name": "Claude Haiku 4.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.0, "output": 5.0, "cacheRead": 0.1, "cacheWrite": 1.25}, "contextWindow": 200000, "maxTokens": 62000}
+{"id": "anthropic/claude-opus-4-5", "name": "Claude Opus 4.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "anthropic/claude-opus-4-6", "name": "Claude Opus 4.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "anthropic/claude-sonnet-4-5", "name": "Claude Sonnet 4.5 (latest)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 1000000, "maxTokens": 64000}
+{"id": "anthropic/claude-sonnet-4-6", "name": "Claude Sonnet 4.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3.0, "output": 15.0, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "google/gemini-3-flash-preview", "name": "Gemini 3 Flash", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.5, "output": 3, "cacheRead": 0.05, "cacheWrite": 1}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "google/gemini-3-pro-preview", "name": "Gemini 3 Pro", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2.0, "output": 12.0, "cacheRead": 0.2, "cacheWrite": 4.5}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "openai/gpt-5-codex", "name": "GPT-5 Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "openai/gpt-5-mini", "name": "GPT-5 Mini", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 2.0, "cacheRead": 0.03, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000}
+{"id": "openai/gpt-5-nano", "name": "GPT-5 Nano", "reasoning": true, "input": ["text"], "cost": {"input": 0.05, "output": 0.4, "cacheRead": 0.01, "cacheWrite": 0}, "contextWindow": 16000, "maxTokens": 4000}
+{"id": "openai/gpt-5-pro", "name": "OpenAI: GPT-5 Pro", "reasoning": true, "input": ["text", "image"], "cost": {"input": 15, "output": 120, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "openai/gpt-5.1", "name": "GPT-5.1", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "openai/gpt-5.1-chat", "name": "GPT-5.1 Chat", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384}
+{"id": "openai/gpt-5.1-codex", "name": "GPT-5.1-Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "openai/gpt-5.1-codex-max", "name": "GPT-5.1-Codex-Max", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.1, "output": 9.0, "cacheRead": 0.11, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "openai/gpt-5.1-codex-mini", "name": "GPT-5.1-Codex-Mini", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 2.0, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 100000}
+{"id": "openai/gpt-5.2", "name": "GPT-5.2", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "openai/gpt-5.2-chat", "name": "GPT-5.2 Chat", "reasoning": false, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384}
+{"id": "openai/gpt-5.2-codex", "name": "GPT-5.2-Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "openai/gpt-5.2-pro", "name": "GPT-5.2 Pro", "reasoning": true, "input": ["text", "image"], "cost": {"input": 21.0, "output": 168.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "openai/gpt-5.3-codex", "name": "GPT-5.3-Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "openai/gpt-5.4", "name": "GPT-5.4", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2.5, "output": 15, "cacheRead": 0.25, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000}
+{"id": "openai/gpt-5.4-pro", "name": "GPT-5.4 Pro", "reasoning": true, "input": ["text", "image"], "cost": {"input": 30.0, "output": 180.0, "cacheRead": 30.0, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000}
+{"id": "xai/grok-4", "name": "Grok 4", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3.0, "output": 15.0, "cacheRead": 0.75, "cacheWrite": 3.0}, "contextWindow": 256000, "maxTokens": 64000}
+{"id": "xai/grok-4-fast", "name": "Grok 4 Fast", "reasoning": true, "input": ["text"], "cost": {"input": 0.2, "output": 0.5, "cacheRead": 0.05, "cacheWrite": 0.2}, "contextWindow": 2000000, "maxTokens": 64000}
+""",
+    "submodel": r"""
+{"id": "Qwen/Qwen3-235B-A22B-Instruct-2507", "name": "Qwen3 235B A22B Instruct 2507", "reasoning": false, "input": ["text"], "cost": {"input": 0.2, "output": 0.3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072}
+{"id": "Qwen/Qwen3-235B-A22B-Thinking-2507", "name": "Qwen3 235B A22B Thinking 2507", "reasoning": true, "input": ["text"], "cost": {"input": 0.2, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072}
+{"id": "Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8", "name": "Qwen3 Coder 480B A35B Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.2, "output": 0.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "deepseek-ai/DeepSeek-R1-0528", "name": "DeepSeek R1 0528", "reasoning": true, "input": ["text"], "cost": {"input": 0.5, "output": 2.15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 75000, "maxTokens": 163840}
+{"id": "deepseek-ai/DeepSeek-V3-0324", "name": "DeepSeek V3 0324", "reasoning": false, "input": ["text"], "cost": {"input": 0.2, "output": 0.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 75000, "maxTokens": 163840}
+{"id": "deepseek-ai/DeepSeek-V3.1", "name": "DeepSeek V3.1", "reasoning": true, "input": ["text"], "cost": {"input": 0.2, "output": 0.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 75000, "maxTokens": 163840}
+{"id": "openai/gpt-oss-120b", "name": "GPT OSS 120B", "reasoning": true, "input": ["text"], "cost": {"input": 0.1, "output": 0.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768}
+{"id": "zai-org/GLM-4.5-Air", "name": "GLM 4.5 Air", "reasoning": false, "input": ["text"], "cost": {"input": 0.1, "output": 0.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072}
+{"id": "zai-org/GLM-4.5-FP8", "name": "GLM 4.5 FP8", "reasoning": true, "input": ["text"], "cost": {"input": 0.2, "output": 0.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072}
+""",
+    "synthetic": r"""
+{"id": "hf:MiniMaxAI/MiniMax-M3", "name": "MiniMax-M3", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.6, "output": 1.2, "cacheRead": 0.6, "cacheWrite": 0}, "contextWindow": 524288, "maxTokens": 65536}
+{"id": "hf:Qwen/Qwen3.5-397B-A17B", "name": "Qwen3.5 397B-A17B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3.6, "cacheRead": 0.6, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "hf:Qwen/Qwen3.6-27B", "name": "Qwen3.6 27B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.45, "output": 3.6, "cacheRead": 0.45, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "hf:moonshotai/Kimi-K2.6", "name": "Kimi K2.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4, "cacheRead": 0.95, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "hf:openai/gpt-oss-120b", "name": "GPT OSS 120B", "reasoning": true, "input": ["text"], "cost": {"input": 0.1, "output": 0.1, "cacheRead": 0.1, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768}
+{"id": "hf:zai-org/GLM-4.7", "name": "GLM-4.7", "reasoning": true, "input": ["text"], "cost": {"input": 0.45, "output": 2.19, "cacheRead": 0.45, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 65536}
+{"id": "hf:zai-org/GLM-4.7-Flash", "name": "GLM-4.7-Flash", "reasoning": true, "input": ["text"], "cost": {"input": 0.1, "output": 0.5, "cacheRead": 0.1, "cacheWrite": 0}, "contextWindow": 196608, "maxTokens": 65536}
+{"id": "hf:zai-org/GLM-5.1", "name": "GLM-5.1", "reasoning": true, "input": ["text"], "cost": {"input": 1, "output": 3, "cacheRead": 1, "cacheWrite": 0}, "contextWindow": 196608, "maxTokens": 65536}
+{"id": "hf:zai-org/GLM-5.2", "name": "GLM-5.2", "reasoning": true, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 1.4, "cacheWrite": 0}, "contextWindow": 524288, "maxTokens": 65536}
+""",
+    "vivgrid": r"""
+{"id": "deepseek-v3.2", "name": "DeepSeek-V3.2", "reasoning": true, "input": ["text"], "cost": {"input": 0.28, "output": 0.42, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000}
+{"id": "deepseek-v4-pro", "name": "DeepSeek V4 Pro", "reasoning": true, "input": ["text"], "cost": {"input": 0.435, "output": 0.87, "cacheRead": 0.003625, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000}
+{"id": "gemini-3.1-flash-lite-preview", "name": "Gemini 3.1 Flash Lite Preview", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 1.5, "cacheRead": 0.025, "cacheWrite": 1.0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-3.1-pro-preview", "name": "Gemini 3.1 Pro Preview", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2.0, "output": 12.0, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gpt-5-mini", "name": "GPT-5 Mini", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 2.0, "cacheRead": 0.03, "cacheWrite": 0}, "contextWindow": 272000, "maxTokens": 128000}
+{"id": "gpt-5.1-codex", "name": "GPT-5.1 Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.1-codex-max", "name": "GPT-5.1 Codex Max", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.2-codex", "name": "GPT-5.2 Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.3-codex", "name": "GPT-5.3 Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.4", "name": "GPT-5.4", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2.5, "output": 15.0, "cacheRead": 0.25, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.4-mini", "name": "GPT-5.4 Mini", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.75, "output": 4.5, "cacheRead": 0.075, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.4-nano", "name": "GPT-5.4 Nano", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.25, "cacheRead": 0.02, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.5", "name": "GPT-5.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 30, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000}
+""",
+    "vultr": r"""
+{"id": "MiniMaxAI/MiniMax-M2.7", "name": "MiniMax-M2.7", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "moonshotai/Kimi-K2.6", "name": "Kimi K2.6", "reasoning": true, "input": ["text"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 131072}
+{"id": "nvidia/DeepSeek-V3.2-NVFP4", "name": "DeepSeek V3.2", "reasoning": true, "input": ["text"], "cost": {"input": 0.55, "output": 1.65, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072}
+{"id": "nvidia/Nemotron-3-Nano-Omni-30B-A3B-Reasoning-BF16", "name": "NVIDIA Nemotron 3 Nano Omni", "reasoning": true, "input": ["text"], "cost": {"input": 0.13, "output": 0.38, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072}
+{"id": "nvidia/Nemotron-Cascade-2-30B-A3B", "name": "NVIDIA Nemotron Cascade 2", "reasoning": true, "input": ["text"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072}
+{"id": "zai-org/GLM-5.1-FP8", "name": "GLM-5.1 FP8", "reasoning": true, "input": ["text"], "cost": {"input": 0.85, "output": 3.1, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 131072}
+""",
+    "wandb": r"""
+{"id": "MiniMaxAI/MiniMax-M2.5", "name": "MiniMax M2.5", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 196608, "maxTokens": 196608}
+{"id": "OpenPipe/Qwen3-14B-Instruct", "name": "OpenPipe Qwen3 14B Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.05, "output": 0.22, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 32768, "maxTokens": 32768}
+{"id": "Qwen/Qwen3-235B-A22B-Instruct-2507", "name": "Qwen3 235B A22B Instruct 2507", "reasoning": false, "input": ["text"], "cost": {"input": 0.1, "output": 0.1, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "Qwen/Qwen3-235B-A22B-Thinking-2507", "name": "Qwen3-235B-A22B-Thinking-2507", "reasoning": true, "input": ["text"], "cost": {"input": 0.1, "output": 0.1, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "Qwen/Qwen3-30B-A3B-Instruct-2507", "name": "Qwen3 30B A3B Instruct 2507", "reasoning": false, "input": ["text"], "cost": {"input": 0.1, "output": 0.3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "Qwen/Qwen3-Coder-480B-A35B-Instruct", "name": "Qwen3-Coder-480B-A35B-Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 1, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "deepseek-ai/DeepSeek-V3.1", "name": "DeepSeek V3.1", "reasoning": false, "input": ["text"], "cost": {"input": 0.55, "output": 1.65, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 161000, "maxTokens": 161000}
+{"id": "meta-llama/Llama-3.1-70B-Instruct", "name": "Llama 3.1 70B", "reasoning": false, "input": ["text"], "cost": {"input": 0.8, "output": 0.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000}
+{"id": "meta-llama/Llama-3.1-8B-Instruct", "name": "Meta-Llama-3.1-8B-Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.22, "output": 0.22, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000}
+{"id": "meta-llama/Llama-3.3-70B-Instruct", "name": "Llama-3.3-70B-Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.71, "output": 0.71, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000}
+{"id": "meta-llama/Llama-4-Scout-17B-16E-Instruct", "name": "Llama 4 Scout 17B 16E Instruct", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.17, "output": 0.66, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 64000, "maxTokens": 64000}
+{"id": "microsoft/Phi-4-mini-instruct", "name": "Phi-4-mini-instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.08, "output": 0.35, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000}
+{"id": "moonshotai/Kimi-K2.5", "name": "Kimi K2.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.5, "output": 2.85, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "nvidia/NVIDIA-Nemotron-3-Super-120B-A12B-FP8", "name": "NVIDIA Nemotron 3 Super 120B", "reasoning": true, "input": ["text"], "cost": {"input": 0.2, "output": 0.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "openai/gpt-oss-120b", "name": "gpt-oss-120b", "reasoning": true, "input": ["text"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072}
+{"id": "openai/gpt-oss-20b", "name": "gpt-oss-20b", "reasoning": true, "input": ["text"], "cost": {"input": 0.05, "output": 0.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072}
+{"id": "zai-org/GLM-5-FP8", "name": "GLM 5", "reasoning": false, "input": ["text"], "cost": {"input": 1, "output": 3.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 200000}
+{"id": "zai-org/GLM-5.1", "name": "GLM-5.1", "reasoning": true, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 16384}
+""",
+    "xiaomi": r"""
+{"id": "mimo-v2.5", "name": "MiMo-V2.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.0028, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 131072}
+{"id": "mimo-v2.5-pro", "name": "MiMo-V2.5-Pro", "reasoning": true, "input": ["text"], "cost": {"input": 0.435, "output": 0.87, "cacheRead": 0.0036, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 131072}
+{"id": "mimo-v2.5-pro-ultraspeed", "name": "MiMo-V2.5-Pro-UltraSpeed", "reasoning": true, "input": ["text"], "cost": {"input": 1.305, "output": 2.61, "cacheRead": 0.0108, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 131072}
+""",
+    "alibaba-cn": r"""
+{"id": "MiniMax-M2.5", "name": "MiniMax-M2.5", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "MiniMax/MiniMax-M2.7", "name": "MiniMax-M2.7", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0.375}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "deepseek-v4-flash", "name": "DeepSeek V4 Flash", "reasoning": true, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.0028, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000}
+{"id": "deepseek-v4-pro", "name": "DeepSeek V4 Pro", "reasoning": true, "input": ["text"], "cost": {"input": 0.435, "output": 0.87, "cacheRead": 0.003625, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000}
+{"id": "glm-5", "name": "GLM-5", "reasoning": true, "input": ["text"], "cost": {"input": 0.86, "output": 3.15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 16384}
+{"id": "glm-5.1", "name": "GLM-5.1", "reasoning": true, "input": ["text"], "cost": {"input": 0.87, "output": 3.48, "cacheRead": 0.17, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 128000}
+{"id": "kimi-k2-thinking", "name": "Moonshot Kimi K2 Thinking", "reasoning": true, "input": ["text"], "cost": {"input": 0.574, "output": 2.294, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 16384}
+{"id": "kimi-k2.5", "name": "Moonshot Kimi K2.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.574, "output": 2.411, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768}
+{"id": "kimi-k2.6", "name": "Moonshot Kimi K2.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.929, "output": 3.858, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 16384}
+{"id": "kimi/kimi-k2.5", "name": "kimi/kimi-k2.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3.0, "cacheRead": 0.1, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "qwen-plus", "name": "Qwen Plus", "reasoning": true, "input": ["text"], "cost": {"input": 0.115, "output": 0.287, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 32768}
+{"id": "qwen3-max", "name": "Qwen3 Max", "reasoning": false, "input": ["text"], "cost": {"input": 0.861, "output": 3.441, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "qwen3-next-80b-a3b-instruct", "name": "Qwen3-Next 80B-A3B Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.144, "output": 0.574, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768}
+{"id": "qwen3-next-80b-a3b-thinking", "name": "Qwen3-Next 80B-A3B (Thinking)", "reasoning": true, "input": ["text"], "cost": {"input": 0.144, "output": 1.434, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768}
+{"id": "qwen3-vl-plus", "name": "Qwen3-VL Plus", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.143353, "output": 1.433525, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768}
+{"id": "qwen3.5-397b-a17b", "name": "Qwen3.5 397B-A17B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.43, "output": 2.58, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "qwen3.5-flash", "name": "Qwen3.5 Flash", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.172, "output": 1.72, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 65536}
+{"id": "qwen3.5-plus", "name": "Qwen3.5 Plus", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.573, "output": 3.44, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 65536}
+{"id": "qwen3.6-flash", "name": "Qwen3.6 Flash", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.1875, "output": 1.125, "cacheRead": 0, "cacheWrite": 0.234375}, "contextWindow": 1000000, "maxTokens": 65536}
+{"id": "qwen3.6-max-preview", "name": "Qwen3.6 Max Preview", "reasoning": true, "input": ["text"], "cost": {"input": 1.32, "output": 7.9, "cacheRead": 0.132, "cacheWrite": 0}, "contextWindow": 245800, "maxTokens": 65536}
+{"id": "qwen3.6-plus", "name": "Qwen3.6 Plus", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.5, "output": 3.0, "cacheRead": 0.05, "cacheWrite": 0.625}, "contextWindow": 1000000, "maxTokens": 65536}
+{"id": "qwen3.7-max", "name": "Qwen3.7 Max", "reasoning": true, "input": ["text"], "cost": {"input": 2.5, "output": 7.5, "cacheRead": 0.5, "cacheWrite": 3.125}, "contextWindow": 1000000, "maxTokens": 65536}
+{"id": "qwen3.7-plus", "name": "Qwen3.7 Plus", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.5, "output": 3, "cacheRead": 0.05, "cacheWrite": 0.625}, "contextWindow": 1000000, "maxTokens": 65536}
+{"id": "siliconflow/deepseek-v3.1-terminus", "name": "siliconflow/deepseek-v3.1-terminus", "reasoning": true, "input": ["text"], "cost": {"input": 0.27, "output": 1.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 163840, "maxTokens": 65536}
+{"id": "siliconflow/deepseek-v3.2", "name": "siliconflow/deepseek-v3.2", "reasoning": true, "input": ["text"], "cost": {"input": 0.27, "output": 0.42, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 163840, "maxTokens": 65536}
+""",
+    "alibaba-us": r"""
+{"id": "qwen-plus", "name": "Qwen Plus", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 32768}
+""",
+    "kimi-for-coding": r"""
+{"id": "k2p5", "name": "Kimi K2.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768}
+{"id": "k2p6", "name": "Kimi K2.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768}
+{"id": "kimi-k2-thinking", "name": "Kimi K2 Thinking", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768}
+""",
+    "minimax": r"""
+{"id": "MiniMax-M2", "name": "MiniMax-M2", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 196608, "maxTokens": 128000}
+{"id": "MiniMax-M2.1", "name": "MiniMax-M2.1", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "MiniMax-M2.5", "name": "MiniMax-M2.5", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.03, "cacheWrite": 0.375}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "MiniMax-M2.5-highspeed", "name": "MiniMax-M2.5-highspeed", "reasoning": true, "input": ["text"], "cost": {"input": 0.6, "output": 2.4, "cacheRead": 0.06, "cacheWrite": 0.375}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "MiniMax-M2.7", "name": "MiniMax-M2.7", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0.375}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "MiniMax-M2.7-highspeed", "name": "MiniMax-M2.7-highspeed", "reasoning": true, "input": ["text"], "cost": {"input": 0.6, "output": 2.4, "cacheRead": 0.06, "cacheWrite": 0.375}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "MiniMax-M3", "name": "MiniMax-M3", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+""",
+    "minimax-cn": r"""
+{"id": "MiniMax-M2", "name": "MiniMax-M2", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 196608, "maxTokens": 128000}
+{"id": "MiniMax-M2.1", "name": "MiniMax-M2.1", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "MiniMax-M2.5", "name": "MiniMax-M2.5", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.03, "cacheWrite": 0.375}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "MiniMax-M2.5-highspeed", "name": "MiniMax-M2.5-highspeed", "reasoning": true, "input": ["text"], "cost": {"input": 0.6, "output": 2.4, "cacheRead": 0.06, "cacheWrite": 0.375}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "MiniMax-M2.7", "name": "MiniMax-M2.7", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0.375}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "MiniMax-M2.7-highspeed", "name": "MiniMax-M2.7-highspeed", "reasoning": true, "input": ["text"], "cost": {"input": 0.6, "output": 2.4, "cacheRead": 0.06, "cacheWrite": 0.375}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "MiniMax-M3", "name": "MiniMax-M3", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+""",
+    "minimax-coding-plan": r"""
+{"id": "MiniMax-M2", "name": "MiniMax-M2", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 196608, "maxTokens": 128000}
+{"id": "MiniMax-M2.1", "name": "MiniMax-M2.1", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "MiniMax-M2.5", "name": "MiniMax-M2.5", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "MiniMax-M2.5-highspeed", "name": "MiniMax-M2.5-highspeed", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "MiniMax-M2.7", "name": "MiniMax-M2.7", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "MiniMax-M2.7-highspeed", "name": "MiniMax-M2.7-highspeed", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "MiniMax-M3", "name": "MiniMax-M3", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+""",
+    "minimax-cn-coding-plan": r"""
+{"id": "MiniMax-M2", "name": "MiniMax-M2", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 196608, "maxTokens": 128000}
+{"id": "MiniMax-M2.1", "name": "MiniMax-M2.1", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "MiniMax-M2.5", "name": "MiniMax-M2.5", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "MiniMax-M2.5-highspeed", "name": "MiniMax-M2.5-highspeed", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "MiniMax-M2.7", "name": "MiniMax-M2.7", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "MiniMax-M2.7-highspeed", "name": "MiniMax-M2.7-highspeed", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "MiniMax-M3", "name": "MiniMax-M3", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+""",
+    "modelscope": r"""
+{"id": "Qwen/Qwen3-235B-A22B-Instruct-2507", "name": "Qwen3 235B A22B Instruct 2507", "reasoning": false, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072}
+{"id": "Qwen/Qwen3-235B-A22B-Thinking-2507", "name": "Qwen3-235B-A22B-Thinking-2507", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072}
+{"id": "Qwen/Qwen3-30B-A3B-Instruct-2507", "name": "Qwen3 30B A3B Instruct 2507", "reasoning": false, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 16384}
+{"id": "Qwen/Qwen3-30B-A3B-Thinking-2507", "name": "Qwen3 30B A3B Thinking 2507", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768}
+{"id": "Qwen/Qwen3-Coder-30B-A3B-Instruct", "name": "Qwen3 Coder 30B A3B Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "ZhipuAI/GLM-4.5", "name": "GLM-4.5", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 98304}
+{"id": "ZhipuAI/GLM-4.6", "name": "GLM-4.6", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 98304}
+""",
+    "moonshotai-cn": r"""
+{"id": "kimi-k2-0711-preview", "name": "Kimi K2 0711", "reasoning": false, "input": ["text"], "cost": {"input": 0.6, "output": 2.5, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 16384}
+{"id": "kimi-k2-0905-preview", "name": "Kimi K2 0905", "reasoning": false, "input": ["text"], "cost": {"input": 0.6, "output": 2.5, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "kimi-k2-thinking", "name": "Kimi K2 Thinking", "reasoning": true, "input": ["text"], "cost": {"input": 0.6, "output": 2.5, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "kimi-k2-thinking-turbo", "name": "Kimi K2 Thinking Turbo", "reasoning": true, "input": ["text"], "cost": {"input": 1.15, "output": 8, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "kimi-k2-turbo-preview", "name": "Kimi K2 Turbo", "reasoning": false, "input": ["text"], "cost": {"input": 2.4, "output": 10, "cacheRead": 0.6, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "kimi-k2.5", "name": "Kimi K2.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3.0, "cacheRead": 0.1, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "kimi-k2.6", "name": "Kimi K2.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4.0, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "kimi-k2.7-code", "name": "Kimi K2.7 Code", "reasoning": true, "input": ["text"], "cost": {"input": 0.95, "output": 4.0, "cacheRead": 0.19, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072}
+""",
+    "nebius": r"""
+{"id": "MiniMaxAI/MiniMax-M2.5", "name": "MiniMax-M2.5", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.03, "cacheWrite": 0.375}, "contextWindow": 196608, "maxTokens": 8192}
+{"id": "NousResearch/Hermes-4-405B", "name": "Hermes-4-405B", "reasoning": true, "input": ["text"], "cost": {"input": 1.0, "output": 3.0, "cacheRead": 0.1, "cacheWrite": 1.25}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "NousResearch/Hermes-4-70B", "name": "Hermes-4-70B", "reasoning": true, "input": ["text"], "cost": {"input": 0.13, "output": 0.4, "cacheRead": 0.013, "cacheWrite": 0.16}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "Qwen/Qwen2.5-VL-72B-Instruct", "name": "Qwen2.5-VL-72B-Instruct", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.25, "output": 0.75, "cacheRead": 0.025, "cacheWrite": 0.31}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "Qwen/Qwen3-235B-A22B-Instruct-2507", "name": "Qwen3 235B A22B Instruct 2507", "reasoning": false, "input": ["text"], "cost": {"input": 0.2, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 8192}
+{"id": "Qwen/Qwen3-30B-A3B-Instruct-2507", "name": "Qwen3-30B-A3B-Instruct-2507", "reasoning": false, "input": ["text"], "cost": {"input": 0.1, "output": 0.3, "cacheRead": 0.01, "cacheWrite": 0.125}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "Qwen/Qwen3-32B", "name": "Qwen3-32B", "reasoning": false, "input": ["text"], "cost": {"input": 0.1, "output": 0.3, "cacheRead": 0.01, "cacheWrite": 0.125}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "Qwen/Qwen3-Next-80B-A3B-Thinking", "name": "Qwen3-Next-80B-A3B-Thinking", "reasoning": true, "input": ["text"], "cost": {"input": 0.15, "output": 1.2, "cacheRead": 0.015, "cacheWrite": 0.18}, "contextWindow": 128000, "maxTokens": 16384}
+{"id": "Qwen/Qwen3.5-397B-A17B", "name": "Qwen3.5-397B-A17B", "reasoning": true, "input": ["text"], "cost": {"input": 0.6, "output": 3.6, "cacheRead": 0.06, "cacheWrite": 0.75}, "contextWindow": 262144, "maxTokens": 8192}
+{"id": "deepseek-ai/DeepSeek-V4-Pro", "name": "deepseek-ai/DeepSeek-V4-Pro", "reasoning": true, "input": ["text"], "cost": {"input": 1.75, "output": 3.5, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 1049000, "maxTokens": 393000}
+{"id": "google/gemma-3-27b-it", "name": "Gemma-3-27b-it", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.3, "cacheRead": 0.01, "cacheWrite": 0.125}, "contextWindow": 110000, "maxTokens": 8192}
+{"id": "meta-llama/Llama-3.3-70B-Instruct", "name": "Llama-3.3-70B-Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.13, "output": 0.4, "cacheRead": 0.013, "cacheWrite": 0.16}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "nvidia/Llama-3_1-Nemotron-Ultra-253B-v1", "name": "Llama-3.1-Nemotron-Ultra-253B-v1", "reasoning": false, "input": ["text"], "cost": {"input": 0.6, "output": 1.8, "cacheRead": 0.06, "cacheWrite": 0.75}, "contextWindow": 128000, "maxTokens": 4096}
+{"id": "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B", "name": "Nemotron-3-Nano-30B-A3B", "reasoning": false, "input": ["text"], "cost": {"input": 0.06, "output": 0.24, "cacheRead": 0.006, "cacheWrite": 0.075}, "contextWindow": 32000, "maxTokens": 4096}
+{"id": "nvidia/Nemotron-3-Nano-Omni", "name": "Nemotron-3-Nano-Omni", "reasoning": true, "input": ["text"], "cost": {"input": 0.06, "output": 0.24, "cacheRead": 0.006, "cacheWrite": 0.075}, "contextWindow": 65536, "maxTokens": 8192}
+{"id": "nvidia/nemotron-3-super-120b-a12b", "name": "Nemotron-3-Super-120B-A12B", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 0.9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 32768}
+{"id": "openai/gpt-oss-120b", "name": "gpt-oss-120b", "reasoning": true, "input": ["text"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0.015, "cacheWrite": 0.18}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "zai-org/GLM-5.2", "name": "GLM-5.2", "reasoning": true, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 432000, "maxTokens": 432000}
+""",
+    "ovhcloud": r"""
+{"id": "gpt-oss-120b", "name": "gpt-oss-120b", "reasoning": true, "input": ["text"], "cost": {"input": 0.09, "output": 0.47, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072}
+{"id": "gpt-oss-20b", "name": "gpt-oss-20b", "reasoning": true, "input": ["text"], "cost": {"input": 0.05, "output": 0.18, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072}
+{"id": "meta-llama-3_3-70b-instruct", "name": "Meta-Llama-3_3-70B-Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.74, "output": 0.74, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072}
+{"id": "mistral-7b-instruct-v0.3", "name": "Mistral-7B-Instruct-v0.3", "reasoning": false, "input": ["text"], "cost": {"input": 0.11, "output": 0.11, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 65536, "maxTokens": 65536}
+{"id": "mistral-nemo-instruct-2407", "name": "Mistral-Nemo-Instruct-2407", "reasoning": false, "input": ["text"], "cost": {"input": 0.14, "output": 0.14, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 65536, "maxTokens": 65536}
+{"id": "mistral-small-3.2-24b-instruct-2506", "name": "Mistral-Small-3.2-24B-Instruct-2506", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.31, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072}
+{"id": "qwen3-32b", "name": "Qwen3-32B", "reasoning": true, "input": ["text"], "cost": {"input": 0.09, "output": 0.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 32768, "maxTokens": 32768}
+{"id": "qwen3-coder-30b-a3b-instruct", "name": "Qwen3-Coder-30B-A3B-Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.07, "output": 0.26, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "qwen3.5-397b-a17b", "name": "Qwen3.5-397B-A17B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.71, "output": 4.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "qwen3.5-9b", "name": "Qwen3.5-9B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.12, "output": 0.18, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "qwen3.6-27b", "name": "Qwen3.6-27B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.47, "output": 3.19, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+""",
+    "scaleway": r"""
+{"id": "gemma-3-27b-it", "name": "Gemma-3-27B-IT", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 0.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 40000, "maxTokens": 8192}
+{"id": "gemma-4-26b-a4b-it", "name": "Gemma 4 26B A4B IT", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 0.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 16384}
+{"id": "glm-5.2", "name": "GLM-5.2", "reasoning": true, "input": ["text"], "cost": {"input": 1.8, "output": 5.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 16384}
+{"id": "gpt-oss-120b", "name": "GPT-OSS 120B", "reasoning": true, "input": ["text"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32768}
+{"id": "llama-3.3-70b-instruct", "name": "Llama-3.3-70B-Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.9, "output": 0.9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 100000, "maxTokens": 16384}
+{"id": "mistral-medium-3.5-128b", "name": "Mistral Medium 3.5 128B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.5, "output": 7.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 16384}
+{"id": "mistral-small-3.2-24b-instruct-2506", "name": "Mistral Small 3.2 24B Instruct (2506)", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.15, "output": 0.35, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768}
+{"id": "qwen3-235b-a22b-instruct-2507", "name": "Qwen3 235B A22B Instruct 2507", "reasoning": false, "input": ["text"], "cost": {"input": 0.75, "output": 2.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 260000, "maxTokens": 65536}
+{"id": "qwen3-coder-30b-a3b-instruct", "name": "Qwen3-Coder 30B-A3B Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.2, "output": 0.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32768}
+{"id": "qwen3.5-397b-a17b", "name": "Qwen3.5 397B A17B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 16384}
+{"id": "qwen3.6-35b-a3b", "name": "Qwen3.6 35B A3B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384}
+{"id": "voxtral-small-24b-2507", "name": "Voxtral Small 24B 2507", "reasoning": false, "input": ["text"], "cost": {"input": 0.15, "output": 0.35, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 32000, "maxTokens": 16384}
+""",
+    "stackit": r"""
+{"id": "Qwen/Qwen3-VL-235B-A22B-Instruct-FP8", "name": "Qwen3-VL 235B", "reasoning": false, "input": ["text", "image"], "cost": {"input": 1.64, "output": 1.91, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 218000, "maxTokens": 8192}
+{"id": "cortecs/Llama-3.3-70B-Instruct-FP8-Dynamic", "name": "Llama 3.3 70B", "reasoning": false, "input": ["text"], "cost": {"input": 0.49, "output": 0.71, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "neuralmagic/Meta-Llama-3.1-8B-Instruct-FP8", "name": "Llama 3.1 8B", "reasoning": false, "input": ["text"], "cost": {"input": 0.16, "output": 0.27, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "neuralmagic/Mistral-Nemo-Instruct-2407-FP8", "name": "Mistral Nemo", "reasoning": false, "input": ["text"], "cost": {"input": 0.49, "output": 0.71, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "openai/gpt-oss-120b", "name": "GPT-OSS 120B", "reasoning": true, "input": ["text"], "cost": {"input": 0.49, "output": 0.71, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131000, "maxTokens": 8192}
+""",
+    "siliconflow": r"""
+{"id": "MiniMaxAI/MiniMax-M2.5", "name": "MiniMaxAI/MiniMax-M2.5", "reasoning": false, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.03, "cacheWrite": 0}, "contextWindow": 197000, "maxTokens": 131000}
+{"id": "Qwen/Qwen3-VL-30B-A3B-Thinking", "name": "Qwen/Qwen3-VL-30B-A3B-Thinking", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.29, "output": 1.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "Qwen/Qwen3-VL-32B-Instruct", "name": "Qwen/Qwen3-VL-32B-Instruct", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.2, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "Qwen/Qwen3-VL-32B-Thinking", "name": "Qwen/Qwen3-VL-32B-Thinking", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "Qwen/Qwen3-VL-8B-Instruct", "name": "Qwen/Qwen3-VL-8B-Instruct", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.18, "output": 0.68, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "Qwen/Qwen3.5-122B-A10B", "name": "Qwen: Qwen3.5-122B-A10B", "reasoning": false, "input": ["text"], "cost": {"input": 0.26, "output": 2.08, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "Qwen/Qwen3.5-27B", "name": "Qwen: Qwen3.5-27B", "reasoning": false, "input": ["text"], "cost": {"input": 0.25, "output": 2.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "Qwen/Qwen3.5-35B-A3B", "name": "Qwen 3.5 35B A3B", "reasoning": false, "input": ["text"], "cost": {"input": 0.24, "output": 1.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "Qwen/Qwen3.5-397B-A17B", "name": "Qwen 3.5 397B A17B", "reasoning": false, "input": ["text"], "cost": {"input": 0.39, "output": 2.34, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "Qwen/Qwen3.5-9B", "name": "Qwen/Qwen3.5-9B", "reasoning": false, "input": ["text"], "cost": {"input": 0.1, "output": 0.15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "Qwen/Qwen3.6-27B", "name": "Qwen: Qwen3.6 27B", "reasoning": false, "input": ["text"], "cost": {"input": 0.3, "output": 3.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "Qwen/Qwen3.6-35B-A3B", "name": "Qwen3.6 35B A3B", "reasoning": false, "input": ["text"], "cost": {"input": 0.2, "output": 1.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "deepseek-ai/DeepSeek-V3.2", "name": "deepseek-ai/DeepSeek-V3.2", "reasoning": true, "input": ["text"], "cost": {"input": 0.27, "output": 0.42, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 164000, "maxTokens": 164000}
+{"id": "deepseek-ai/DeepSeek-V4-Flash", "name": "DeepSeek V4 Flash", "reasoning": true, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.028, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000}
+{"id": "deepseek-ai/DeepSeek-V4-Pro", "name": "deepseek-ai/DeepSeek-V4-Pro", "reasoning": true, "input": ["text"], "cost": {"input": 1.74, "output": 3.48, "cacheRead": 0.145, "cacheWrite": 0}, "contextWindow": 1049000, "maxTokens": 393000}
+{"id": "google/gemma-4-26B-A4B-it", "name": "Google: Gemma 4 26B A4B", "reasoning": false, "input": ["text"], "cost": {"input": 0.12, "output": 0.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "google/gemma-4-31B-it", "name": "Gemma 4 31B Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.13, "output": 0.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "moonshotai/Kimi-K2.5", "name": "moonshotai/Kimi-K2.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.45, "output": 2.25, "cacheRead": 0.07, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "moonshotai/Kimi-K2.6", "name": "moonshotai/Kimi-K2.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.77, "output": 4.0, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "stepfun-ai/Step-3.5-Flash", "name": "stepfun-ai/Step-3.5-Flash", "reasoning": true, "input": ["text"], "cost": {"input": 0.1, "output": 0.3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "tencent/Hy3-preview", "name": "Tencent: Hy3 Preview", "reasoning": true, "input": ["text"], "cost": {"input": 0.066, "output": 0.26, "cacheRead": 0.029, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "zai-org/GLM-5", "name": "zai-org/GLM-5", "reasoning": true, "input": ["text"], "cost": {"input": 0.95, "output": 2.55, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 205000, "maxTokens": 205000}
+{"id": "zai-org/GLM-5.1", "name": "zai-org/GLM-5.1", "reasoning": true, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 205000, "maxTokens": 205000}
+{"id": "zai-org/GLM-5.2", "name": "GLM-5.2", "reasoning": true, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 1049000, "maxTokens": 262000}
+{"id": "zai-org/GLM-5V-Turbo", "name": "zai-org/GLM-5V-Turbo", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.2, "output": 4, "cacheRead": 0.24, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072}
+""",
+    "siliconflow-cn": r"""
+{"id": "Pro/MiniMaxAI/MiniMax-M2.5", "name": "Pro/MiniMaxAI/MiniMax-M2.5", "reasoning": false, "input": ["text"], "cost": {"input": 0.3, "output": 1.22, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 192000, "maxTokens": 131000}
+{"id": "Pro/deepseek-ai/DeepSeek-V3.2", "name": "Pro/deepseek-ai/DeepSeek-V3.2", "reasoning": true, "input": ["text"], "cost": {"input": 0.27, "output": 0.42, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 164000, "maxTokens": 164000}
+{"id": "Pro/moonshotai/Kimi-K2.5", "name": "Pro/moonshotai/Kimi-K2.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.45, "output": 2.25, "cacheRead": 0.07, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "Pro/moonshotai/Kimi-K2.6", "name": "Pro/moonshotai/Kimi-K2.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4.0, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "Pro/zai-org/GLM-5", "name": "Pro/zai-org/GLM-5", "reasoning": true, "input": ["text"], "cost": {"input": 1, "output": 3.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 205000, "maxTokens": 205000}
+{"id": "Pro/zai-org/GLM-5.1", "name": "Pro/zai-org/GLM-5.1", "reasoning": true, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 205000, "maxTokens": 205000}
+{"id": "Qwen/Qwen3-VL-235B-A22B-Instruct", "name": "Qwen/Qwen3-VL-235B-A22B-Instruct", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.3, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "Qwen/Qwen3-VL-235B-A22B-Thinking", "name": "Qwen/Qwen3-VL-235B-A22B-Thinking", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.45, "output": 3.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "Qwen/Qwen3-VL-30B-A3B-Instruct", "name": "Qwen/Qwen3-VL-30B-A3B-Instruct", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.29, "output": 1.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "Qwen/Qwen3-VL-30B-A3B-Thinking", "name": "Qwen/Qwen3-VL-30B-A3B-Thinking", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.29, "output": 1.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "Qwen/Qwen3-VL-32B-Instruct", "name": "Qwen/Qwen3-VL-32B-Instruct", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.2, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "Qwen/Qwen3-VL-32B-Thinking", "name": "Qwen/Qwen3-VL-32B-Thinking", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "Qwen/Qwen3-VL-8B-Instruct", "name": "Qwen/Qwen3-VL-8B-Instruct", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.18, "output": 0.68, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "Qwen/Qwen3.5-122B-A10B", "name": "Qwen/Qwen3.5-122B-A10B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.29, "output": 2.32, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "Qwen/Qwen3.5-27B", "name": "Qwen/Qwen3.5-27B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.26, "output": 2.09, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "Qwen/Qwen3.5-35B-A3B", "name": "Qwen/Qwen3.5-35B-A3B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.23, "output": 1.86, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "Qwen/Qwen3.5-397B-A17B", "name": "Qwen/Qwen3.5-397B-A17B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.29, "output": 1.74, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "Qwen/Qwen3.5-4B", "name": "Qwen/Qwen3.5-4B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "Qwen/Qwen3.5-9B", "name": "Qwen/Qwen3.5-9B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.22, "output": 1.74, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "Qwen/Qwen3.6-35B-A3B", "name": "Qwen/Qwen3.6-35B-A3B", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.23, "output": 1.86, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "deepseek-ai/DeepSeek-V3.2", "name": "deepseek-ai/DeepSeek-V3.2", "reasoning": true, "input": ["text"], "cost": {"input": 0.27, "output": 0.42, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 164000, "maxTokens": 164000}
+{"id": "deepseek-ai/DeepSeek-V4-Flash", "name": "DeepSeek V4 Flash", "reasoning": true, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.003, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000}
+{"id": "deepseek-ai/DeepSeek-V4-Pro", "name": "deepseek-ai/DeepSeek-V4-Pro", "reasoning": true, "input": ["text"], "cost": {"input": 1.74, "output": 3.48, "cacheRead": 0.145, "cacheWrite": 0}, "contextWindow": 1049000, "maxTokens": 393000}
+{"id": "stepfun-ai/Step-3.5-Flash", "name": "stepfun-ai/Step-3.5-Flash", "reasoning": true, "input": ["text"], "cost": {"input": 0.1, "output": 0.3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "zai-org/GLM-5.2", "name": "GLM-5.2", "reasoning": true, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 1049000, "maxTokens": 262000}
+""",
+    "upstage": r"""
+{"id": "solar-mini", "name": "solar-mini", "reasoning": false, "input": ["text"], "cost": {"input": 0.15, "output": 0.15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 32768, "maxTokens": 4096}
+{"id": "solar-pro2", "name": "solar-pro2", "reasoning": true, "input": ["text"], "cost": {"input": 0.25, "output": 0.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 65536, "maxTokens": 8192}
+{"id": "solar-pro3", "name": "solar-pro3", "reasoning": true, "input": ["text"], "cost": {"input": 0.25, "output": 0.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 8192}
+""",
+    "venice": r"""
+{"id": "arcee-trinity-large-thinking", "name": "Trinity Large Thinking", "reasoning": true, "input": ["text"], "cost": {"input": 0.3125, "output": 1.125, "cacheRead": 0.075, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 65536}
+{"id": "claude-fable-5", "name": "Claude Fable 5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 12, "output": 60, "cacheRead": 1.2, "cacheWrite": 15}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "claude-opus-4-7", "name": "Claude Opus 4.7", "reasoning": true, "input": ["text", "image"], "cost": {"input": 6, "output": 30, "cacheRead": 0.6, "cacheWrite": 7.5}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "claude-opus-4-7-fast", "name": "Claude Opus 4.7 Fast", "reasoning": true, "input": ["text", "image"], "cost": {"input": 36, "output": 180, "cacheRead": 3.6, "cacheWrite": 45}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "claude-opus-4-8", "name": "Claude Opus 4.8", "reasoning": true, "input": ["text", "image"], "cost": {"input": 6, "output": 30, "cacheRead": 0.6, "cacheWrite": 7.5}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "claude-opus-4-8-fast", "name": "Claude Opus 4.8 Fast", "reasoning": true, "input": ["text", "image"], "cost": {"input": 12, "output": 60, "cacheRead": 1.2, "cacheWrite": 15}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "deepseek-v4-flash", "name": "DeepSeek V4 Flash", "reasoning": true, "input": ["text"], "cost": {"input": 0.138, "output": 0.275, "cacheRead": 0.028, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 32768}
+{"id": "deepseek-v4-pro", "name": "DeepSeek V4 Pro", "reasoning": true, "input": ["text"], "cost": {"input": 1.65, "output": 3.301, "cacheRead": 0.33, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 32768}
+{"id": "gemini-3-1-pro-preview", "name": "Gemini 3.1 Pro Preview", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2.5, "output": 15, "cacheRead": 0.5, "cacheWrite": 0.5}, "contextWindow": 1000000, "maxTokens": 32768}
+{"id": "gemini-3-5-flash", "name": "Gemini 3.5 Flash", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.55, "output": 9.45, "cacheRead": 0.155, "cacheWrite": 0.086}, "contextWindow": 1000000, "maxTokens": 65536}
+{"id": "gemma-4-uncensored", "name": "Gemma 4 Uncensored", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.1625, "output": 0.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 8192}
+{"id": "grok-4-20", "name": "Grok 4.20", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.42, "output": 2.83, "cacheRead": 0.23, "cacheWrite": 0}, "contextWindow": 2000000, "maxTokens": 128000}
+{"id": "grok-4-3", "name": "Grok 4.3", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.42, "output": 2.83, "cacheRead": 0.23, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 32000}
+{"id": "grok-build-0-1", "name": "Grok Build 0.1", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1, "output": 2, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 65536}
+{"id": "kimi-k2-6", "name": "Kimi-K2.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.75, "output": 3.5, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 65536}
+{"id": "kimi-k2-7-code", "name": "Kimi K2.7 Code", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.9, "output": 4.3, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 65536}
+{"id": "mercury-2", "name": "Mercury 2", "reasoning": true, "input": ["text"], "cost": {"input": 0.3125, "output": 0.9375, "cacheRead": 0.03125, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 50000}
+{"id": "minimax-m3-preview", "name": "MiniMax M3 Preview", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 524288, "maxTokens": 65536}
+{"id": "mistral-small-2603", "name": "Mistral Small 4", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.1875, "output": 0.75, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 65536}
+{"id": "qwen-3-6-plus", "name": "Qwen 3.6 Plus Uncensored", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.625, "output": 3.75, "cacheRead": 0.0625, "cacheWrite": 0.78}, "contextWindow": 1000000, "maxTokens": 64000}
+{"id": "qwen3-5-35b-a3b", "name": "Qwen 3.5 35B A3B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.3125, "output": 1.25, "cacheRead": 0.15625, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 16384}
+{"id": "qwen3-5-9b", "name": "Qwen 3.5 9B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 32768}
+{"id": "qwen3-6-27b", "name": "Qwen 3.6 27B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.325, "output": 3.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 65536}
+{"id": "venice-uncensored-1-2", "name": "Venice Uncensored 1.2", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.2, "output": 0.9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "venice-uncensored-role-play", "name": "Venice Role Play Uncensored", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.5, "output": 2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096}
+""",
+    "zai": r"""
+{"id": "glm-4.5", "name": "GLM-4.5", "reasoning": true, "input": ["text"], "cost": {"input": 0.6, "output": 2.2, "cacheRead": 0.11, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 98304}
+{"id": "glm-4.5-air", "name": "GLM-4.5-Air", "reasoning": true, "input": ["text"], "cost": {"input": 0.2, "output": 1.1, "cacheRead": 0.03, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 98304}
+{"id": "glm-4.5-flash", "name": "GLM-4.5-Flash", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 98304}
+{"id": "glm-4.5v", "name": "GLM-4.5V", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.6, "output": 1.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 64000, "maxTokens": 16384}
+{"id": "glm-4.6", "name": "GLM-4.6", "reasoning": true, "input": ["text"], "cost": {"input": 0.6, "output": 2.2, "cacheRead": 0.11, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "glm-4.6v", "name": "GLM-4.6V", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.3, "output": 0.9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32768}
+{"id": "glm-4.7", "name": "GLM-4.7", "reasoning": true, "input": ["text"], "cost": {"input": 0.6, "output": 2.2, "cacheRead": 0.11, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "glm-4.7-flash", "name": "GLM-4.7-Flash", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072}
+{"id": "glm-4.7-flashx", "name": "GLM-4.7-FlashX", "reasoning": true, "input": ["text"], "cost": {"input": 0.07, "output": 0.4, "cacheRead": 0.01, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072}
+{"id": "glm-5", "name": "GLM-5", "reasoning": true, "input": ["text"], "cost": {"input": 1, "output": 3.2, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "glm-5-turbo", "name": "GLM-5-Turbo", "reasoning": true, "input": ["text"], "cost": {"input": 1.2, "output": 4.0, "cacheRead": 0.24, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072}
+{"id": "glm-5.1", "name": "GLM-5.1", "reasoning": true, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072}
+{"id": "glm-5.2", "name": "GLM-5.2", "reasoning": true, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 131072}
+{"id": "glm-5v-turbo", "name": "GLM-5V-Turbo", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.2, "output": 4.0, "cacheRead": 0.24, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072}
+""",
+    "zai-coding-plan": r"""
+{"id": "glm-4.5-air", "name": "GLM-4.5-Air", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 98304}
+{"id": "glm-4.7", "name": "GLM-4.7", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "glm-5-turbo", "name": "GLM-5-Turbo", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072}
+{"id": "glm-5.1", "name": "GLM-5.1", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072}
+{"id": "glm-5.2", "name": "GLM-5.2", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 131072}
+{"id": "glm-5v-turbo", "name": "GLM-5V-Turbo", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072}
+""",
+    "zhipuai": r"""
+{"id": "glm-4.5", "name": "GLM-4.5", "reasoning": true, "input": ["text"], "cost": {"input": 0.6, "output": 2.2, "cacheRead": 0.11, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 98304}
+{"id": "glm-4.5-air", "name": "GLM-4.5-Air", "reasoning": true, "input": ["text"], "cost": {"input": 0.2, "output": 1.1, "cacheRead": 0.03, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 98304}
+{"id": "glm-4.5-flash", "name": "GLM-4.5-Flash", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 98304}
+{"id": "glm-4.5v", "name": "GLM-4.5V", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.6, "output": 1.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 64000, "maxTokens": 16384}
+{"id": "glm-4.6", "name": "GLM-4.6", "reasoning": true, "input": ["text"], "cost": {"input": 0.6, "output": 2.2, "cacheRead": 0.11, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "glm-4.6v", "name": "GLM-4.6V", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.3, "output": 0.9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32768}
+{"id": "glm-4.7", "name": "GLM-4.7", "reasoning": true, "input": ["text"], "cost": {"input": 0.6, "output": 2.2, "cacheRead": 0.11, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "glm-4.7-flash", "name": "GLM-4.7-Flash", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072}
+{"id": "glm-4.7-flashx", "name": "GLM-4.7-FlashX", "reasoning": true, "input": ["text"], "cost": {"input": 0.07, "output": 0.4, "cacheRead": 0.01, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072}
+{"id": "glm-5", "name": "GLM-5", "reasoning": true, "input": ["text"], "cost": {"input": 1.0, "output": 3.2, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "glm-5.1", "name": "GLM-5.1", "reasoning": true, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072}
+{"id": "glm-5.2", "name": "GLM-5.2", "reasoning": true, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 131072}
+{"id": "glm-5v-turbo", "name": "GLM-5V-Turbo", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5.0, "output": 22.0, "cacheRead": 1.2, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072}
+""",
+    "zhipuai-coding-plan": r"""
+{"id": "glm-4.5-air", "name": "GLM-4.5-Air", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 98304}
+{"id": "glm-4.6v", "name": "GLM-4.6V", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.3, "output": 0.9, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32768}
+{"id": "glm-4.7", "name": "GLM-4.7", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "glm-5-turbo", "name": "GLM-5-Turbo", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072}
+{"id": "glm-5.1", "name": "GLM-5.1", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072}
+{"id": "glm-5.2", "name": "GLM-5.2", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 131072}
+{"id": "glm-5v-turbo", "name": "GLM-5V-Turbo", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072}
+""",
+    "baseten": r"""
+{"id": "deepseek-ai/DeepSeek-V4-Pro", "name": "Deepseek V4 Pro", "reasoning": true, "input": ["text"], "cost": {"input": 1.74, "output": 3.48, "cacheRead": 0.145, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "moonshotai/Kimi-K2.5", "name": "Kimi K2.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3, "cacheRead": 0.12, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "moonshotai/Kimi-K2.6", "name": "Kimi K2.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "moonshotai/Kimi-K2.7-Code", "name": "Kimi K2.7 Code", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "openai/gpt-oss-120b", "name": "OpenAI GPT 120B", "reasoning": true, "input": ["text"], "cost": {"input": 0.1, "output": 0.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128072, "maxTokens": 128072}
+{"id": "zai-org/GLM-4.7", "name": "GLM 4.7", "reasoning": true, "input": ["text"], "cost": {"input": 0.6, "output": 2.2, "cacheRead": 0.12, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 200000}
+{"id": "zai-org/GLM-5", "name": "GLM 5", "reasoning": true, "input": ["text"], "cost": {"input": 0.95, "output": 3.15, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 202800, "maxTokens": 202800}
+{"id": "zai-org/GLM-5.1", "name": "GLM 5.1", "reasoning": true, "input": ["text"], "cost": {"input": 1.3, "output": 4.3, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 202800, "maxTokens": 202800}
+{"id": "zai-org/GLM-5.2", "name": "GLM 5.2", "reasoning": true, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.3, "cacheWrite": 0}, "contextWindow": 202720, "maxTokens": 202720}
+""",
+    "llama": r"""
+{"id": "cerebras-llama-4-maverick-17b-128e-instruct", "name": "Cerebras-Llama-4-Maverick-17B-128E-Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096}
+{"id": "cerebras-llama-4-scout-17b-16e-instruct", "name": "Cerebras-Llama-4-Scout-17B-16E-Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096}
+{"id": "groq-llama-4-maverick-17b-128e-instruct", "name": "Groq-Llama-4-Maverick-17B-128E-Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096}
+{"id": "llama-3.3-70b-instruct", "name": "Llama-3.3-70B-Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096}
+{"id": "llama-3.3-8b-instruct", "name": "Llama-3.3-8B-Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096}
+{"id": "llama-4-maverick-17b-128e-instruct-fp8", "name": "Llama-4-Maverick-17B-128E-Instruct-FP8", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096}
+{"id": "llama-4-scout-17b-16e-instruct-fp8", "name": "Llama-4-Scout-17B-16E-Instruct-FP8", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096}
+""",
+    "lmstudio": r"""
+{"id": "openai/gpt-oss-20b", "name": "GPT OSS 20B", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768}
+{"id": "qwen/qwen3-30b-a3b-2507", "name": "Qwen3 30B A3B 2507", "reasoning": false, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 16384}
+{"id": "qwen/qwen3-coder-30b", "name": "Qwen3 Coder 30B", "reasoning": false, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+""",
+    "ollama": r"""
+{"id": "llama3.2", "name": "Llama 3.2", "reasoning": false, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 16384}
+""",
+    "llamacpp": r"""
+{"id": "default", "name": "Loaded model", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768}
+""",
+    "mistralrs": r"""
+{"id": "default", "name": "Loaded model", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768}
+""",
+    "ollama-cloud": r"""
+{"id": "deepseek-v3.1:671b", "name": "deepseek-v3.1:671b", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 163840, "maxTokens": 163840}
+{"id": "deepseek-v4-flash", "name": "deepseek-v4-flash", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 1048576}
+{"id": "deepseek-v4-pro", "name": "deepseek-v4-pro", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 1048576}
+{"id": "devstral-2:123b", "name": "devstral-2:123b", "reasoning": false, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "devstral-small-2:24b", "name": "devstral-small-2:24b", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "gemini-3-flash-preview", "name": "gemini-3-flash-preview", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemma4:31b", "name": "gemma4:31b", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "glm-4.7", "name": "glm-4.7", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 131072}
+{"id": "glm-5", "name": "glm-5", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 131072}
+{"id": "glm-5.1", "name": "glm-5.1", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 131072}
+{"id": "glm-5.2", "name": "GLM-5.2", "reasoning": true, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 976000, "maxTokens": 131072}
+{"id": "gpt-oss:120b", "name": "gpt-oss:120b", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768}
+{"id": "kimi-k2.5", "name": "kimi-k2.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "kimi-k2.6", "name": "kimi-k2.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "kimi-k2.7-code", "name": "kimi-k2.7-code", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4.0, "cacheRead": 0.19, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072}
+{"id": "minimax-m2.1", "name": "minimax-m2.1", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "minimax-m2.5", "name": "minimax-m2.5", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "minimax-m2.7", "name": "minimax-m2.7", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 196608, "maxTokens": 196608}
+{"id": "minimax-m3", "name": "minimax-m3", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 512000, "maxTokens": 131072}
+{"id": "mistral-large-3:675b", "name": "mistral-large-3:675b", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "nemotron-3-nano:30b", "name": "nemotron-3-nano:30b", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 131072}
+{"id": "nemotron-3-super", "name": "nemotron-3-super", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "qwen3-coder-next", "name": "qwen3-coder-next", "reasoning": false, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "qwen3.5:397b", "name": "qwen3.5:397b", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "rnj-1:8b", "name": "rnj-1:8b", "reasoning": false, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 32768, "maxTokens": 4096}
+""",
+    "opencode": r"""
+{"id": "big-pickle", "name": "Big Pickle", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0.0, "cacheWrite": 0.0}, "contextWindow": 200000, "maxTokens": 32000}
+{"id": "deepseek-v4-flash", "name": "DeepSeek V4 Flash", "reasoning": true, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.028, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000}
+{"id": "deepseek-v4-flash-free", "name": "DeepSeek V4 Flash Free", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 128000}
+{"id": "deepseek-v4-pro", "name": "DeepSeek V4 Pro", "reasoning": true, "input": ["text"], "cost": {"input": 1.74, "output": 3.84, "cacheRead": 0.145, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000}
+{"id": "glm-5", "name": "GLM-5", "reasoning": true, "input": ["text"], "cost": {"input": 1, "output": 3.2, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "glm-5.1", "name": "GLM-5.1", "reasoning": true, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "glm-5.2", "name": "GLM-5.2", "reasoning": true, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 131072}
+{"id": "grok-build-0.1", "name": "Grok Build 0.1", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.0, "output": 2.0, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 256000}
+{"id": "kimi-k2.5", "name": "Kimi K2.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3, "cacheRead": 0.08, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "kimi-k2.6", "name": "Kimi K2.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4.0, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "kimi-k2.7-code", "name": "Kimi K2.7 Code", "reasoning": true, "input": ["text"], "cost": {"input": 0.95, "output": 4.0, "cacheRead": 0.19, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072}
+{"id": "mimo-v2.5-free", "name": "MiMo V2.5 Free", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 32000}
+{"id": "minimax-m2.5", "name": "MiniMax M2.5", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "minimax-m2.7", "name": "MiniMax-M2.7", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "minimax-m3", "name": "MiniMax-M3", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 512000, "maxTokens": 128000}
+{"id": "nemotron-3-ultra-free", "name": "Nemotron 3 Ultra Free", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+""",
+    "vercel": r"""
+{"id": "alibaba/qwen-3.6-max-preview", "name": "Qwen 3.6 Max Preview", "reasoning": true, "input": ["text"], "cost": {"input": 1.3, "output": 7.8, "cacheRead": 0.26, "cacheWrite": 1.625}, "contextWindow": 240000, "maxTokens": 64000}
+{"id": "alibaba/qwen3.7-max", "name": "Qwen 3.7 Max", "reasoning": true, "input": ["text"], "cost": {"input": 1.25, "output": 3.75, "cacheRead": 0.25, "cacheWrite": 1.5625}, "contextWindow": 991000, "maxTokens": 64000}
+{"id": "alibaba/qwen3.7-plus", "name": "Qwen 3.7 Plus", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.4, "output": 1.6, "cacheRead": 0.08, "cacheWrite": 0.5}, "contextWindow": 1000000, "maxTokens": 65536}
+{"id": "anthropic/claude-opus-4.6", "name": "Claude Opus 4.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "anthropic/claude-opus-4.8", "name": "Claude Opus 4.8", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "anthropic/claude-sonnet-5", "name": "Claude Sonnet 5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2, "output": 10, "cacheRead": 0.2, "cacheWrite": 2.5}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "deepseek/deepseek-v4-flash", "name": "DeepSeek: DeepSeek V4 Flash", "reasoning": true, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.0028, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 384000}
+{"id": "deepseek/deepseek-v4-pro", "name": "DeepSeek: DeepSeek V4 Pro", "reasoning": true, "input": ["text"], "cost": {"input": 0.435, "output": 0.87, "cacheRead": 0.0036, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 384000}
+{"id": "google/gemini-3.1-flash-lite", "name": "Google: Gemini 3.1 Flash Lite", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 1.5, "cacheRead": 0.03, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 65000}
+{"id": "google/gemini-3.5-flash", "name": "Google: Gemini 3.5 Flash", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.5, "output": 9, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 64000}
+{"id": "minimax/minimax-m3", "name": "MiniMax M3", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.06, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 1000000}
+{"id": "mistral/mistral-medium-3.5", "name": "Mistral Medium Latest", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.5, "output": 7.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 256000}
+{"id": "moonshotai/kimi-k2.6", "name": "Kimi K2.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262000, "maxTokens": 262000}
+{"id": "moonshotai/kimi-k2.7-code", "name": "Kimi K2.7 Code", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4, "cacheRead": 0.19, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 32768}
+{"id": "nvidia/nemotron-3-ultra-550b-a55b", "name": "Nemotron 3 Ultra", "reasoning": true, "input": ["text"], "cost": {"input": 0.6, "output": 2.4, "cacheRead": 0.12, "cacheWrite": 0}, "contextWindow": 512300, "maxTokens": 65000}
+{"id": "openai/gpt-5.5", "name": "GPT 5.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 30, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "openai/gpt-5.5-pro", "name": "GPT 5.5 Pro", "reasoning": true, "input": ["text", "image"], "cost": {"input": 30, "output": 180, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "sakana/fugu-ultra", "name": "Fugu Ultra", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 30, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 1000000}
+{"id": "stepfun/step-3.7-flash", "name": "Step 3.7 Flash", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.15, "cacheRead": 0.04, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 16384}
+{"id": "xai/grok-4.3", "name": "Grok 4.3", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 2.5, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 1000000}
+{"id": "xai/grok-build-0.1", "name": "Grok Build 0.1", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1, "output": 2, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 256000}
+{"id": "xiaomi/mimo-v2.5", "name": "MiMo M2.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.0028, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 131100}
+{"id": "xiaomi/mimo-v2.5-pro", "name": "MiMo V2.5 Pro", "reasoning": true, "input": ["text"], "cost": {"input": 0.435, "output": 0.87, "cacheRead": 0.0036, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 131000}
+{"id": "zai/glm-5.2", "name": "GLM 5.2", "reasoning": true, "input": ["text"], "cost": {"input": 1.5, "output": 4.5, "cacheRead": 0.3, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "zai/glm-5.2-fast", "name": "GLM 5.2 Fast", "reasoning": true, "input": ["text"], "cost": {"input": 3, "output": 10.25, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+""",
+    "zenmux": r"""
+{"id": "anthropic/claude-3.5-haiku", "name": "Claude 3.5 Haiku", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.8, "output": 4.0, "cacheRead": 0.08, "cacheWrite": 1.0}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "anthropic/claude-3.7-sonnet", "name": "Claude 3.7 Sonnet", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3.0, "output": 15.0, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "anthropic/claude-fable-5", "name": "Claude Fable 5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 10.0, "output": 50.0, "cacheRead": 1.0, "cacheWrite": 12.5}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "anthropic/claude-haiku-4.5", "name": "Claude Haiku 4.5", "reasoning": false, "input": ["text", "image"], "cost": {"input": 1.0, "output": 5.0, "cacheRead": 0.1, "cacheWrite": 1.25}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "anthropic/claude-opus-4", "name": "Claude Opus 4", "reasoning": true, "input": ["text", "image"], "cost": {"input": 15.0, "output": 75.0, "cacheRead": 1.5, "cacheWrite": 18.75}, "contextWindow": 200000, "maxTokens": 32000}
+{"id": "anthropic/claude-opus-4.1", "name": "Claude Opus 4.1", "reasoning": true, "input": ["text", "image"], "cost": {"input": 15.0, "output": 75.0, "cacheRead": 1.5, "cacheWrite": 18.75}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "anthropic/claude-opus-4.5", "name": "Claude Opus 4.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "anthropic/claude-opus-4.6", "name": "Claude Opus 4.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "anthropic/claude-opus-4.7", "name": "Claude Opus 4.7", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "anthropic/claude-opus-4.8", "name": "Claude Opus 4.8", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "anthropic/claude-sonnet-4", "name": "Claude Sonnet 4", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3.0, "output": 15.0, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 1000000, "maxTokens": 64000}
+{"id": "anthropic/claude-sonnet-4.5", "name": "Claude Sonnet 4.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3.0, "output": 15.0, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 1000000, "maxTokens": 64000}
+{"id": "anthropic/claude-sonnet-4.6", "name": "Claude Sonnet 4.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3.0, "output": 15.0, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 1000000, "maxTokens": 64000}
+{"id": "minimax/minimax-m2", "name": "MiniMax M2", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.03, "cacheWrite": 0.38}, "contextWindow": 204000, "maxTokens": 64000}
+{"id": "minimax/minimax-m2.1", "name": "MiniMax M2.1", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.03, "cacheWrite": 0.38}, "contextWindow": 204000, "maxTokens": 64000}
+{"id": "minimax/minimax-m2.5", "name": "MiniMax M2.5", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0.03, "cacheWrite": 0.375}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "minimax/minimax-m2.5-lightning", "name": "MiniMax M2.5 highspeed", "reasoning": true, "input": ["text"], "cost": {"input": 0.6, "output": 4.8, "cacheRead": 0.06, "cacheWrite": 0.75}, "contextWindow": 204800, "maxTokens": 131072}
+{"id": "minimax/minimax-m2.7", "name": "MiniMax M2.7", "reasoning": true, "input": ["text"], "cost": {"input": 0.3055, "output": 1.2219, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131070}
+{"id": "minimax/minimax-m2.7-highspeed", "name": "MiniMax M2.7 highspeed", "reasoning": true, "input": ["text"], "cost": {"input": 0.611, "output": 2.4439, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 131070}
+{"id": "minimax/minimax-m3", "name": "MiniMax M3", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.6, "output": 2.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 512000, "maxTokens": 80000}
+""",
+    "gmi": r"""
+{"id": "Qwen/Qwen3.7-Max", "name": "Qwen: Qwen3.7 Max", "reasoning": true, "input": ["text"], "cost": {"input": 2.5, "output": 7.5, "cacheRead": 0.25, "cacheWrite": 3.125}, "contextWindow": 1000000, "maxTokens": 65536}
+{"id": "anthropic/claude-opus-4.6", "name": "Anthropic: Claude Opus 4.6", "reasoning": true, "input": ["text"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 409600, "maxTokens": 128000}
+{"id": "anthropic/claude-opus-4.7", "name": "Anthropic: Claude Opus 4.7", "reasoning": true, "input": ["text"], "cost": {"input": 4.5, "output": 22.5, "cacheRead": 0.45, "cacheWrite": 0}, "contextWindow": 409600, "maxTokens": 128000}
+{"id": "anthropic/claude-sonnet-4.6", "name": "Anthropic: Claude Sonnet 4.6", "reasoning": true, "input": ["text"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 0}, "contextWindow": 409600, "maxTokens": 128000}
+{"id": "deepseek-ai/DeepSeek-V4-Flash", "name": "DeepSeek V4 Flash", "reasoning": true, "input": ["text"], "cost": {"input": 0.112, "output": 0.224, "cacheRead": 0.022, "cacheWrite": 0}, "contextWindow": 1048575, "maxTokens": 384000}
+{"id": "deepseek-ai/DeepSeek-V4-Pro", "name": "deepseek-ai/DeepSeek-V4-Pro", "reasoning": true, "input": ["text"], "cost": {"input": 1.392, "output": 2.784, "cacheRead": 0.116, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 393000}
+{"id": "moonshotai/Kimi-K2.6", "name": "Kimi K2.6", "reasoning": true, "input": ["text"], "cost": {"input": 0.855, "output": 3.6, "cacheRead": 0.144, "cacheWrite": 0}, "contextWindow": 65536, "maxTokens": 65536}
+{"id": "zai-org/GLM-5-FP8", "name": "GLM 5", "reasoning": false, "input": ["text"], "cost": {"input": 0.6, "output": 1.92, "cacheRead": 0.12, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 200000}
+{"id": "zai-org/GLM-5.1-FP8", "name": "GLM-5.1 FP8", "reasoning": true, "input": ["text"], "cost": {"input": 0.98, "output": 3.08, "cacheRead": 0.182, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 131072}
+""",
+    "coreweave": r"""
+{"id": "MiniMaxAI/MiniMax-M2.5", "name": "MiniMax M2.5", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 196608, "maxTokens": 196608}
+{"id": "OpenPipe/Qwen3-14B-Instruct", "name": "OpenPipe Qwen3 14B Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.05, "output": 0.22, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 32768, "maxTokens": 32768}
+{"id": "Qwen/Qwen3-235B-A22B-Instruct-2507", "name": "Qwen3 235B A22B Instruct 2507", "reasoning": false, "input": ["text"], "cost": {"input": 0.1, "output": 0.1, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "Qwen/Qwen3-235B-A22B-Thinking-2507", "name": "Qwen3-235B-A22B-Thinking-2507", "reasoning": true, "input": ["text"], "cost": {"input": 0.1, "output": 0.1, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "Qwen/Qwen3-30B-A3B-Instruct-2507", "name": "Qwen3 30B A3B Instruct 2507", "reasoning": false, "input": ["text"], "cost": {"input": 0.1, "output": 0.3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "Qwen/Qwen3-Coder-480B-A35B-Instruct", "name": "Qwen3-Coder-480B-A35B-Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 1, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "deepseek-ai/DeepSeek-V3.1", "name": "DeepSeek V3.1", "reasoning": false, "input": ["text"], "cost": {"input": 0.55, "output": 1.65, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 161000, "maxTokens": 161000}
+{"id": "meta-llama/Llama-3.1-70B-Instruct", "name": "Llama 3.1 70B", "reasoning": false, "input": ["text"], "cost": {"input": 0.8, "output": 0.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000}
+{"id": "meta-llama/Llama-3.1-8B-Instruct", "name": "Meta-Llama-3.1-8B-Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.22, "output": 0.22, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000}
+{"id": "meta-llama/Llama-3.3-70B-Instruct", "name": "Llama-3.3-70B-Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.71, "output": 0.71, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000}
+{"id": "meta-llama/Llama-4-Scout-17B-16E-Instruct", "name": "Llama 4 Scout 17B 16E Instruct", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.17, "output": 0.66, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 64000, "maxTokens": 64000}
+{"id": "microsoft/Phi-4-mini-instruct", "name": "Phi-4-mini-instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.08, "output": 0.35, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000}
+{"id": "moonshotai/Kimi-K2.5", "name": "Kimi K2.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.5, "output": 2.85, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "nvidia/NVIDIA-Nemotron-3-Super-120B-A12B-FP8", "name": "NVIDIA Nemotron 3 Super 120B", "reasoning": true, "input": ["text"], "cost": {"input": 0.2, "output": 0.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "openai/gpt-oss-120b", "name": "gpt-oss-120b", "reasoning": true, "input": ["text"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072}
+{"id": "openai/gpt-oss-20b", "name": "gpt-oss-20b", "reasoning": true, "input": ["text"], "cost": {"input": 0.05, "output": 0.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072}
+{"id": "zai-org/GLM-5-FP8", "name": "GLM 5", "reasoning": false, "input": ["text"], "cost": {"input": 1, "output": 3.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 200000}
+{"id": "zai-org/GLM-5.1", "name": "GLM-5.1", "reasoning": true, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 16384}
+""",
+    "sakana": r"""
+{"id": "fugu-ultra", "name": "Fugu Ultra", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 30, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 1000000}
+""",
+    "wafer": r"""
+{"id": "GLM-5.1", "name": "GLM-5.1", "reasoning": true, "input": ["text"], "cost": {"input": 1.0, "output": 3.2, "cacheRead": 0.1, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 131072}
+{"id": "GLM-5.2", "name": "GLM-5.2", "reasoning": true, "input": ["text"], "cost": {"input": 1.2, "output": 4.1, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 131072}
+{"id": "Kimi-K2.6", "name": "Kimi-K2.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.68, "output": 3.15, "cacheRead": 0.07, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "Qwen3.5-397B-A17B", "name": "Qwen3.5-397B-A17B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.43, "output": 2.6, "cacheRead": 0.04, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "Qwen3.6-35B-A3B", "name": "Qwen3.6-35B-A3B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.15, "output": 1.0, "cacheRead": 0.02, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 65536}
+{"id": "deepseek-v4-flash", "name": "DeepSeek V4 Flash", "reasoning": true, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.01, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000}
+{"id": "deepseek-v4-pro", "name": "DeepSeek V4 Pro", "reasoning": true, "input": ["text"], "cost": {"input": 1.74, "output": 3.48, "cacheRead": 0.02, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000}
+{"id": "qwen3.7-max", "name": "Qwen3.7-Max", "reasoning": true, "input": ["text"], "cost": {"input": 5.0, "output": 15.0, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 65536}
+""",
+    "qianfan": r"""
+{"id": "ernie-4.5-turbo-128k", "name": "ERNIE 4.5 Turbo 128K", "reasoning": false, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 12288}
+""",
+    "umans": r"""
+{"id": "umans-coder", "name": "Umans Coder", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 16384}
+{"id": "umans-flash", "name": "Umans Flash", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 262144}
+{"id": "umans-glm-5.1", "name": "GLM 5.1", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 204800, "maxTokens": 16384}
+{"id": "umans-glm-5.2", "name": "GLM 5.2", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 405504, "maxTokens": 16384}
+{"id": "umans-kimi-k2.7", "name": "Kimi K2.7 Code", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 16384}
+{"id": "umans-qwen3.6-35b-a3b", "name": "Qwen3.6 35B A3B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 262144}
+""",
+    "kilo": r"""
+{"id": "anthropic/claude-opus-4.7-fast", "name": "Anthropic: Claude Opus 4.7 (Fast)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 30.0, "output": 150.0, "cacheRead": 3.0, "cacheWrite": 37.5}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "anthropic/claude-sonnet-4.6", "name": "Anthropic: Claude Sonnet 4.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "baidu/cobuddy:free", "name": "Baidu: CoBuddy (free)", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 65536}
+{"id": "google/gemini-3.1-flash-lite", "name": "Google: Gemini 3.1 Flash Lite", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 1.5, "cacheRead": 0.025, "cacheWrite": 0.08333}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "google/gemini-3.5-flash", "name": "Google: Gemini 3.5 Flash", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.5, "output": 9.0, "cacheRead": 0.15, "cacheWrite": 0.08333}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "ibm-granite/granite-4.1-8b", "name": "IBM: Granite 4.1 8B", "reasoning": false, "input": ["text"], "cost": {"input": 0.05, "output": 0.1, "cacheRead": 0.05, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072}
+{"id": "inclusionai/ring-2.6-1t", "name": "inclusionAI: Ring-2.6-1T", "reasoning": true, "input": ["text"], "cost": {"input": 0.075, "output": 0.625, "cacheRead": 0.015, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "mistralai/mistral-medium-3-5", "name": "Mistral: Mistral Medium 3.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.5, "output": 7.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+{"id": "nvidia/nemotron-3-nano-omni-30b-a3b-reasoning:free", "name": "NVIDIA: Nemotron 3 Nano Omni (free)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 65536}
+{"id": "openai/gpt-chat-latest", "name": "OpenAI: GPT Chat Latest", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5.0, "output": 30.0, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "openrouter/owl-alpha", "name": "Owl Alpha", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048756, "maxTokens": 262144}
+{"id": "poolside/laguna-m.1:free", "name": "Poolside: Laguna M.1 (free)", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768}
+{"id": "poolside/laguna-xs.2:free", "name": "Poolside: Laguna XS.2 (free)", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768}
+{"id": "qwen/qwen3.5-plus-20260420", "name": "Qwen: Qwen3.5 Plus 2026-04-20", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.4, "output": 2.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 65536}
+{"id": "qwen/qwen3.6-27b", "name": "Qwen: Qwen3.6 27B", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.325, "output": 3.25, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 65536}
+{"id": "qwen/qwen3.6-flash", "name": "Qwen: Qwen3.6 Flash", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 1.5, "cacheRead": 0, "cacheWrite": 0.3125}, "contextWindow": 1000000, "maxTokens": 65536}
+{"id": "qwen/qwen3.6-max-preview", "name": "Qwen: Qwen3.6 Max Preview", "reasoning": true, "input": ["text"], "cost": {"input": 1.04, "output": 6.24, "cacheRead": 0, "cacheWrite": 1.3}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "x-ai/grok-4.3", "name": "xAI: Grok 4.3", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 2.5, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 4096}
+{"id": "x-ai/grok-build-0.1", "name": "xAI: Grok Build 0.1", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.0, "output": 2.0, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 256000}
+{"id": "~anthropic/claude-haiku-latest", "name": "Anthropic: Claude Haiku Latest", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.0, "output": 5.0, "cacheRead": 0.1, "cacheWrite": 1.25}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "~anthropic/claude-sonnet-latest", "name": "Anthropic: Claude Sonnet Latest", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3.0, "output": 15.0, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "~google/gemini-flash-latest", "name": "Google: Gemini Flash Latest", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.5, "output": 3.0, "cacheRead": 0.05, "cacheWrite": 0.08333333}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "~google/gemini-pro-latest", "name": "Google: Gemini Pro Latest", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2.0, "output": 12.0, "cacheRead": 0.2, "cacheWrite": 0.375}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "~moonshotai/kimi-latest", "name": "MoonshotAI: Kimi Latest", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.74, "output": 3.49, "cacheRead": 0.14, "cacheWrite": 0}, "contextWindow": 262142, "maxTokens": 262142}
+{"id": "~openai/gpt-latest", "name": "OpenAI: GPT Latest", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5.0, "output": 30.0, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000}
+""",
+    "opencode-go": r"""
+{"id": "deepseek-v4-flash", "name": "DeepSeek V4 Flash", "reasoning": true, "input": ["text"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.0028, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000}
+{"id": "deepseek-v4-pro", "name": "DeepSeek V4 Pro", "reasoning": true, "input": ["text"], "cost": {"input": 1.74, "output": 3.48, "cacheRead": 0.0145, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 384000}
+{"id": "glm-5.1", "name": "GLM-5.1", "reasoning": true, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 32768}
+{"id": "glm-5.2", "name": "GLM-5.2", "reasoning": true, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 131072}
+{"id": "kimi-k2.6", "name": "Kimi K2.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4.0, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 65536}
+{"id": "kimi-k2.7-code", "name": "Kimi K2.7 Code", "reasoning": true, "input": ["text"], "cost": {"input": 0.95, "output": 4.0, "cacheRead": 0.19, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072}
+{"id": "mimo-v2.5", "name": "MiMo V2.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.14, "output": 0.28, "cacheRead": 0.0028, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "mimo-v2.5-pro", "name": "MiMo V2.5 Pro", "reasoning": true, "input": ["text"], "cost": {"input": 1.74, "output": 3.48, "cacheRead": 0.0145, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 128000}
+""",
+    "cloudflare-ai-gateway": r"""
+{"id": "gpt-4", "name": "GPT-4", "reasoning": false, "input": ["text"], "cost": {"input": 30.0, "output": 60.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 8192, "maxTokens": 8192}
+{"id": "gpt-4-turbo", "name": "GPT-4 Turbo", "reasoning": false, "input": ["text", "image"], "cost": {"input": 10.0, "output": 30.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096}
+{"id": "gpt-4o", "name": "GPT-4o", "reasoning": false, "input": ["text", "image"], "cost": {"input": 2.5, "output": 10.0, "cacheRead": 1.25, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384}
+{"id": "gpt-4o-mini", "name": "GPT-4o mini", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.15, "output": 0.6, "cacheRead": 0.08, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384}
+{"id": "gpt-5.1", "name": "GPT-5.1", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0.13, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.2", "name": "GPT-5.2", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.4", "name": "GPT-5.4", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2.5, "output": 15.0, "cacheRead": 0.25, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000}
+{"id": "gpt-5.5", "name": "OpenAI: GPT-5.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 30, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000}
+{"id": "o1", "name": "o1", "reasoning": true, "input": ["text", "image"], "cost": {"input": 15.0, "output": 60.0, "cacheRead": 7.5, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 100000}
+{"id": "o3", "name": "o3", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2.0, "output": 8.0, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 100000}
+{"id": "o3-mini", "name": "o3-mini", "reasoning": true, "input": ["text"], "cost": {"input": 1.1, "output": 4.4, "cacheRead": 0.55, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 100000}
+{"id": "o4-mini", "name": "o4-mini", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.1, "output": 4.4, "cacheRead": 0.28, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 100000}
+""",
+    "cloudflare-workers-ai": r"""
+{"id": "@cf/google/gemma-4-26b-a4b-it", "name": "Gemma 4 26B A4B IT", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 16384}
+{"id": "@cf/ibm-granite/granite-4.0-h-micro", "name": "Granite 4.0 H Micro", "reasoning": false, "input": ["text"], "cost": {"input": 0.017, "output": 0.112, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131000, "maxTokens": 131000}
+{"id": "@cf/meta/llama-4-scout-17b-16e-instruct", "name": "Llama 4 Scout 17B 16E Instruct", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.27, "output": 0.85, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131000, "maxTokens": 8192}
+{"id": "@cf/mistralai/mistral-small-3.1-24b-instruct", "name": "Mistral Small 3.1 24B Instruct", "reasoning": false, "input": ["text"], "cost": {"input": 0.351, "output": 0.555, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 128000}
+{"id": "@cf/moonshotai/kimi-k2.6", "name": "Kimi K2.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4, "cacheRead": 0.16, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 256000}
+{"id": "@cf/moonshotai/kimi-k2.7-code", "name": "Kimi K2.7 Code", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.95, "output": 4, "cacheRead": 0.19, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072}
+{"id": "@cf/nvidia/nemotron-3-120b-a12b", "name": "Nemotron 3 Super 120B", "reasoning": true, "input": ["text"], "cost": {"input": 0.5, "output": 1.5, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 256000}
+{"id": "@cf/openai/gpt-oss-120b", "name": "gpt-oss-120b", "reasoning": true, "input": ["text"], "cost": {"input": 0.35, "output": 0.75, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384}
+{"id": "@cf/openai/gpt-oss-20b", "name": "GPT OSS 20B", "reasoning": true, "input": ["text"], "cost": {"input": 0.2, "output": 0.3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384}
+{"id": "@cf/qwen/qwen3-30b-a3b-fp8", "name": "Qwen3 30B A3b fp8", "reasoning": true, "input": ["text"], "cost": {"input": 0.0509, "output": 0.335, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 32768, "maxTokens": 32768}
+{"id": "@cf/zai-org/glm-4.7-flash", "name": "GLM-4.7-Flash", "reasoning": true, "input": ["text"], "cost": {"input": 0.0605, "output": 0.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072}
+{"id": "@cf/zai-org/glm-5.2", "name": "Glm 5.2", "reasoning": true, "input": ["text"], "cost": {"input": 1.4, "output": 4.4, "cacheRead": 0.26, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 262144}
+""",
+    "google-vertex": r"""
+{"id": "claude-haiku-4-5@20251001", "name": "Claude Haiku 4.5 (latest)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1, "output": 5, "cacheRead": 0.1, "cacheWrite": 1.25}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "claude-opus-4-5@20251101", "name": "Claude Opus 4.5 (latest)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "claude-opus-4-6@default", "name": "Claude Opus 4.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "claude-opus-4-7@default", "name": "Claude Opus 4.7", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "claude-opus-4-8@default", "name": "Claude Opus 4.8", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "claude-sonnet-4-5@20250929", "name": "Claude Sonnet 4.5 (latest)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "claude-sonnet-4-6@default", "name": "Claude Sonnet 4.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "claude-sonnet-5@default", "name": "Claude Sonnet 5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2, "output": 10, "cacheRead": 0.2, "cacheWrite": 2.5}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "gemini-2.5-flash", "name": "Gemini 2.5 Flash (Vertex)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.3, "output": 2.5, "cacheRead": 0.03, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-2.5-flash-lite", "name": "Gemini 2.5 Flash Lite (Vertex)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.4, "cacheRead": 0.01, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-2.5-flash-lite-preview-09-2025", "name": "Gemini 2.5 Flash Lite Preview 09-25 (Vertex)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.4, "cacheRead": 0.01, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-2.5-pro", "name": "Gemini 2.5 Pro (Vertex)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-3-flash-preview", "name": "Gemini 3 Flash Preview (Vertex)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.5, "output": 3, "cacheRead": 0.05, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-3-pro-preview", "name": "Gemini 3 Pro Preview (Vertex)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2, "output": 12, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 64000}
+{"id": "gemini-3.1-flash-lite", "name": "Gemini 3.1 Flash Lite", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 1.5, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-3.1-pro-preview", "name": "Gemini 3.1 Pro Preview (Vertex)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2, "output": 12, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-3.1-pro-preview-customtools", "name": "Gemini 3.1 Pro Preview Custom Tools", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2, "output": 12, "cacheRead": 0.2, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-3.5-flash", "name": "Gemini 3.5 Flash", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.5, "output": 9, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-flash-latest", "name": "Gemini Flash Latest", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.3, "output": 2.5, "cacheRead": 0.075, "cacheWrite": 0.383}, "contextWindow": 1048576, "maxTokens": 65536}
+{"id": "gemini-flash-lite-latest", "name": "Gemini Flash-Lite Latest", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.4, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65536}
+""",
+    "amazon-bedrock": r"""
+{"id": "anthropic.claude-opus-4-6-v1", "name": "Claude Opus 4.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "anthropic.claude-opus-4-7", "name": "Claude Opus 4.7", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "anthropic.claude-opus-4-8", "name": "Claude Opus 4.8", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "anthropic.claude-sonnet-4-6", "name": "Claude Sonnet 4.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 1000000, "maxTokens": 64000}
+{"id": "anthropic.claude-sonnet-5", "name": "Claude Sonnet 5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2, "output": 10, "cacheRead": 0.2, "cacheWrite": 2.5}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "deepseek.v3.2", "name": "DeepSeek-V3.2", "reasoning": true, "input": ["text"], "cost": {"input": 0.62, "output": 1.85, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 163840, "maxTokens": 81920}
+{"id": "global.anthropic.claude-fable-5", "name": "Claude Fable 5 (Global)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 10, "output": 50, "cacheRead": 1, "cacheWrite": 12.5}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "global.anthropic.claude-opus-4-6-v1", "name": "Claude Opus 4.6 (Global)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "global.anthropic.claude-opus-4-7", "name": "Claude Opus 4.7 (Global)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "global.anthropic.claude-opus-4-8", "name": "Claude Opus 4.8 (Global)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "global.anthropic.claude-sonnet-4-6", "name": "Claude Sonnet 4.6 (Global)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 1000000, "maxTokens": 64000}
+{"id": "global.anthropic.claude-sonnet-5", "name": "Claude Sonnet 5 (Global)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2, "output": 10, "cacheRead": 0.2, "cacheWrite": 2.5}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "minimax.minimax-m2.5", "name": "MiniMax M2.5", "reasoning": true, "input": ["text"], "cost": {"input": 0.3, "output": 1.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 196608, "maxTokens": 98304}
+{"id": "mistral.devstral-2-123b", "name": "Devstral 2 123B", "reasoning": false, "input": ["text"], "cost": {"input": 0.4, "output": 2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 8192}
+{"id": "moonshotai.kimi-k2.5", "name": "Kimi K2.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.6, "output": 3, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 256000}
+{"id": "nvidia.nemotron-super-3-120b", "name": "NVIDIA Nemotron 3 Super 120B A12B", "reasoning": true, "input": ["text"], "cost": {"input": 0.15, "output": 0.65, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 131072}
+{"id": "qwen.qwen3-coder-next", "name": "Qwen3 Coder Next", "reasoning": true, "input": ["text"], "cost": {"input": 0.22, "output": 1.8, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 65536}
+{"id": "us.anthropic.claude-fable-5", "name": "Claude Fable 5 (US)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 10, "output": 50, "cacheRead": 1, "cacheWrite": 12.5}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "us.anthropic.claude-opus-4-6-v1", "name": "Claude Opus 4.6 (US)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "us.anthropic.claude-opus-4-7", "name": "Claude Opus 4.7 (US)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5.0, "output": 25.0, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "us.anthropic.claude-opus-4-8", "name": "Claude Opus 4.8 (US)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "us.anthropic.claude-sonnet-4-6", "name": "Claude Sonnet 4.6 (US)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 1000000, "maxTokens": 64000}
+{"id": "us.anthropic.claude-sonnet-5", "name": "Claude Sonnet 5 (US)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2, "output": 10, "cacheRead": 0.2, "cacheWrite": 2.5}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "zai.glm-4.7-flash", "name": "GLM-4.7-Flash", "reasoning": true, "input": ["text"], "cost": {"input": 0.07, "output": 0.4, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 131072}
+{"id": "zai.glm-5", "name": "GLM-5", "reasoning": true, "input": ["text"], "cost": {"input": 1.0, "output": 3.2, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 202752, "maxTokens": 101376}
+""",
+    "sap-ai-core": r"""
+{"id": "gpt-4.1", "name": "gpt-4.1", "reasoning": false, "input": ["text", "image"], "cost": {"input": 2.0, "output": 8.0, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1047576, "maxTokens": 32768}
+{"id": "gpt-4.1-mini", "name": "gpt-4.1-mini", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.4, "output": 1.6, "cacheRead": 0.1, "cacheWrite": 0}, "contextWindow": 1047576, "maxTokens": 32768}
+{"id": "gpt-5", "name": "gpt-5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10.0, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5-mini", "name": "gpt-5-mini", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 2.0, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5-nano", "name": "gpt-5-nano", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.05, "output": 0.4, "cacheRead": 0.005, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.4", "name": "gpt-5.4", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2.5, "output": 15.0, "cacheRead": 0.25, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000}
+{"id": "gpt-5.5", "name": "gpt-5.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5.0, "output": 30.0, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000}
+""",
+    "azure-openai": r"""
+{"id": "codex-mini", "name": "Codex Mini", "reasoning": true, "input": ["text"], "cost": {"input": 1.5, "output": 6.0, "cacheRead": 0.375, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 100000}
+{"id": "gpt-4.1", "name": "GPT-4.1", "reasoning": false, "input": ["text", "image"], "cost": {"input": 2, "output": 8, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1047576, "maxTokens": 32768}
+{"id": "gpt-4.1-mini", "name": "GPT-4.1 mini", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.4, "output": 1.6, "cacheRead": 0.1, "cacheWrite": 0}, "contextWindow": 1047576, "maxTokens": 32768}
+{"id": "gpt-4.1-nano", "name": "GPT-4.1 nano", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.4, "cacheRead": 0.03, "cacheWrite": 0}, "contextWindow": 1047576, "maxTokens": 32768}
+{"id": "gpt-5", "name": "GPT-5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5-codex", "name": "GPT-5-Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5-mini", "name": "GPT-5 Mini", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 2, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5-nano", "name": "GPT-5 Nano", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.05, "output": 0.4, "cacheRead": 0.005, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5-pro", "name": "GPT-5 Pro", "reasoning": true, "input": ["text", "image"], "cost": {"input": 15, "output": 120, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 272000}
+{"id": "gpt-5.1", "name": "GPT-5.1", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.13, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.1-codex", "name": "GPT-5.1 Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.1-codex-max", "name": "GPT-5.1 Codex Max", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.1-codex-mini", "name": "GPT-5.1 Codex mini", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 2, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.2", "name": "GPT-5.2", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.2-chat", "name": "GPT-5.2 Chat", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384}
+{"id": "gpt-5.2-codex", "name": "GPT-5.2 Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.3-chat", "name": "GPT-5.3 Chat", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384}
+{"id": "gpt-5.3-codex", "name": "GPT-5.3 Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.4", "name": "GPT-5.4", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2.5, "output": 15, "cacheRead": 0.25, "cacheWrite": 0}, "contextWindow": 272000, "maxTokens": 128000}
+{"id": "gpt-5.4-mini", "name": "GPT-5.4 Mini", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.75, "output": 4.5, "cacheRead": 0.075, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.4-nano", "name": "GPT-5.4 Nano", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.25, "cacheRead": 0.02, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.4-pro", "name": "GPT-5.4 Pro", "reasoning": true, "input": ["text", "image"], "cost": {"input": 30, "output": 180, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000}
+{"id": "gpt-5.5", "name": "GPT-5.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 30, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000}
+{"id": "o3", "name": "o3", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2, "output": 8, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 100000}
+{"id": "o4-mini", "name": "o4-mini", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.1, "output": 4.4, "cacheRead": 0.28, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 100000}
+""",
+    "github-copilot": r"""
+{"id": "claude-fable-5", "name": "Claude Fable 5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 10, "output": 50, "cacheRead": 1, "cacheWrite": 12.5}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "claude-haiku-4.5", "name": "Claude Haiku 4.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000}
+{"id": "claude-opus-4.5", "name": "Claude Opus 4.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000}
+{"id": "claude-opus-4.6", "name": "Claude Opus 4.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 64000}
+{"id": "claude-opus-4.7", "name": "Claude Opus 4.7", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 200000, "maxTokens": 32000}
+{"id": "claude-opus-4.8", "name": "Claude Opus 4.8", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "claude-sonnet-4", "name": "Claude Sonnet 4", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16000}
+{"id": "claude-sonnet-4.5", "name": "Claude Sonnet 4.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000}
+{"id": "claude-sonnet-4.6", "name": "Claude Sonnet 4.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000}
+{"id": "claude-sonnet-5", "name": "Claude Sonnet 5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2.0, "output": 10.0, "cacheRead": 0.2, "cacheWrite": 2.5}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "gemini-2.5-pro", "name": "Gemini 2.5 Pro", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 64000}
+{"id": "gemini-3-flash-preview", "name": "Gemini 3 Flash", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 64000}
+{"id": "gemini-3-pro-preview", "name": "Gemini 3 Pro Preview", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 64000}
+{"id": "gemini-3.1-pro-preview", "name": "Gemini 3.1 Pro Preview", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 64000}
+{"id": "gemini-3.5-flash", "name": "Gemini 3.5 Flash", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.5, "output": 9, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "gpt-4.1", "name": "GPT-4.1", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 64000, "maxTokens": 16384}
+{"id": "grok-code-fast-1", "name": "Grok Code Fast 1", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 64000}
+""",
+    "gitlab": r"""
+{"id": "duo-chat-gpt-5-1", "name": "Agentic Chat (GPT-5.1)", "reasoning": false, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "duo-chat-gpt-5-2", "name": "Agentic Chat (GPT-5.2)", "reasoning": false, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "duo-chat-gpt-5-2-codex", "name": "Agentic Chat (GPT-5.2 Codex)", "reasoning": false, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "duo-chat-gpt-5-3-codex", "name": "Agentic Chat (GPT-5.3 Codex)", "reasoning": false, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "duo-chat-gpt-5-4", "name": "Agentic Chat (GPT-5.4)", "reasoning": false, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000}
+{"id": "duo-chat-gpt-5-4-mini", "name": "Agentic Chat (GPT-5.4 Mini)", "reasoning": false, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "duo-chat-gpt-5-4-nano", "name": "Agentic Chat (GPT-5.4 Nano)", "reasoning": false, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "duo-chat-gpt-5-5", "name": "Agentic Chat (GPT-5.5)", "reasoning": false, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000}
+{"id": "duo-chat-gpt-5-codex", "name": "Agentic Chat (GPT-5 Codex)", "reasoning": false, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "duo-chat-gpt-5-mini", "name": "Agentic Chat (GPT-5 Mini)", "reasoning": false, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "duo-chat-haiku-4-5", "name": "Agentic Chat (Claude Haiku 4.5)", "reasoning": false, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "duo-chat-opus-4-5", "name": "Agentic Chat (Claude Opus 4.5)", "reasoning": false, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "duo-chat-opus-4-6", "name": "Agentic Chat (Claude Opus 4.6)", "reasoning": false, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 64000}
+{"id": "duo-chat-opus-4-7", "name": "Agentic Chat (Claude Opus 4.7)", "reasoning": false, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 64000}
+{"id": "duo-chat-opus-4-8", "name": "Agentic Chat (Claude Opus 4.8)", "reasoning": false, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "duo-chat-sonnet-4-5", "name": "Agentic Chat (Claude Sonnet 4.5)", "reasoning": false, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 64000}
+{"id": "duo-chat-sonnet-4-6", "name": "Agentic Chat (Claude Sonnet 4.6)", "reasoning": false, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1000000, "maxTokens": 64000}
+""",
+    "github-models": r"""
+{"id": "cohere/cohere-command-a", "name": "Cohere Command A", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096}
+{"id": "deepseek/deepseek-r1", "name": "DeepSeek-R1", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 65536, "maxTokens": 8192}
+{"id": "deepseek/deepseek-r1-0528", "name": "DeepSeek-R1-0528", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 65536, "maxTokens": 8192}
+{"id": "deepseek/deepseek-v3-0324", "name": "DeepSeek-V3-0324", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "meta/llama-3.2-11b-vision-instruct", "name": "Llama-3.2-11B-Vision-Instruct", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "meta/llama-3.2-90b-vision-instruct", "name": "Llama-3.2-90B-Vision-Instruct", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "meta/llama-3.3-70b-instruct", "name": "Llama-3.3-70B-Instruct", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32768}
+{"id": "meta/llama-4-maverick-17b-128e-instruct-fp8", "name": "Llama 4 Maverick 17B 128E Instruct FP8", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "meta/llama-4-scout-17b-16e-instruct", "name": "Llama 4 Scout 17B 16E Instruct", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "microsoft/mai-ds-r1", "name": "MAI-DS-R1", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 65536, "maxTokens": 8192}
+{"id": "microsoft/phi-4", "name": "Phi-4", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 16000, "maxTokens": 4096}
+{"id": "microsoft/phi-4-mini-instruct", "name": "Phi-4-mini-instruct", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096}
+{"id": "microsoft/phi-4-mini-reasoning", "name": "Phi-4-mini-reasoning", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096}
+{"id": "microsoft/phi-4-multimodal-instruct", "name": "Phi-4-multimodal-instruct", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096}
+{"id": "microsoft/phi-4-reasoning", "name": "Phi-4-Reasoning", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4096}
+{"id": "mistral-ai/codestral-2501", "name": "Codestral 25.01", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 32000, "maxTokens": 8192}
+{"id": "mistral-ai/ministral-3b", "name": "Ministral 3B", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "mistral-ai/mistral-large-2411", "name": "Mistral Large 24.11", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32768}
+{"id": "mistral-ai/mistral-medium-2505", "name": "Mistral Medium 3 (25.05)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32768}
+{"id": "mistral-ai/mistral-small-2503", "name": "Mistral Small 3.1", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32768}
+{"id": "openai/gpt-4.1", "name": "GPT-4.1", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384}
+{"id": "openai/gpt-4.1-mini", "name": "GPT-4.1-mini", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384}
+{"id": "openai/gpt-4.1-nano", "name": "GPT-4.1-nano", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384}
+{"id": "xai/grok-3", "name": "Grok 3", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192}
+{"id": "xai/grok-3-mini", "name": "Grok 3 Mini", "reasoning": true, "input": ["text"], "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 8192}
+""",
+    "faux": r"""
+{"id": "faux-1", "name": "Faux 1", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384}
+""",
 }
 
 ALIASES = {

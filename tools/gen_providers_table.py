@@ -738,7 +738,7 @@ PROVIDERS maps a canonical provider id to a row:
   envKeys         env vars tried in order for the credential
   auth            bearer | x-api-key | api-key | x-goog-api-key | none | oauth | sigv4 |
                   copilot | sap
-  defaultModel    model used when only the provider is given (a key of "models")
+  defaultModel    model used when only the provider is given (listed in MODELS)
   reasoning, input, contextWindow, maxTokens
                   defaults for model ids not listed in "models"
   baseline        true for the 85 canonical ids of the original provider baseline
@@ -746,9 +746,12 @@ PROVIDERS maps a canonical provider id to a row:
   urlDefaults     optional: placeholder -> value when no env var is set
   compat          optional: openai-completions quirks (thinkingFormat, supportsStore, ...)
   headers         optional: static extra request headers
-  models          known models: id -> {name, reasoning, input, cost, contextWindow,
-                  maxTokens, compat?}; cost is USD per million tokens
-                  {input, output, cacheRead, cacheWrite}, 0 where unknown
+
+MODELS maps a provider id to its known models as JSON lines, one model a line:
+  {"id", "name", "reasoning", "input", "cost", "contextWindow", "maxTokens", "compat"?}
+  cost is USD per million tokens {input, output, cacheRead, cacheWrite}, 0 where
+  unknown. Strings, not dict literals, so importing this module compiles in a few
+  milliseconds; pi_min parses only the provider it is asked for.
 
 ALIASES maps a lowercase alias to its canonical provider id.
 """
@@ -769,10 +772,15 @@ def render(providers, aliases):
                 if isinstance(v, dict):
                     v = {kk: v[kk] for kk in sorted(v)}
                 out.append("        %s: %s,\n" % (json.dumps(k), fmt(v)))
-        out.append('        "models": {\n')
+        out.append("    },\n")
+    out.append("}\n\nMODELS = {\n")
+    for pid, p in providers.items():
+        out.append('    %s: r"""\n' % json.dumps(pid))
         for mid in sorted(p["models"]):
-            out.append("            %s: %s,\n" % (json.dumps(mid), fmt(p["models"][mid])))
-        out.append("        },\n    },\n")
+            line = json.dumps(dict({"id": mid}, **p["models"][mid]), ensure_ascii=False)
+            assert '"""' not in line and "\n" not in line
+            out.append(line + "\n")
+        out.append('""",\n')
     out.append("}\n\nALIASES = {\n")
     for a in sorted(aliases):
         out.append("    %s: %s,\n" % (json.dumps(a), json.dumps(aliases[a])))
