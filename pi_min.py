@@ -185,9 +185,30 @@ class SSEParser:
                 raise PiError("stream line longer than 16 MiB", "protocol")
             self._parts.append(rest)
         out: list = []
-        line = self._line
+        if not self._started and lines:
+            self._line(lines.pop(0), out)  # the first line may start with a BOM
+        data = self._data
         for raw in lines:
-            line(raw, out)
+            if raw[:5] == b"data:":  # fast path for the common line
+                if len(raw) > MAX_FRAME:
+                    raise PiError("stream line longer than 16 MiB", "protocol")
+                try:
+                    value = (raw[6:] if raw[5:6] == b" " else raw[5:]).decode("utf-8")
+                except UnicodeDecodeError:
+                    raise PiError("stream is not valid UTF-8", "protocol") from None
+                data.append(value)
+                self._data_size += len(value)
+                if self._data_size > MAX_FRAME:
+                    raise PiError("stream event larger than 16 MiB", "protocol")
+            elif not raw:
+                if data:
+                    out.append((self._event or "message", "\n".join(data)))
+                    self._data = data = []
+                    self._data_size = 0
+                self._event = ""
+            else:
+                self._line(raw, out)
+                data = self._data
         return out
 
     def close(self) -> list:
