@@ -422,6 +422,45 @@ def _recv(sock, deadline: float, signal) -> bytes:
             raise PiError(f"connection error: {e}", "network") from None
 
 
+def _open_socket(host: str, port: int, timeout: float, signal, where: str):
+    """TCP connect that gives up after ``timeout`` and notices the abort signal."""
+    import errno
+    import select
+    import socket
+    deadline = time.monotonic() + timeout
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise PiError(f"cannot resolve {host}: {e}", "network") from None
+    error = None
+    for family, kind, proto, _, addr in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            err = sock.connect_ex(addr)
+            while err in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY, 10035):
+                if signal is not None and signal.is_set():
+                    raise PiError("Request was aborted", "aborted")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    err = errno.ETIMEDOUT
+                    break
+                _, writable, _ = select.select([], [sock], [], min(left, 0.05) if signal is not None else left)
+                if writable:
+                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err))
+            sock.settimeout(timeout)
+            return sock
+        except OSError as e:
+            sock.close()
+            error = e
+        except BaseException:
+            sock.close()
+            raise
+    raise PiError(f"cannot connect to {where}: {error}", "network")
+
+
 def _connect(scheme: str, host: str, port: int, timeout: float, signal):
     """The one function that opens connections: proxy tunnel, TLS, TCP_NODELAY."""
     import socket
@@ -429,11 +468,8 @@ def _connect(scheme: str, host: str, port: int, timeout: float, signal):
     target_host, target_port = host, port
     if proxy:
         _, target_host, target_port, _ = _split_url(proxy)
-    try:
-        sock = socket.create_connection((target_host, target_port), timeout=min(timeout, 30.0))
-    except OSError as e:
-        where = f"proxy {target_host}:{target_port}" if proxy else f"{host}:{port}"
-        raise PiError(f"cannot connect to {where}: {e}", "network") from None
+    where = f"proxy {target_host}:{target_port}" if proxy else f"{host}:{port}"
+    sock = _open_socket(target_host, target_port, min(timeout, 30.0), signal, where)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if proxy and scheme == "https":
@@ -494,7 +530,7 @@ def _request(method: str, url: str, headers: dict, body: bytes, timeout: float, 
         hostport = f"[{host}]" + hostport[len(host):]
     if proxy and scheme == "http":
         target = f"http://{hostport}{target}"
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {hostport}"]
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {hostport}", "Accept-Encoding: identity"]
     for name, value in headers.items():
         value = str(value)
         if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
@@ -570,7 +606,13 @@ class _Response:
         """The body bytes as they arrive (chunked framing removed); calling it
         again continues where the last iteration stopped."""
         if self._body is None:
-            self._body = self._iter_body()
+            body = self._iter_body()
+            encoding = self.headers.get("content-encoding", "identity").strip().lower()
+            if encoding in ("gzip", "x-gzip", "deflate"):  # sent despite Accept-Encoding: identity
+                body = _inflate(body)
+            elif encoding not in ("", "identity"):
+                raise PiError(f"unsupported Content-Encoding {encoding!r}", "protocol")
+            self._body = body
         return self._body
 
     def _iter_body(self):
@@ -702,6 +744,21 @@ class _Response:
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
+
+
+def _inflate(pieces):
+    import zlib
+    d = zlib.decompressobj(47)  # gzip or zlib header, detected
+    try:
+        for piece in pieces:
+            data = d.decompress(piece)
+            if data:
+                yield data
+        data = d.flush()
+    except zlib.error as e:
+        raise PiError(f"bad compressed response body: {e}", "protocol") from None
+    if data:
+        yield data
 
 
 def _parse_retry_after(headers: dict):
@@ -1985,6 +2042,9 @@ def _http_error(resp, provider: str) -> PiError:
     elif text[:1] == "<":
         message = f"(HTML error page, {len(text)} bytes)"
     message = " ".join((message or resp.reason or "no body").split())[:2000]
+    if 300 <= resp.status < 400:
+        where = resp.headers.get("location") or "elsewhere"
+        message = f"redirected to {where}; use that as the base URL"
     e = PiError(f"HTTP {resp.status} from {provider}: {message}", _classify(resp.status, message, code), resp.status)
     e.retry_after = _parse_retry_after(resp.headers)
     e.no_retry = code in ("insufficient_quota", "credit_balance_exhausted") or "insufficient_quota" in text
@@ -2030,7 +2090,7 @@ def _run(model: dict, ctx: dict, o: _Options) -> "Iterator[dict]":
                 if o.signal is not None and o.signal.is_set():
                     raise PiError("Request was aborted", "aborted")
                 resp = opener(model, ctx, o) if opener else _request("POST", url, headers, data, o.timeout, o.signal)
-                if resp.status >= 400:
+                if not 200 <= resp.status < 300:
                     err = _http_error(resp, model["provider"])
                     resp.close()
                     resp = None

@@ -175,3 +175,41 @@ def test_plain_text_200_is_a_protocol_error(server):
     server.script([Reply(headers={"Content-Type": "text/plain"}, body=b"internal error, try later")])
     msg = call(server)
     assert msg["errorKind"] == "protocol" and "text/plain" in msg["errorMessage"]
+
+
+def test_gzip_body_is_inflated(server):
+    import gzip
+    server.script([Reply(headers={"Content-Type": "text/event-stream", "Content-Encoding": "gzip"},
+                         body=gzip.compress(HELLO), mode="chunked", split=True)])
+    msg = call(server)
+    assert text(msg) == "Hello"
+    assert server.requests[0].headers["accept-encoding"] == "identity"
+
+
+def test_redirect_is_an_error_naming_the_target(server):
+    server.script([Reply(308, {"Location": "https://new.example/v1/chat/completions"}, b"")])
+    msg = call(server)
+    assert msg["errorStatus"] == 308 and "https://new.example/v1" in msg["errorMessage"]
+    assert msg["errorKind"] == "invalid_request"
+
+
+def test_connect_timeout_and_abort_during_connect(monkeypatch):
+    # A connect that never completes (a black-holed SYN), simulated at the socket call so
+    # no packet leaves loopback: the abort must end the wait, and later the timeout.
+    import errno
+    import socket
+    real = socket.socket.connect_ex
+
+    def never(self, addr):
+        return errno.EINPROGRESS
+    monkeypatch.setattr(socket.socket, "connect_ex", never)
+    monkeypatch.setattr("select.select", lambda r, w, x, t=None: (time.sleep(min(t or 0, 0.05)), ([], [], []))[1])
+    signal = threading.Event()
+    threading.Timer(0.2, signal.set).start()
+    started = time.monotonic()
+    msg = pi_min.complete("groq", "hi", base_url="http://127.0.0.1:9/v1", api_key="k", signal=signal, timeout=20)
+    assert msg["stopReason"] == "aborted"
+    assert time.monotonic() - started < 10
+    msg = pi_min.complete("groq", "hi", base_url="http://127.0.0.1:9/v1", api_key="k", timeout=0.3, max_retries=0)
+    assert msg["errorKind"] == "network" and "cannot connect" in msg["errorMessage"]
+    monkeypatch.setattr(socket.socket, "connect_ex", real)
