@@ -1204,6 +1204,7 @@ _OC_COMPAT = {
     "toolIdFormat": None,               # None (<=40 chars) | "mistral" (9 alphanumerics)
     "supportsStrictMode": False,        # send "strict": false on tools
     "openRouterRouting": None,          # merged into the body as "provider"
+    "cacheControlFor": None,            # model-id prefix whose prompts get cache_control marks
 }
 
 _OC_FINISH = {
@@ -1381,10 +1382,30 @@ def _oc_build(model: dict, ctx: dict, o: "_Options"):
         body["prompt_cache_key"] = o.session_id
         if o.cache_retention == "long":
             body["prompt_cache_retention"] = "24h"
+    prefix = compat.get("cacheControlFor")
+    if prefix and model["id"].startswith(prefix) and o.cache_retention != "none":
+        _mark_cache(body["messages"])
     if compat.get("openRouterRouting"):
         body["provider"] = compat["openRouterRouting"]
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
     return _join_url(o.url, "chat/completions"), headers, body
+
+
+def _mark_cache(messages: list) -> None:
+    """Anthropic models behind an OpenAI-style gateway cache up to a marked block:
+    mark the last text of the last user or assistant message."""
+    for msg in reversed(messages):
+        if msg["role"] not in ("user", "assistant"):
+            continue
+        content = msg.get("content")
+        if isinstance(content, str) and content:
+            msg["content"] = [{"type": "text", "text": content, "cache_control": {"type": "ephemeral"}}]
+            return
+        if isinstance(content, list):
+            for part in reversed(content):
+                if part.get("type") == "text":
+                    part["cache_control"] = {"type": "ephemeral"}
+                    return
 
 
 def _oc_usage(b: _Builder, usage: dict) -> None:

@@ -198,7 +198,7 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "compat": {"thinkingFormat": "openrouter"},
+        "compat": {"cacheControlFor": "anthropic/", "thinkingFormat": "openrouter"},
         "headers": {"HTTP-Referer": "https://github.com/pi-min/pi_min", "X-Title": "pi_min"},
     },
     "mistral": {

@@ -173,3 +173,18 @@ def test_tools_and_tool_choice(server):
     assert body["tools"] == [{"type": "function", "function": {"name": "add", "description": "Add",
                                                                 "parameters": {"type": "object", "properties": {}}}}]
     assert body["tool_choice"] == {"type": "function", "function": {"name": "add"}}
+
+
+def test_openrouter_anthropic_models_get_a_cache_mark(server):
+    for model_id, retention, marked in (("anthropic/claude-sonnet-4", None, True),
+                                        ("anthropic/claude-sonnet-4", "none", False),
+                                        ("openai/gpt-4o", None, False)):
+        server.script([Reply(body=DONE)])
+        opts = {"cache_retention": retention} if retention else {}
+        pi_min.complete(pi_min.get_model("openrouter", model_id), {"messages": [{"role": "user", "content": "hi"}]},
+                        base_url=server.url, api_key="k", **opts)
+        content = server.requests[-1].json["messages"][-1]["content"]
+        if marked:
+            assert content == [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]
+        else:
+            assert content == "hi"

@@ -128,7 +128,7 @@ COMPAT = {
     "alibaba-cn": {"thinkingFormat": "qwen"},
     "alibaba-us": {"thinkingFormat": "qwen"},
     "deepseek": {"thinkingFormat": "deepseek"},
-    "openrouter": {"thinkingFormat": "openrouter"},
+    "openrouter": {"thinkingFormat": "openrouter", "cacheControlFor": "anthropic/"},
     "mistral": {"requiresToolResultName": True, "toolIdFormat": "mistral"},
 }
 
