@@ -1204,6 +1204,7 @@ _OC_COMPAT = {
     "toolIdFormat": None,               # None (<=40 chars) | "mistral" (9 alphanumerics)
     "supportsStrictMode": False,        # send "strict": false on tools
     "openRouterRouting": None,          # merged into the body as "provider"
+    "vercelGatewayRouting": None,       # {only, order} -> providerOptions.gateway
     "cacheControlFor": None,            # model-id prefix whose prompts get cache_control marks
 }
 
@@ -1253,17 +1254,18 @@ def _oc_messages(model: dict, ctx: dict, compat: dict) -> list:
         role = "developer" if model.get("reasoning") and compat["supportsDeveloperRole"] else "system"
         out.append({"role": role, "content": system})
     images_ok = "image" in (model.get("input") or ())
-    pending_images: list = []
+    bridge = {"role": "assistant", "content": "I have processed the tool results."}
+    pending_images: list = []  # images of a run of tool results, sent after it as a user message
     after_tool = False
     for m in transform_messages(ctx.get("messages") or [], model, _oc_normalizer(compat)):
         role = m.get("role")
         if role != "toolResult":
+            if after_tool and compat["requiresAssistantAfterToolResult"] and (pending_images or role == "user"):
+                out.append(dict(bridge))
             if pending_images:
                 out.append({"role": "user", "content": [
                     {"type": "text", "text": "Attached image(s) from tool result:"}] + pending_images})
                 pending_images = []
-            if role == "user" and after_tool and compat["requiresAssistantAfterToolResult"]:
-                out.append({"role": "assistant", "content": "I have processed the tool results."})
             after_tool = False
         if role == "user":
             content = m.get("content")
@@ -1280,7 +1282,7 @@ def _oc_messages(model: dict, ctx: dict, compat: dict) -> list:
                 out.append({"role": "user", "content": _text_of(blocks)})
         elif role == "assistant":
             blocks = m.get("content") or []
-            text = "\n\n".join(b["text"] for b in blocks if b.get("type") == "text" and b.get("text"))
+            text = "\n\n".join(b["text"] for b in blocks if b.get("type") == "text" and (b.get("text") or "").strip())
             msg: dict = {"role": "assistant", "content": None}
             thinking = [b for b in blocks if b.get("type") == "thinking" and not b.get("redacted")]
             if thinking:
@@ -1288,7 +1290,7 @@ def _oc_messages(model: dict, ctx: dict, compat: dict) -> list:
                 field = thinking[0].get("thinkingSignature")
                 if compat["requiresThinkingAsText"]:
                     text = joined + ("\n\n" + text if text else "")
-                elif field in ("reasoning_content", "reasoning", "reasoning_text") and joined:
+                elif field in ("reasoning_content", "reasoning", "reasoning_text") and joined.strip():
                     msg[field] = joined
             calls = [{"id": b.get("id"), "type": "function",
                       "function": {"name": b.get("name"), "arguments": json.dumps(b.get("arguments") or {})}}
@@ -1299,6 +1301,15 @@ def _oc_messages(model: dict, ctx: dict, compat: dict) -> list:
                 msg["content"] = text
             if calls:
                 msg["tool_calls"] = calls
+                details = []
+                for b in blocks:
+                    if b.get("type") == "toolCall" and b.get("thoughtSignature"):
+                        try:
+                            details.append(json.loads(b["thoughtSignature"]))
+                        except ValueError:
+                            pass
+                if details:
+                    msg["reasoning_details"] = details
             out.append(msg)
         elif role == "toolResult":
             blocks = _user_parts(m.get("content"))
@@ -1313,6 +1324,8 @@ def _oc_messages(model: dict, ctx: dict, compat: dict) -> list:
                 pending_images.extend(_image_url(b) for b in blocks if b.get("type") == "image")
             after_tool = True
     if pending_images:
+        if compat["requiresAssistantAfterToolResult"]:
+            out.append(dict(bridge))
         out.append({"role": "user", "content": [
             {"type": "text", "text": "Attached image(s) from tool result:"}] + pending_images})
     return out
@@ -1387,6 +1400,9 @@ def _oc_build(model: dict, ctx: dict, o: "_Options"):
         _mark_cache(body["messages"])
     if compat.get("openRouterRouting"):
         body["provider"] = compat["openRouterRouting"]
+    routing = compat.get("vercelGatewayRouting")
+    if isinstance(routing, dict) and (routing.get("only") or routing.get("order")):
+        body["providerOptions"] = {"gateway": {k: routing[k] for k in ("only", "order") if routing.get(k)}}
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
     return _join_url(o.url, "chat/completions"), headers, body
 
@@ -1445,13 +1461,14 @@ def _in_band_error(err) -> PiError:
 class _OCTranslator:
     """openai-completions chunks -> builder calls."""
 
-    __slots__ = ("b", "finish", "ended", "slots")
+    __slots__ = ("b", "finish", "ended", "slots", "signatures")
 
     def __init__(self, b: _Builder):
         self.b = b
         self.finish = None
         self.ended = False
         self.slots: dict = {}   # tool_calls[].index -> (builder key, call id)
+        self.signatures: dict = {}  # tool-call id -> encrypted reasoning detail (JSON)
 
     def event(self, _type: str, data: str) -> bool:
         if data[:6] == "[DONE]":
@@ -1505,6 +1522,10 @@ class _OCTranslator:
                             b.thinking(t.get("text") or "" if isinstance(t, dict) else str(t))
                     else:
                         b.text(part.get("text") or "")
+        details = delta.get("reasoning_details")
+        if details and isinstance(details, list):
+            self.details(details, any(isinstance(delta.get(f), str) and delta.get(f)
+                                      for f in ("reasoning_content", "reasoning", "reasoning_text")))
         refusal = delta.get("refusal")
         if refusal and isinstance(refusal, str):
             b.text(refusal)
@@ -1513,6 +1534,27 @@ class _OCTranslator:
             for call in calls:
                 if isinstance(call, dict):
                     self.tool(call)
+
+    def details(self, details: list, have_text: bool) -> None:
+        """OpenRouter-style reasoning_details: readable ones become thinking when
+        no plain reasoning field carried it; encrypted ones are the signature of
+        the tool call with the same id, echoed back with it next turn."""
+        for d in details:
+            if not isinstance(d, dict):
+                continue
+            kind = d.get("type")
+            if kind == "reasoning.encrypted" and d.get("id") and d.get("data"):
+                self.signatures[d["id"]] = json.dumps(d)
+                self.sign_tools()
+            elif not have_text and kind in ("reasoning.text", "reasoning.summary"):
+                text = d.get("text") if kind == "reasoning.text" else d.get("summary")
+                if isinstance(text, str):
+                    self.b.thinking(text, "reasoning_details")
+
+    def sign_tools(self) -> None:
+        for block in self.b.content:
+            if block["type"] == "toolCall" and block["id"] in self.signatures:
+                block["thoughtSignature"] = self.signatures[block["id"]]
 
     def tool(self, call: dict) -> None:
         b = self.b
@@ -1525,6 +1567,8 @@ class _OCTranslator:
             key = len(b.tools)
             b.tool_start(key, call_id, fn.get("name"))
             slot = self.slots[index] = (key, b.tool_block(key)["id"])
+            if self.signatures:
+                self.sign_tools()
         elif fn.get("name") and not b.tool_block(slot[0])["name"]:
             b.tool_block(slot[0])["name"] = fn["name"]
         args = fn.get("arguments")

@@ -188,3 +188,39 @@ def test_openrouter_anthropic_models_get_a_cache_mark(server):
             assert content == [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]
         else:
             assert content == "hi"
+
+
+def test_openrouter_reasoning_details_sign_tool_calls_and_go_back(server):
+    detail = {"type": "reasoning.encrypted", "id": "tool_1", "data": "c2lnbmVk", "format": "google-gemini-v1"}
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"reasoning_details": [
+            {"type": "reasoning.text", "text": "think", "format": "google-gemini-v1"}]}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "tool_1", "type": "function",
+                                                             "function": {"name": "f", "arguments": "{}"}}],
+                                            "reasoning_details": [detail]}}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+    ]
+    body = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+    server.script([Reply(body=body), Reply(body=DONE)])
+    model = pi_min.get_model("openrouter", "google/gemini-3-pro-preview")
+    first = pi_min.complete(model, "go", base_url=server.url, api_key="k")
+    assert first["content"][0] == {"type": "thinking", "thinking": "think", "thinkingSignature": "reasoning_details"}
+    call = first["content"][1]
+    assert json.loads(call["thoughtSignature"]) == detail
+    ctx = {"messages": [{"role": "user", "content": "go"}, first,
+                        {"role": "toolResult", "toolCallId": "tool_1", "toolName": "f",
+                         "content": [{"type": "text", "text": "ok"}], "isError": False}]}
+    pi_min.complete(model, ctx, base_url=server.url, api_key="k")
+    sent = server.requests[1].json["messages"][1]
+    assert sent["reasoning_details"] == [detail] and sent["tool_calls"][0]["id"] == "tool_1"
+    # another model never sees the signature
+    server.script([Reply(body=DONE)])
+    pi_min.complete("groq", ctx, base_url=server.url, api_key="k")
+    assert "reasoning_details" not in server.requests[2].json["messages"][1]
+
+
+def test_vercel_gateway_routing(server):
+    server.script([Reply(body=DONE)])
+    model = pi_min.get_model("vercel", compat={"vercelGatewayRouting": {"only": ["anthropic"], "order": []}})
+    pi_min.complete(model, "hi", base_url=server.url, api_key="k")
+    assert server.requests[0].json["providerOptions"] == {"gateway": {"only": ["anthropic"]}}
