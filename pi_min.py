@@ -1094,7 +1094,8 @@ def transform_messages(messages: list, model: dict, normalize_id=None) -> list:
     only to the model that made them, tool-call ids are rewritten by
     ``normalize_id``, errored/aborted assistant turns are dropped and tool calls
     left without a result get a synthetic error result."""
-    id_map: dict = {}
+    id_map: dict = {}  # original tool-call id -> the id sent
+    taken: dict = {}   # id sent -> original id
     kept: list = []
     for m in messages:
         role = m.get("role")
@@ -1119,9 +1120,15 @@ def transform_messages(messages: list, model: dict, normalize_id=None) -> list:
                     if not same and "thoughtSignature" in b:
                         b = {k: v for k, v in b.items() if k != "thoughtSignature"}
                     if normalize_id is not None:
-                        new_id = normalize_id(b.get("id") or "")
-                        if new_id != b.get("id"):
-                            id_map[b.get("id")] = new_id
+                        old_id = b.get("id") or ""
+                        new_id = id_map.get(old_id) or normalize_id(old_id)
+                        if taken.get(new_id, old_id) != old_id:  # two ids collapsed into one
+                            import hashlib
+                            tag = hashlib.sha256(old_id.encode()).hexdigest()[:6]
+                            new_id = normalize_id(new_id[:max(1, len(new_id) - 7)] + "_" + tag)
+                        taken[new_id] = old_id
+                        if new_id != old_id:
+                            id_map[old_id] = new_id
                             b = dict(b, id=new_id)
                     blocks.append(b)
             kept.append(dict(m, content=blocks))

@@ -224,3 +224,16 @@ def test_vercel_gateway_routing(server):
     model = pi_min.get_model("vercel", compat={"vercelGatewayRouting": {"only": ["anthropic"], "order": []}})
     pi_min.complete(model, "hi", base_url=server.url, api_key="k")
     assert server.requests[0].json["providerOptions"] == {"gateway": {"only": ["anthropic"]}}
+
+
+def test_ids_that_normalise_alike_stay_distinct():
+    groq = pi_min.get_model("groq")
+    norm = pi_min._oc_normalizer(pi_min._oc_compat(groq))
+    calls = [{"type": "toolCall", "id": "call_same|fc_%d" % n, "name": "f", "arguments": {}} for n in range(3)]
+    msgs = [assistant("openai", "openai-responses", "gpt-5", calls, stop="toolUse")]
+    msgs += [{"role": "toolResult", "toolCallId": c["id"], "toolName": "f", "content": [], "isError": False}
+             for c in calls]
+    out = pi_min.transform_messages(msgs, groq, norm)
+    ids = [b["id"] for b in out[0]["content"]]
+    assert len(set(ids)) == 3 and all(len(i) <= 40 and "|" not in i for i in ids)
+    assert [m["toolCallId"] for m in out[1:]] == ids
