@@ -1586,6 +1586,11 @@ class _OCTranslator:
         """A complete (non-streamed) chat.completion body."""
         if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list):
             raise PiError("the server answered with JSON that is not a chat completion", "protocol")
+        for choice in obj["choices"][:1]:
+            message = choice.get("message") if isinstance(choice, dict) else None
+            for n, call in enumerate((message or {}).get("tool_calls") or ()):
+                if isinstance(call, dict):
+                    call.setdefault("index", n)  # whole messages list calls without an index
         self.chunk(obj)
         self.ended = True
 

@@ -213,3 +213,17 @@ def test_connect_timeout_and_abort_during_connect(monkeypatch):
     msg = pi_min.complete("groq", "hi", base_url="http://127.0.0.1:9/v1", api_key="k", timeout=0.3, max_retries=0)
     assert msg["errorKind"] == "network" and "cannot connect" in msg["errorMessage"]
     monkeypatch.setattr(socket.socket, "connect_ex", real)
+
+
+def test_whole_json_completion_with_two_unindexed_tool_calls(server):
+    body = {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": None, "tool_calls": [
+            {"type": "function", "function": {"name": "a", "arguments": "{\"x\": 1}"}},
+            {"type": "function", "function": {"name": "b", "arguments": "{}"}}]}}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}
+    server.script([Reply(headers={"Content-Type": "application/json"}, body=json.dumps(body).encode())])
+    msg = call(server)
+    calls = [(b["name"], b["arguments"]) for b in msg["content"]]
+    assert calls == [("a", {"x": 1}), ("b", {})] and msg["stopReason"] == "toolUse"
+    assert msg["content"][0]["id"] != msg["content"][1]["id"]
+    assert (msg["usage"]["input"], msg["usage"]["output"]) == (5, 7)
