@@ -2030,62 +2030,72 @@ class _Options:
                 raise ConfigError(f"unknown option {k!r}")
 
 
+def _own_hosts(row, pconf: dict, model: dict) -> set:
+    """Hosts a provider's stored key may be sent to: its table and models.json
+    base URLs (loopback is always allowed, for local servers and tests)."""
+    hosts = set()
+    for url in (row and row.get("baseUrl"), pconf.get("baseUrl")):
+        if url and "{" not in url.partition("://")[2].partition("/")[0]:
+            hosts.add(_host_of(_fill_url(url, row, model)))
+    return hosts
+
+
+def _stored_key(pid: str, row, pconf: dict):
+    """The provider's key from, in order, its env vars, auth.json, models.json."""
+    for name in (row.get("envKeys") or ()) if row else ():
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    key = _auth_json_key(pid)
+    if key is None and pconf.get("apiKey"):
+        key = _resolve_value(pconf["apiKey"], _agent_dir(), f"{pid} apiKey")
+    return key
+
+
 def _prepare(model: dict, o: _Options) -> None:
-    """Resolve URL, credentials and auth headers (raises ConfigError), or mark
-    the request as unsupported when its family is not implemented yet."""
+    """Resolve URL, credentials and headers (raises ConfigError), or mark the
+    request as unsupported when its family is not implemented yet."""
     cfg = _read_config("models.json")
-    pid = model.get("provider") or ""
-    row = _table().PROVIDERS.get(_canonical(pid) or "")
-    pconf = _provider_config(_canonical(pid) or pid.lower(), cfg)
+    pid = _canonical(model.get("provider") or "") or (model.get("provider") or "").lower()
+    row = _table().PROVIDERS.get(pid)
+    pconf = _provider_config(pid, cfg)
     api = model.get("api")
     style = _auth_style(model, row, pconf)
     if api not in _FAMILIES:
-        o.unsupported = (f"the {api!r} API family (provider {pid}) is not implemented yet in pi_min {__version__}")
+        o.unsupported = f"the {api!r} API family (provider {pid}) is not implemented yet in pi_min {__version__}"
         return
     if style not in _AUTH_STYLES:
-        o.unsupported = (f"{pid}: {style!r} authentication is not implemented yet in pi_min {__version__}")
+        o.unsupported = f"{pid}: {style!r} authentication is not implemented yet in pi_min {__version__}"
         return
     o.url = _fill_url(o.base_url or model.get("baseUrl") or "", row, model)
     if api == "faux":
         return
     if not o.url:
         raise ConfigError(f"{pid}: no base URL: set baseUrl in models.json or pass base_url=")
-    _split_url(o.url)
-    key = o.api_key
+    host = _split_url(o.url)[1]
     env_keys = list(row.get("envKeys") or ()) if row else []
-    if key is None and style != "none":
-        own = {_host_of(_fill_url(u, row, model)) for u in (row and row.get("baseUrl"), pconf.get("baseUrl"))
-               if u and "{" not in u.partition("://")[2].partition("/")[0]}
-        host = _host_of(o.url)
-        if host in own or _is_loopback(host):
-            key = next((os.environ[n].strip() for n in env_keys if os.environ.get(n, "").strip()), None)
-            key = key or _auth_json_key(_canonical(pid) or pid.lower())
-            if key is None and pconf.get("apiKey"):
-                key = _resolve_value(pconf["apiKey"], _agent_dir(), f"{pid} apiKey")
-            if key is None and env_keys:
-                auth_path = os.path.join(_agent_dir(), "auth.json")
-                raise ConfigError(f"no API key for {pid}: set {' or '.join(env_keys)}, add it to {auth_path}, "
-                                  f"or pass api_key= (--api-key)")
-        # a key from the environment is never sent to another host
-    if key:
+    o.secrets.extend(os.environ[n].strip() for n in env_keys if os.environ.get(n, "").strip())
+    key = o.api_key
+    # a stored key goes only to its provider's own host; an explicit one anywhere
+    if key is None and (host in _own_hosts(row, pconf, model) or _is_loopback(host)):
+        key = _stored_key(pid, row, pconf)
+        if key is None and env_keys and style != "none":
+            raise ConfigError(f"no API key for {pid}: set {' or '.join(env_keys)}, add it to "
+                              f"{os.path.join(_agent_dir(), 'auth.json')}, or pass api_key= (--api-key)")
+    headers = o.auth_headers
+    if key and key.strip():
         key = key.strip()
         o.secrets.append(key)
-        o.auth_headers = {"bearer": {"Authorization": f"Bearer {key}"}, "x-api-key": {"x-api-key": key},
-                          "api-key": {"api-key": key}, "x-goog-api-key": {"x-goog-api-key": key},
-                          "none": {}}[style]
-        if style == "none":
-            o.auth_headers = {"Authorization": f"Bearer {key}"}
+        name, value = {"x-api-key": ("x-api-key", key), "api-key": ("api-key", key),
+                       "x-goog-api-key": ("x-goog-api-key", key)}.get(style, ("Authorization", f"Bearer {key}"))
+        headers[name] = value
     for name, value in (model.get("headers") or {}).items():
-        resolved = _resolve_value(value, _agent_dir(), f"header {name}") if isinstance(value, str) and (
-            value.startswith(("!", "env:", "file:"))) else value
-        if resolved is not None:
-            o.auth_headers[name] = resolved
+        if isinstance(value, str) and value.startswith(("!", "env:", "file:")):
+            value = _resolve_value(value, _agent_dir(), f"header {name}")
+        if value is not None:
+            headers[name] = str(value)
             if name.lower() in ("authorization", "x-api-key", "api-key", "x-goog-api-key"):
-                o.secrets.append(str(resolved))
-    for name in env_keys:
-        value = os.environ.get(name, "").strip()
-        if value:
-            o.secrets.append(value)
+                o.secrets.append(str(value))
 
 
 # ==== public API ===============================================================

@@ -218,3 +218,10 @@ def test_signal_set_before_start_aborts_without_a_request(server):
     msg = pi_min.complete("groq", "hi", base_url=server.url, api_key="k", signal=signal)
     assert msg["stopReason"] == "aborted" and msg["errorKind"] == "aborted"
     assert server.requests == []
+
+
+def test_keyless_provider_uses_a_configured_key(isolated_env, server):
+    write(isolated_env, "models.json", {"providers": {"ollama": {"baseUrl": server.url + "/v1",
+                                                                 "apiKey": "remote-ollama-key"}}})
+    run(server, "ollama", "hi")
+    assert auth_of(server) == "Bearer remote-ollama-key"
