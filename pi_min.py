@@ -2490,9 +2490,17 @@ def _print_providers() -> None:
         if row is None:
             rows.append((pid, "(models.json)", "", ""))
             continue
-        name = pid + (f" ({', '.join(sorted(aliases[pid]))})" if pid in aliases else "")
-        env = ", ".join(row.get("envKeys") or ()) or ("(none: keyless)" if row.get("auth") == "none" else "(auth.json)")
-        rows.append((name, row["api"], env, row.get("defaultModel") or ""))
+        family = row["api"]
+        if family not in _FAMILIES or row.get("auth") not in _AUTH_STYLES:
+            family += " (planned)"
+        env = list(row.get("envKeys") or ())
+        env_text = ", ".join(env[:2]) + (", ..." if len(env) > 2 else "")
+        if not env:
+            env_text = "(none: keyless)" if row.get("auth") == "none" else "(auth.json)"
+        model = row.get("defaultModel") or ""
+        if pid in aliases:
+            model += "   aliases: " + ", ".join(sorted(aliases[pid]))
+        rows.append((pid, family, env_text, model))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
         sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3] + "\n")

@@ -65,7 +65,9 @@ def test_version_and_list_providers(capsys):
     groq = next(line for line in out.splitlines() if line.startswith("groq "))
     assert "openai-completions" in groq and "GROQ_API_KEY" in groq
     assert pi_min.get_model("groq")["id"] in groq
-    assert "moonshotai (kimi, moonshot)" in out
+    moonshot = next(line for line in out.splitlines() if line.startswith("moonshotai "))
+    assert moonshot.endswith("aliases: kimi, moonshot")
+    assert "(planned)" in next(line for line in out.splitlines() if line.startswith("anthropic "))
     assert len(out.splitlines()) == len(pi_min.list_providers()) + 1
 
 
