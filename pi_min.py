@@ -1213,6 +1213,7 @@ _OC_COMPAT = {
     "openRouterRouting": None,          # merged into the body as "provider"
     "vercelGatewayRouting": None,       # {only, order} -> providerOptions.gateway
     "cacheControlFor": None,            # model-id prefix whose prompts get cache_control marks
+    "streamEndsWithDone": True,         # false: a server that never sends [DONE] may end after finish_reason
 }
 
 _OC_FINISH = {
@@ -1468,10 +1469,11 @@ def _in_band_error(err) -> PiError:
 class _OCTranslator:
     """openai-completions chunks -> builder calls."""
 
-    __slots__ = ("b", "finish", "ended", "slots", "signatures")
+    __slots__ = ("b", "finish", "ended", "slots", "signatures", "needs_done")
 
     def __init__(self, b: _Builder):
         self.b = b
+        self.needs_done = _oc_compat(b.model)["streamEndsWithDone"]
         self.finish = None
         self.ended = False
         self.slots: dict = {}   # tool_calls[].index -> (builder key, call id)
@@ -1596,8 +1598,9 @@ class _OCTranslator:
 
     def end(self, eof: bool):
         """-> the done reason, or raise when the stream did not complete."""
-        if not self.ended and self.finish is None:
-            raise PiError("the stream ended before it was complete (no finish_reason, no [DONE])", "protocol")
+        if not self.ended and (self.finish is None or self.needs_done):
+            seen = f"after finish_reason {self.finish!r} " if self.finish else ""
+            raise PiError(f"the stream ended {seen}before its data: [DONE] (cut off?)", "protocol")
         finish = self.finish or "stop"
         reason = _OC_FINISH.get(finish)
         if reason is None:
