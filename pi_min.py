@@ -1250,6 +1250,13 @@ def _oc_normalizer(compat: dict):
     return lambda call_id: _sanitize_id(call_id.split("|", 1)[0], 40)
 
 
+def _json_or_none(text):
+    try:
+        return json.loads(text) if isinstance(text, str) and text[:1] == "{" else None
+    except ValueError:
+        return None
+
+
 def _image_url(block: dict) -> dict:
     return {"type": "image_url",
             "image_url": {"url": f"data:{block.get('mimeType') or 'image/png'};base64,{block.get('data') or ''}"}}
@@ -1300,24 +1307,26 @@ def _oc_messages(model: dict, ctx: dict, compat: dict) -> list:
                     text = joined + ("\n\n" + text if text else "")
                 elif field in ("reasoning_content", "reasoning", "reasoning_text") and joined.strip():
                     msg[field] = joined
-            calls = [{"id": b.get("id"), "type": "function",
-                      "function": {"name": b.get("name"), "arguments": json.dumps(b.get("arguments") or {})}}
-                     for b in blocks if b.get("type") == "toolCall"]
+            calls, details = [], []
+            for b in blocks:
+                if b.get("type") != "toolCall":
+                    continue
+                call = {"id": b.get("id"), "type": "function",
+                        "function": {"name": b.get("name"), "arguments": json.dumps(b.get("arguments") or {})}}
+                signature = _json_or_none(b.get("thoughtSignature"))
+                if isinstance(signature, dict) and "extra_content" in signature:
+                    call["extra_content"] = signature["extra_content"]
+                elif isinstance(signature, dict):
+                    details.append(signature)  # an OpenRouter reasoning detail
+                calls.append(call)
             if not text and not calls:
                 continue
             if text:
                 msg["content"] = text
             if calls:
                 msg["tool_calls"] = calls
-                details = []
-                for b in blocks:
-                    if b.get("type") == "toolCall" and b.get("thoughtSignature"):
-                        try:
-                            details.append(json.loads(b["thoughtSignature"]))
-                        except ValueError:
-                            pass
-                if details:
-                    msg["reasoning_details"] = details
+            if details:
+                msg["reasoning_details"] = details
             out.append(msg)
         elif role == "toolResult":
             blocks = _user_parts(m.get("content"))
@@ -1578,6 +1587,9 @@ class _OCTranslator:
             slot = self.slots[index] = (key, b.tool_block(key)["id"])
             if self.signatures:
                 self.sign_tools()
+            extra = call.get("extra_content")
+            if isinstance(extra, dict) and extra:  # Gemini's thought signature on its OpenAI endpoint
+                b.tool_block(key)["thoughtSignature"] = json.dumps({"extra_content": extra})
         elif fn.get("name") and not b.tool_block(slot[0])["name"]:
             b.tool_block(slot[0])["name"] = fn["name"]
         args = fn.get("arguments")

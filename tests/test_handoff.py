@@ -237,3 +237,19 @@ def test_ids_that_normalise_alike_stay_distinct():
     ids = [b["id"] for b in out[0]["content"]]
     assert len(set(ids)) == 3 and all(len(i) <= 40 and "|" not in i for i in ids)
     assert [m["toolCallId"] for m in out[1:]] == ids
+
+
+def test_gemini_openai_endpoint_thought_signature_round_trip(isolated_env, server):
+    (isolated_env / "models.json").write_text(json.dumps({"providers": {"gemini-oai": {
+        "api": "openai-completions", "baseUrl": server.url + "/v1beta/openai", "models": [{"id": "gemini-3-pro"}]}}}))
+    extra = {"google": {"thought_signature": "c2ln"}}
+    chunk = {"choices": [{"index": 0, "finish_reason": "tool_calls", "delta": {"tool_calls": [
+        {"index": 0, "id": "fc1", "type": "function", "function": {"name": "f", "arguments": "{}"},
+         "extra_content": extra}]}}]}
+    server.script([Reply(body=b"data: " + json.dumps(chunk).encode() + b"\n\ndata: [DONE]\n\n"), Reply(body=DONE)])
+    first = pi_min.complete("gemini-oai", "go")
+    ctx = {"messages": [{"role": "user", "content": "go"}, first,
+                        {"role": "toolResult", "toolCallId": "fc1", "toolName": "f", "content": [], "isError": False}]}
+    pi_min.complete("gemini-oai", ctx)
+    sent = server.requests[1].json["messages"][1]
+    assert sent["tool_calls"][0]["extra_content"] == extra and "reasoning_details" not in sent
