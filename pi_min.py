@@ -1488,15 +1488,19 @@ class _OCTranslator:
         self.slots: dict = {}   # tool_calls[].index -> (builder key, call id)
         self.signatures: dict = {}  # tool-call id -> encrypted reasoning detail (JSON)
 
-    def event(self, _type: str, data: str) -> bool:
+    def event(self, kind: str, data: str) -> bool:
         if data[:6] == "[DONE]":
             self.ended = True
             return True
         try:
             chunk = json.loads(data)
         except ValueError:
+            if kind == "error":
+                raise PiError(data[:2000] or "the server sent an error event", "server") from None
             raise PiError(f"invalid JSON in the stream: {data[:200]!r}", "protocol") from None
         if isinstance(chunk, dict):
+            if kind == "error" and not chunk.get("error"):  # "event: error" with a bare error object
+                raise _in_band_error(chunk)
             self.chunk(chunk)
         return False
 

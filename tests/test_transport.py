@@ -227,3 +227,14 @@ def test_whole_json_completion_with_two_unindexed_tool_calls(server):
     assert calls == [("a", {"x": 1}), ("b", {})] and msg["stopReason"] == "toolUse"
     assert msg["content"][0]["id"] != msg["content"][1]["id"]
     assert (msg["usage"]["input"], msg["usage"]["output"]) == (5, 7)
+
+
+@pytest.mark.parametrize("data", [b'{"message": "overloaded, try later", "type": "server_error"}',
+                                  b"overloaded, try later"])
+def test_sse_error_events_carry_their_message(server, data):
+    body = (b'data: {"choices":[{"index":0,"delta":{"content":"so far"}}]}\n\n'
+            b"event: error\ndata: " + data + b"\n\n")
+    server.script([Reply(body=body)])
+    msg = call(server)
+    assert msg["stopReason"] == "error" and "overloaded, try later" in msg["errorMessage"]
+    assert msg["errorKind"] == "server" and text(msg) == "so far"
