@@ -23,7 +23,7 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs nothing at run time
-    from typing import Any, Callable, Iterator
+    from typing import Callable, Iterator
 
 __version__ = "0.1.0"
 __all__ = ["get_model", "stream", "complete", "list_providers", "PiError", "ConfigError"]
@@ -72,7 +72,8 @@ def _redact(text: str, secrets=()) -> str:
         import re
         _SECRET_PATTERNS = [
             (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{12,}"), r"\1***"),
-            (re.compile(r"\b(?:sk|pk|rk|gsk|xai|csk|nvapi|hf|sk-ant-api\d\d|sk-ant-oat\d\d)[-_][A-Za-z0-9_-]{16,}"), "***"),
+            (re.compile(r"\b(?:sk|pk|rk|gsk|xai|csk|nvapi|hf|sk-ant-api\d\d|sk-ant-oat\d\d)[-_]"
+                        r"[A-Za-z0-9_-]{16,}"), "***"),
             (re.compile(r"\bAIza[0-9A-Za-z_-]{30,}"), "***"),
             (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), "***"),
             (re.compile(r"(?i)([?&](?:key|api_key|apikey|token|access_token|sig)=)[^&\s\"']+"), r"\1***"),
@@ -95,7 +96,8 @@ def _is_overflow(message: str) -> bool:
             r"|input token count.*exceeds the maximum|maximum prompt length is \d+"
             r"|reduce the length of the messages|maximum context length is \d+ tokens"
             r"|exceeds the limit of \d+|exceeds the available context size|greater than the context length"
-            r"|context window exceeds limit|exceeded model token limit|too large for model with \d+ maximum context length"
+            r"|context window exceeds limit|exceeded model token limit"
+            r"|too large for model with \d+ maximum context length"
             r"|model_context_window_exceeded|context[_ ]length[_ ]exceeded|too many tokens|token limit exceeded"
             r"|prompt too long; exceeded max context length|^4(?:00|13)\s*(?:status code)?\s*\(no body\)",
             re.IGNORECASE)
@@ -1993,7 +1995,7 @@ def _fill_url(url: str, row, model: dict) -> str:
             return defaults[name]
         if name in ("model", "deployment", "deployment_id"):
             return model["id"]
-        names = " or ".join(env_map.get(name, ())) or f"a baseUrl in models.json"
+        names = " or ".join(env_map.get(name, ())) or "a baseUrl in models.json"
         raise ConfigError(f"{model['provider']}: the base URL needs {{{name}}}: set {names}")
     return re.sub(r"\{([A-Za-z_]+)\}", fill, url)
 

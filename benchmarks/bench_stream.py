@@ -38,7 +38,8 @@ def make_body(deltas: int) -> bytes:
     for i in range(deltas // 10):
         lines.append(env % json.dumps({"index": 0, "delta": {"tool_calls": [
             {"index": 0, "function": {"arguments": "line %d\\n" % i}}]}}))
-    lines.append(env % json.dumps({"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '"}'}}]}}))
+    lines.append(env % json.dumps({"index": 0, "delta": {"tool_calls": [
+        {"index": 0, "function": {"arguments": '"}'}}]}}))
     lines.append(env % json.dumps({"index": 0, "delta": {}, "finish_reason": "tool_calls"}))
     body = "".join("data: %s\n\n" % line for line in lines) + "data: [DONE]\n\n"
     return body.encode()

@@ -70,7 +70,8 @@ def test_abort_while_waiting_for_data(server):
 
 
 def test_abort_during_retry_backoff(server):
-    server.script([Reply(429, {"Content-Type": "application/json", "Retry-After": "30"}, b'{"error":{"message":"slow down"}}')])
+    server.script([Reply(429, {"Content-Type": "application/json", "Retry-After": "30"},
+                         b'{"error":{"message":"slow down"}}')])
     signal = threading.Event()
     threading.Timer(0.2, signal.set).start()
     started = time.monotonic()
