@@ -115,3 +115,14 @@ def test_https_proxy_tunnels_with_connect(tls_server, monkeypatch):
         assert tls_server.requests[0].headers["host"] == "api.example.test"
     finally:
         proxy.close()
+
+
+def test_https_connections_are_kept_alive(tls_server, monkeypatch):
+    monkeypatch.setenv("SSL_CERT_FILE", CA)
+    tls_server.script([Reply(body=HELLO), Reply(body=HELLO)])
+    key = ("https", "127.0.0.1", tls_server.port, None)
+    pi_min.complete("groq", "hi", base_url=tls_server.url, api_key="k", timeout=5)
+    first = [s for s, _ in pi_min._POOL[key]]
+    msg = pi_min.complete("groq", "hi", base_url=tls_server.url, api_key="k", timeout=5)
+    assert msg["content"][0]["text"] == "secure"
+    assert len(first) == 1 and [s for s, _ in pi_min._POOL[key]] == first
