@@ -78,8 +78,12 @@ class ConnectProxy:
                         s.shutdown(socket.SHUT_RDWR)
                     except OSError:
                         pass
-        threading.Thread(target=pipe, args=(upstream, conn), daemon=True).start()
+        back = threading.Thread(target=pipe, args=(upstream, conn), daemon=True)
+        back.start()
         pipe(conn, upstream)
+        back.join(timeout=10)
+        conn.close()
+        upstream.close()
 
     def close(self):
         self.stop.set()
