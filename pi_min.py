@@ -2082,27 +2082,31 @@ def _prepare(model: dict, o: _Options) -> None:
     pconf = _provider_config(pid, cfg)
     api = model.get("api")
     style = _auth_style(model, row, pconf)
-    if api not in _FAMILIES:
-        o.unsupported = f"the {api!r} API family (provider {pid}) is not implemented yet in pi_min {__version__}"
+    if api == "faux":
         return
+    env_keys = list(row.get("envKeys") or ()) if row else []
+    o.secrets.extend(os.environ[n].strip() for n in env_keys if os.environ.get(n, "").strip())
     if style not in _AUTH_STYLES:
         o.unsupported = f"{pid}: {style!r} authentication is not implemented yet in pi_min {__version__}"
         return
-    o.url = _fill_url(o.base_url or model.get("baseUrl") or "", row, model)
-    if api == "faux":
-        return
-    if not o.url:
-        raise ConfigError(f"{pid}: no base URL: set baseUrl in models.json or pass base_url=")
-    host = _split_url(o.url)[1]
-    env_keys = list(row.get("envKeys") or ()) if row else []
-    o.secrets.extend(os.environ[n].strip() for n in env_keys if os.environ.get(n, "").strip())
+    ready = api in _FAMILIES  # else: check the key, then stream a "not implemented yet" error
+    trusted = True
+    if ready:
+        o.url = _fill_url(o.base_url or model.get("baseUrl") or "", row, model)
+        if not o.url:
+            raise ConfigError(f"{pid}: no base URL: set baseUrl in models.json or pass base_url=")
+        host = _split_url(o.url)[1]
+        trusted = host in _own_hosts(row, pconf, model) or _is_loopback(host)
     key = o.api_key
     # a stored key goes only to its provider's own host; an explicit one anywhere
-    if key is None and (host in _own_hosts(row, pconf, model) or _is_loopback(host)):
+    if key is None and trusted:
         key = _stored_key(pid, row, pconf)
         if key is None and env_keys and style != "none":
             raise ConfigError(f"no API key for {pid}: set {' or '.join(env_keys)}, add it to "
                               f"{os.path.join(_agent_dir(), 'auth.json')}, or pass api_key= (--api-key)")
+    if not ready:
+        o.unsupported = f"the {api!r} API family (provider {pid}) is not implemented yet in pi_min {__version__}"
+        return
     headers = o.auth_headers
     if key and key.strip():
         key = key.strip()

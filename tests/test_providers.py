@@ -134,9 +134,15 @@ def test_model_strings_split_at_the_first_slash(server):
     assert server.requests[0].json["model"] == "openai/gpt-4o"
 
 
-@pytest.mark.parametrize("provider", ["anthropic", "google", "cohere", "amazon-bedrock", "github-copilot"])
-def test_families_not_built_yet_resolve_and_stream_a_clear_error(provider):
+@pytest.mark.parametrize("provider, env", [("anthropic", "ANTHROPIC_API_KEY"), ("google", "GOOGLE_API_KEY"),
+                                           ("cohere", "COHERE_API_KEY"), ("amazon-bedrock", None),
+                                           ("github-copilot", None), ("openai-codex", None)])
+def test_families_not_built_yet_resolve_and_stream_a_clear_error(provider, env, monkeypatch):
     model = pi_min.get_model(provider)
+    if env:  # credentials are still checked first, as for every provider
+        with pytest.raises(pi_min.ConfigError, match=env):
+            pi_min.stream(model, "hi")
+        monkeypatch.setenv(env, "key-for-" + provider)
     events = list(pi_min.stream(model, "hi"))
     assert [e["type"] for e in events] == ["start", "error"]
     msg = events[-1]["error"]
