@@ -1205,7 +1205,8 @@ _OC_COMPAT = {
     "supportsUsageInStreaming": True,   # stream_options.include_usage
     "supportsReasoningEffort": True,
     "maxTokensField": "max_tokens",     # or "max_completion_tokens"
-    "thinkingFormat": "openai",         # openai | openrouter | zai | qwen | qwen-chat-template | deepseek | none
+    "thinkingFormat": "openai",         # openai | openrouter | zai | qwen | qwen-chat-template | deepseek |
+                                        # mistral | none
     "reasoningEffortMap": {},
     "requiresToolResultName": False,
     "requiresAssistantAfterToolResult": False,
@@ -1371,6 +1372,9 @@ def _oc_reasoning(body: dict, model: dict, compat: dict, level: str | None) -> N
         body["enable_thinking"] = on
     elif fmt == "qwen-chat-template":
         body["chat_template_kwargs"] = {"enable_thinking": on}
+    elif fmt == "mistral":
+        if on:
+            body["prompt_mode"] = "reasoning"
     elif fmt == "deepseek":
         body["thinking"] = {"type": "enabled" if on else "disabled"}
         if level in ("high", "xhigh"):
@@ -1443,6 +1447,14 @@ def _mark_cache(messages: list) -> None:
                     return
 
 
+def _oc_relax(body: dict, error: PiError):
+    """A 400/422 that names stream_options (servers that reject the field):
+    the same body without it, else None."""
+    if "stream_options" in body and error.status in (400, 422) and "stream_options" in str(error):
+        return {k: v for k, v in body.items() if k != "stream_options"}
+    return None
+
+
 def _oc_usage(b: _Builder, usage: dict) -> None:
     prompt = usage.get("prompt_tokens") or usage.get("input_tokens") or 0
     completion = usage.get("completion_tokens") or usage.get("output_tokens") or 0
@@ -1454,9 +1466,14 @@ def _oc_usage(b: _Builder, usage: dict) -> None:
 
 
 def _error_message(err) -> str:
+    if isinstance(err, list) and err and all(isinstance(e, dict) for e in err):
+        # FastAPI / pydantic validation details: [{"loc": [...], "msg": ...}, ...]
+        return "; ".join(f"{e.get('msg') or e.get('message') or e}"
+                         + (f" ({'.'.join(str(p) for p in e['loc'])})" if isinstance(e.get("loc"), list) else "")
+                         for e in err[:5])
     if isinstance(err, dict):
         msg = err.get("message") or err.get("msg") or err.get("detail") or err.get("error")
-        if isinstance(msg, dict):
+        if isinstance(msg, (dict, list)):
             return _error_message(msg)
         meta = err.get("metadata")
         raw = meta.get("raw") if isinstance(meta, dict) else None
@@ -1733,11 +1750,12 @@ def _faux_open(model: dict, ctx: dict, o: "_Options"):
 
 
 # ==== registry of families =====================================================
-# api name -> (build request, translator class, opener or None for HTTP)
 
+# api name -> (build request, translator class, opener or None for HTTP, relax or None)
+# relax(body, error) returns a body to send once more after a rejected request.
 _FAMILIES = {
-    "openai-completions": (_oc_build, _OCTranslator, None),
-    "faux": (_faux_build, _OCTranslator, _faux_open),
+    "openai-completions": (_oc_build, _OCTranslator, None, _oc_relax),
+    "faux": (_faux_build, _OCTranslator, _faux_open, None),
 }
 
 
@@ -2181,7 +2199,7 @@ def _run(model: dict, ctx: dict, o: _Options) -> "Iterator[dict]":
     try:
         if o.unsupported:
             raise PiError(o.unsupported, "invalid_request")
-        build, translator, opener = _FAMILIES[model["api"]]
+        build, translator, opener, relax = _FAMILIES[model["api"]]
         url, headers, body = build(model, ctx, o)
         headers["User-Agent"] = f"pi_min/{__version__}"
         headers.update(o.auth_headers)
@@ -2260,6 +2278,11 @@ def _run(model: dict, ctx: dict, o: _Options) -> "Iterator[dict]":
                 if resp is not None:
                     resp.close()
                     resp = None
+                relaxed = relax(body, e) if relax is not None and not b.has_content() else None
+                if relaxed is not None:  # the server rejected an optional field: once more without it
+                    body, relax = relaxed, None
+                    data = _json_body(body)
+                    continue
                 delay = None if b.has_content() else _retry_delay(e, attempt, o)
                 if delay is None:
                     raise

@@ -213,7 +213,7 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "compat": {"requiresToolResultName": True, "toolIdFormat": "mistral"},
+        "compat": {"requiresToolResultName": True, "supportsUsageInStreaming": False, "thinkingFormat": "mistral", "toolIdFormat": "mistral"},
     },
     "moonshotai": {
         "name": "Moonshot AI",

@@ -253,3 +253,12 @@ def test_gemini_openai_endpoint_thought_signature_round_trip(isolated_env, serve
     pi_min.complete("gemini-oai", ctx)
     sent = server.requests[1].json["messages"][1]
     assert sent["tool_calls"][0]["extra_content"] == extra and "reasoning_details" not in sent
+
+
+def test_mistral_gets_no_stream_options_and_prompt_mode(server):
+    server.script([Reply(body=DONE)])
+    model = pi_min.get_model("mistral", reasoning=True)
+    pi_min.complete(model, "hi", base_url=server.url, api_key="k", reasoning="high")
+    body = server.requests[0].json
+    assert "stream_options" not in body and body["prompt_mode"] == "reasoning"
+    assert "reasoning_effort" not in body

@@ -239,3 +239,22 @@ def test_sse_error_events_carry_their_message(server, data):
     msg = call(server)
     assert msg["stopReason"] == "error" and "overloaded, try later" in msg["errorMessage"]
     assert msg["errorKind"] == "server" and text(msg) == "so far"
+
+
+def test_a_server_rejecting_stream_options_is_asked_again_without_it(server):
+    reject = {"object": "error", "message": {"detail": [{"type": "extra_forbidden", "msg": "Extra inputs are not "
+              "permitted", "loc": ["body", "stream_options", "include_usage"]}]}, "type": "invalid_request_error"}
+    server.script([Reply(422, {"Content-Type": "application/json"}, json.dumps(reject).encode()), Reply(body=HELLO)])
+    msg = call(server, max_retries=0)
+    assert text(msg) == "Hello"
+    assert "stream_options" in server.requests[0].json and "stream_options" not in server.requests[1].json
+    server.script([Reply(422, {"Content-Type": "application/json"}, json.dumps(reject).encode())] * 2)
+    msg = call(server, max_retries=0)
+    assert msg["errorStatus"] == 422 and len(server.requests) == 4  # no loop: one relaxed retry, and only one
+
+
+def test_validation_error_details_are_readable(server):
+    body = {"detail": [{"type": "missing", "loc": ["body", "model"], "msg": "Field required"}]}
+    server.script([Reply(422, {"Content-Type": "application/json"}, json.dumps(body).encode())])
+    msg = call(server)
+    assert msg["errorMessage"] == "HTTP 422 from groq: Field required (body.model)"

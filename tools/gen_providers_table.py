@@ -129,7 +129,9 @@ COMPAT = {
     "alibaba-us": {"thinkingFormat": "qwen"},
     "deepseek": {"thinkingFormat": "deepseek"},
     "openrouter": {"thinkingFormat": "openrouter", "cacheControlFor": "anthropic/"},
-    "mistral": {"requiresToolResultName": True, "toolIdFormat": "mistral"},
+    # Mistral rejects unknown fields (422 extra_forbidden), stream_options included; usage comes anyway
+    "mistral": {"requiresToolResultName": True, "toolIdFormat": "mistral", "supportsUsageInStreaming": False,
+                "thinkingFormat": "mistral"},
 }
 
 # (provider, model id) -> model-level compat, applied only if the model is in the table
