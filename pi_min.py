@@ -2618,6 +2618,10 @@ def main(argv: list | None = None) -> int:
                 return _chat(model, opts, args)
             raise ConfigError("no prompt: give one as arguments or on stdin")
         content = [{"type": "text", "text": prompt}] + [_cli_image(p) for p in args.image] if args.image else prompt
+        if args.image and "image" not in model["input"]:  # an explicit --image wins over the table
+            sys.stderr.write(f"pi-min: note: {model['provider']}/{model['id']} is not listed as accepting "
+                             "images; sending them anyway\n")
+            model["input"] = list(model["input"]) + ["image"]
         ctx: dict = {"messages": [{"role": "user", "content": content, "timestamp": _now_ms()}]}
         if args.system:
             ctx["systemPrompt"] = args.system

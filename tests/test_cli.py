@@ -205,3 +205,16 @@ def test_interrupt_exits_130(isolated_env, server):
         proc.kill()
     assert proc.returncode == 130
     assert out.startswith("partial") and "Traceback" not in err
+
+
+def test_image_flag_sends_the_image(capsys, server, tmp_path):
+    png = tmp_path / "dot.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    server.script([Reply(body=STREAM)])
+    code = pi_min.main(["--provider", "groq", "--base-url", server.url, "--api-key", KEY,
+                        "--image", str(png), "what is this?"])
+    assert code == 0
+    parts = server.requests[0].json["messages"][0]["content"]
+    assert parts[0] == {"type": "text", "text": "what is this?"}
+    assert parts[1]["image_url"]["url"].startswith("data:image/png;base64,iVBORw0KGgo")
+    assert "not listed as accepting images" in capsys.readouterr().err
