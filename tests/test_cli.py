@@ -216,5 +216,6 @@ def test_image_flag_sends_the_image(capsys, server, tmp_path):
     assert code == 0
     parts = server.requests[0].json["messages"][0]["content"]
     assert parts[0] == {"type": "text", "text": "what is this?"}
-    assert parts[1]["image_url"]["url"].startswith("data:image/png;base64,iVBORw0KGgo")
+    import base64
+    assert parts[1]["image_url"]["url"] == "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
     assert "not listed as accepting images" in capsys.readouterr().err
