@@ -1226,13 +1226,12 @@ _OC_FINISH = {
 }
 
 
-def _oc_compat(model: dict) -> dict:
-    """Defaults, then the compat of the table row serving the model's host (so a
-    custom provider pointed at a known service inherits its quirks), then the
+def _oc_compat(model: dict, o: "_Options | None" = None) -> dict:
+    """Defaults, then the compat of the table row serving the request's host (so
+    a custom provider pointed at a known service inherits its quirks), then the
     model's own compat (from the table, models.json or overrides)."""
     compat = dict(_OC_COMPAT)
-    host = _host_of(model.get("baseUrl") or "")
-    row = _rows_by_host().get(host)
+    row = o.host_row if o is not None else None
     if row and row.get("compat") and row.get("api") == "openai-completions":
         compat.update(row["compat"])
     compat.update(model.get("compat") or {})
@@ -1392,7 +1391,7 @@ def _oc_tool_choice(choice):
 
 
 def _oc_build(model: dict, ctx: dict, o: "_Options"):
-    compat = _oc_compat(model)
+    compat = o.compat = _oc_compat(model, o)
     body: dict = {"model": model["id"], "messages": _oc_messages(model, ctx, compat), "stream": True}
     if compat["supportsUsageInStreaming"]:
         body["stream_options"] = {"include_usage": True}
@@ -1499,9 +1498,9 @@ class _OCTranslator:
 
     __slots__ = ("b", "finish", "ended", "slots", "signatures", "needs_done")
 
-    def __init__(self, b: _Builder):
+    def __init__(self, b: _Builder, o: "_Options"):
         self.b = b
-        self.needs_done = _oc_compat(b.model)["streamEndsWithDone"]
+        self.needs_done = (o.compat or _OC_COMPAT)["streamEndsWithDone"]
         self.finish = None
         self.ended = False
         self.slots: dict = {}   # tool_calls[].index -> (builder key, call id)
@@ -2023,7 +2022,7 @@ class _Options:
 
     __slots__ = ("api_key", "base_url", "headers", "temperature", "max_tokens", "reasoning", "tool_choice",
                  "session_id", "cache_retention", "signal", "timeout", "max_retries", "on_payload", "extra",
-                 "url", "auth_headers", "secrets", "unsupported")
+                 "url", "host_row", "compat", "auth_headers", "secrets", "unsupported")
 
     def __init__(self, **kw):
         for k in self.__slots__:
@@ -2115,6 +2114,7 @@ def _prepare(model: dict, o: _Options) -> None:
             raise ConfigError(f"{pid}: no base URL: set baseUrl in models.json or pass base_url=")
         host = _split_url(o.url)[1]
         trusted = host in _own_hosts(row, pconf, model) or _is_loopback(host)
+        o.host_row = _rows_by_host().get(host)
     key = o.api_key
     # a stored key goes only to its provider's own host; an explicit one anywhere
     if key is None and trusted:
@@ -2215,7 +2215,7 @@ def _run(model: dict, ctx: dict, o: _Options) -> "Iterator[dict]":
         data = _json_body(body)
         attempt = 0
         while True:
-            tr = translator(b)
+            tr = translator(b, o)
             try:
                 if o.signal is not None and o.signal.is_set():
                     raise PiError("Request was aborted", "aborted")

@@ -225,3 +225,16 @@ def test_keyless_provider_uses_a_configured_key(isolated_env, server):
                                                                  "apiKey": "remote-ollama-key"}}})
     run(server, "ollama", "hi")
     assert auth_of(server) == "Bearer remote-ollama-key"
+
+
+def test_custom_provider_on_a_known_host_inherits_its_quirks(isolated_env, server, monkeypatch):
+    # http:// through an HTTP proxy lets the loopback server stand in for api.mistral.ai
+    write(isolated_env, "models.json", {"providers": {"my-mistral": {
+        "api": "openai-completions", "baseUrl": "http://api.mistral.ai/v1", "apiKey": "mk",
+        "models": [{"id": "mistral-small-latest"}]}}})
+    monkeypatch.setenv("HTTP_PROXY", server.url)
+    run(server, "my-mistral", "hi")
+    req = server.requests[0]
+    assert req.path == "http://api.mistral.ai/v1/chat/completions"
+    assert "stream_options" not in req.json  # mistral's compat, found by host
+    assert auth_of(server) == "Bearer mk"

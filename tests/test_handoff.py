@@ -38,7 +38,7 @@ def conversation():
 
 def test_transform_for_another_model():
     groq = pi_min.get_model("groq")
-    norm = pi_min._oc_normalizer(pi_min._oc_compat(groq))
+    norm = pi_min._oc_normalizer(pi_min._oc_compat(groq, None))
     out = pi_min.transform_messages(conversation(), groq, norm)
     roles = [m["role"] for m in out]
     assert roles == ["user", "assistant", "toolResult", "assistant", "toolResult", "user"]
@@ -228,7 +228,7 @@ def test_vercel_gateway_routing(server):
 
 def test_ids_that_normalise_alike_stay_distinct():
     groq = pi_min.get_model("groq")
-    norm = pi_min._oc_normalizer(pi_min._oc_compat(groq))
+    norm = pi_min._oc_normalizer(pi_min._oc_compat(groq, None))
     calls = [{"type": "toolCall", "id": "call_same|fc_%d" % n, "name": "f", "arguments": {}} for n in range(3)]
     msgs = [assistant("openai", "openai-responses", "gpt-5", calls, stop="toolUse")]
     msgs += [{"role": "toolResult", "toolCallId": c["id"], "toolName": "f", "content": [], "isError": False}
