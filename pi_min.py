@@ -2593,6 +2593,12 @@ def _chat(model: dict, opts: dict, args) -> int:
 def main(argv: list | None = None) -> int:
     """The pi-min command. Exit codes: 0 ok, 1 provider/network failure,
     2 usage or configuration error, 130 interrupted."""
+    for stream_ in (sys.stdout, sys.stderr):  # a non-UTF-8 console must not crash on an emoji
+        if hasattr(stream_, "reconfigure"):
+            try:
+                stream_.reconfigure(errors="replace")
+            except (ValueError, OSError):
+                pass
     try:
         args = _cli_parser().parse_args(argv)
     except SystemExit as e:

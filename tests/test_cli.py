@@ -219,3 +219,10 @@ def test_image_flag_sends_the_image(capsys, server, tmp_path):
     import base64
     assert parts[1]["image_url"]["url"] == "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
     assert "not listed as accepting images" in capsys.readouterr().err
+
+
+def test_ascii_console_does_not_crash(isolated_env):
+    run = cli("--provider", "faux", "h\u00e9llo \U0001F642", env=dict(os.environ, PYTHONIOENCODING="ascii"),
+              flags=())
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "You said: h?llo ?\n"
