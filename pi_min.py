@@ -2069,8 +2069,9 @@ class _Options:
 
 
 def _own_hosts(row, pconf: dict, model: dict) -> set:
-    """Hosts a provider's stored key may be sent to: its table and models.json
-    base URLs (loopback is always allowed, for local servers and tests)."""
+    """Hosts a provider's stored key may be sent to: those of its table and
+    models.json base URLs. Any other host (a base_url= override, a local proxy)
+    gets a key only when the caller passes it."""
     hosts = set()
     for url in (row and row.get("baseUrl"), pconf.get("baseUrl")):
         if url and "{" not in url.partition("://")[2].partition("/")[0]:
@@ -2113,7 +2114,7 @@ def _prepare(model: dict, o: _Options) -> None:
         if not o.url:
             raise ConfigError(f"{pid}: no base URL: set baseUrl in models.json or pass base_url=")
         host = _split_url(o.url)[1]
-        trusted = host in _own_hosts(row, pconf, model) or _is_loopback(host)
+        trusted = host in _own_hosts(row, pconf, model)
         o.host_row = _rows_by_host().get(host)
     key = o.api_key
     # a stored key goes only to its provider's own host; an explicit one anywhere

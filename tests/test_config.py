@@ -95,9 +95,26 @@ def test_missing_key_names_env_vars_and_auth_json(isolated_env, server):
         pi_min.stream("groq", "hi")
     text = str(info.value)
     assert "GROQ_API_KEY" in text and str(isolated_env / "auth.json") in text
+    write(isolated_env, "models.json", {"providers": {"google": {"baseUrl": server.url,
+                                                                 "api": "openai-completions"}}})
     with pytest.raises(pi_min.ConfigError, match="GOOGLE_API_KEY or GEMINI_API_KEY"):
-        pi_min.stream(pi_min.get_model("google", api="openai-completions", baseUrl=server.url), "hi")
+        pi_min.stream("gemini", "hi")
     assert server.requests == []
+
+
+def test_stored_keys_stay_on_their_providers_hosts(isolated_env, server, monkeypatch):
+    # the loopback server is openai's configured host here; groq's key must never reach it
+    write(isolated_env, "models.json", {"providers": {"openai": {"baseUrl": server.url}}})
+    monkeypatch.setenv("GROQ_API_KEY", "gsk-groq-secret")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-secret")
+    run(server, "groq", "hi", base_url=server.url)
+    assert "authorization" not in server.requests[0].headers
+    run(server, pi_min.get_model("groq", baseUrl=server.url + "/v1"), "hi")
+    assert "authorization" not in server.requests[1].headers
+    run(server, pi_min.get_model("openai", api="openai-completions"), "hi")
+    assert auth_of(server, 2) == "Bearer sk-openai-secret"
+    everything = json.dumps([r.headers for r in server.requests]) + "".join(r.body.decode() for r in server.requests)
+    assert "gsk-groq-secret" not in everything
 
 
 def test_keyless_local_providers_send_no_auth(server):
