@@ -1454,14 +1454,23 @@ def _oc_relax(body: dict, error: PiError):
     return None
 
 
+def _count(value) -> int:
+    """A token count from a usage field: ints, floats or numeric strings; 0 otherwise."""
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
 def _oc_usage(b: _Builder, usage: dict) -> None:
-    prompt = usage.get("prompt_tokens") or usage.get("input_tokens") or 0
-    completion = usage.get("completion_tokens") or usage.get("output_tokens") or 0
-    details = usage.get("prompt_tokens_details") or {}
-    cached = details.get("cached_tokens") or usage.get("prompt_cache_hit_tokens") or 0
-    written = details.get("cache_write_tokens") or 0
+    prompt = _count(usage.get("prompt_tokens") or usage.get("input_tokens"))
+    completion = _count(usage.get("completion_tokens") or usage.get("output_tokens"))
+    details = usage.get("prompt_tokens_details")
+    details = details if isinstance(details, dict) else {}
+    cached = _count(details.get("cached_tokens") or usage.get("prompt_cache_hit_tokens"))
+    written = _count(details.get("cache_write_tokens"))
     # completion_tokens already counts reasoning tokens (OpenAI, DeepSeek, vLLM)
-    b.set_usage(max(0, int(prompt) - int(cached) - int(written)), int(completion), int(cached), int(written))
+    b.set_usage(max(0, prompt - cached - written), completion, cached, written)
 
 
 def _error_message(err) -> str:
@@ -1528,18 +1537,18 @@ class _OCTranslator:
             raise _in_band_error(err)
         usage = chunk.get("usage")
         choices = chunk.get("choices")
-        if choices and isinstance(choices[0], dict):
+        if choices and isinstance(choices, list) and isinstance(choices[0], dict):
             choice = choices[0]
             delta = choice.get("delta") or choice.get("message")
-            if delta:
+            if isinstance(delta, dict):
                 self.delta(delta)
             usage = usage or choice.get("usage")
             finish = choice.get("finish_reason")
             if finish:
                 if finish == "error":
                     raise PiError("the provider ended the stream with finish_reason 'error'", "server")
-                self.finish = finish
-        if usage:
+                self.finish = str(finish)
+        if isinstance(usage, dict):
             _oc_usage(self.b, usage)
 
     def delta(self, delta: dict) -> None:
@@ -1570,7 +1579,7 @@ class _OCTranslator:
         if refusal and isinstance(refusal, str):
             b.text(refusal)
         calls = delta.get("tool_calls")
-        if calls:
+        if isinstance(calls, list):
             for call in calls:
                 if isinstance(call, dict):
                     self.tool(call)
@@ -1599,21 +1608,25 @@ class _OCTranslator:
     def tool(self, call: dict) -> None:
         b = self.b
         index = call.get("index", 0)
-        call_id = call.get("id")
-        fn = call.get("function") or {}
+        if not isinstance(index, (int, str)):
+            index = 0
+        call_id = call.get("id") if isinstance(call.get("id"), str) else None
+        fn = call.get("function")
+        fn = fn if isinstance(fn, dict) else {}
+        name = fn.get("name") if isinstance(fn.get("name"), str) else None
         slot = self.slots.get(index)
         if slot is None or (call_id and call_id != slot[1]) or slot[0] not in b.open_tools:
             b.end_finished_tools()
             key = len(b.tools)
-            b.tool_start(key, call_id, fn.get("name"))
+            b.tool_start(key, call_id, name)
             slot = self.slots[index] = (key, b.tool_block(key)["id"])
             if self.signatures:
                 self.sign_tools()
             extra = call.get("extra_content")
             if isinstance(extra, dict) and extra:  # Gemini's thought signature on its OpenAI endpoint
                 b.tool_block(key)["thoughtSignature"] = json.dumps({"extra_content": extra})
-        elif fn.get("name") and not b.tool_block(slot[0])["name"]:
-            b.tool_block(slot[0])["name"] = fn["name"]
+        elif name and not b.tool_block(slot[0])["name"]:
+            b.tool_block(slot[0])["name"] = name
         args = fn.get("arguments")
         if args:
             b.tool_delta(slot[0], args if isinstance(args, str) else json.dumps(args))
@@ -2339,9 +2352,15 @@ def _context(context) -> dict:
         return {"messages": [{"role": "user", "content": context, "timestamp": _now_ms()}]}
     if not isinstance(context, dict) or not isinstance(context.get("messages"), list):
         raise ConfigError("context must be a string or a dict with a \"messages\" list")
-    for m in context["messages"]:
+    for n, m in enumerate(context["messages"]):
         if not isinstance(m, dict) or m.get("role") not in ("user", "assistant", "toolResult"):
-            raise ConfigError(f"context message with unknown role: {str(m)[:80]}")
+            raise ConfigError(f"context message {n}: role must be user, assistant or toolResult: {str(m)[:80]}")
+        content = m.get("content")
+        if not (isinstance(content, list) and all(isinstance(b, dict) for b in content)
+                or isinstance(content, str) and m["role"] != "assistant"
+                or content is None and m["role"] == "assistant"):
+            raise ConfigError(f"context message {n} ({m['role']}): content must be a list of blocks"
+                              + (" or a string" if m["role"] != "assistant" else ""))
     tools = context.get("tools")
     if tools is not None and (not isinstance(tools, list) or not all(isinstance(t, dict) and t.get("name")
                                                                       for t in tools)):

@@ -255,3 +255,11 @@ def test_custom_provider_on_a_known_host_inherits_its_quirks(isolated_env, serve
     assert req.path == "http://api.mistral.ai/v1/chat/completions"
     assert "stream_options" not in req.json  # mistral's compat, found by host
     assert auth_of(server) == "Bearer mk"
+
+
+@pytest.mark.parametrize("message", [
+    {"role": "user", "content": 5}, {"role": "assistant", "content": "text"},
+    {"role": "toolResult", "toolCallId": "x", "content": [1]}, {"role": "system", "content": "x"}, "hi"])
+def test_malformed_context_messages_are_config_errors(message):
+    with pytest.raises(pi_min.ConfigError, match="context message 0"):
+        pi_min.stream("faux", {"messages": [message]})
