@@ -23,7 +23,7 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs nothing at run time
-    from typing import Callable, Iterator
+    from typing import Callable, Generator, Iterator
 
 __version__ = "0.1.0"
 __all__ = ["get_model", "stream", "complete", "list_providers", "PiError", "ConfigError"]
@@ -50,6 +50,8 @@ class PiError(Exception):
         super().__init__(message)
         self.kind = kind
         self.status = status
+        self.retry_after: float | None = None  # seconds the server asked us to wait
+        self.no_retry = False                  # never worth retrying (quota, in-band errors)
 
 
 class ConfigError(PiError):
@@ -879,7 +881,7 @@ class _JSONPrefix:
         if not self.stack:
             if not t.strip():
                 return {}
-            candidates = (t,)
+            candidates: tuple = (t,)
         else:
             closers = "".join("}" if c == "{" else "]" for c in reversed(self.stack))
             if self.in_str and not self.is_key:
@@ -1498,7 +1500,7 @@ def _in_band_error(err) -> PiError:
     kind = _classify(status, message, code if isinstance(code, str) else etype) if (status or code or etype) \
         else ("context_overflow" if _is_overflow(message) else "server")
     e = PiError(message, kind, status)
-    e.no_retry = True  # retries follow the HTTP status; this one was a 200
+    e.no_retry = True  # retries follow the HTTP status; this one came with a 200
     return e
 
 
@@ -1510,7 +1512,7 @@ class _OCTranslator:
     def __init__(self, b: _Builder, o: "_Options"):
         self.b = b
         self.needs_done = (o.compat or _OC_COMPAT)["streamEndsWithDone"]
-        self.finish = None
+        self.finish: str | None = None
         self.ended = False
         self.slots: dict = {}   # tool_calls[].index -> (builder key, call id)
         self.signatures: dict = {}  # tool-call id -> encrypted reasoning detail (JSON)
@@ -1705,7 +1707,7 @@ def _faux_sse(model: dict, ctx: dict, o: "_Options", script: dict) -> list:
         for i in range(0, len(raw), size):
             frame({"tool_calls": [{"index": n, "function": {"arguments": raw[i:i + size]}}]})
     if script.get("error"):
-        err = {"message": str(script["error"]), "type": "server_error"}
+        err: dict = {"message": str(script["error"]), "type": "server_error"}
         if script.get("errorStatus"):
             err["code"] = int(script["errorStatus"])
         frames.append(b"data: " + json.dumps({"error": err}).encode() + b"\n\n")
@@ -1774,7 +1776,7 @@ _FAMILIES = {
 # ==== providers, credentials, config ===========================================
 
 _TABLE = None
-_BY_HOST = None
+_BY_HOST: "dict | None" = None
 _AUTH_STYLES = ("bearer", "x-api-key", "api-key", "x-goog-api-key", "none")
 _MODEL_FIELDS = ("id", "name", "api", "provider", "baseUrl", "reasoning", "input", "cost",
                  "contextWindow", "maxTokens", "headers", "compat", "faux")
@@ -1789,9 +1791,10 @@ def _table():
         if mod is None and os.path.isfile(path):
             import importlib.util
             spec = importlib.util.spec_from_file_location("providers_table", path)
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)
-            sys.modules["providers_table"] = mod
+            if spec is not None and spec.loader is not None:
+                mod = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(mod)
+                sys.modules["providers_table"] = mod
         if mod is None:
             try:
                 import providers_table as mod
@@ -1977,7 +1980,7 @@ def _auth_style(model: dict, row, pconf: dict) -> str:
         return "none"
     if row and row.get("auth") and (not pconf.get("api") or pconf.get("api") == row.get("api")):
         return row["auth"]
-    api = model.get("api")
+    api = str(model.get("api") or "")
     return {"anthropic-messages": "x-api-key", "google-generative-ai": "x-goog-api-key",
             "faux": "none"}.get(api, "bearer")
 
@@ -2037,13 +2040,30 @@ class _Options:
                  "session_id", "cache_retention", "signal", "timeout", "max_retries", "on_payload", "extra",
                  "url", "host_row", "compat", "auth_headers", "secrets", "unsupported")
 
-    def __init__(self, **kw):
-        for k in self.__slots__:
-            setattr(self, k, kw.get(k))
-        self.extra = kw.get("extra") or {}
-        self.auth_headers = {}
-        self.secrets = []
-        self.unsupported = None
+    def __init__(self, api_key=None, base_url=None, headers=None, temperature=None, max_tokens=None,
+                 reasoning=None, tool_choice=None, session_id=None, cache_retention=None, signal=None,
+                 timeout=120.0, max_retries=2, on_payload=None, extra=None):
+        self.api_key: str | None = api_key
+        self.base_url: str | None = base_url
+        self.headers: dict | None = headers
+        self.temperature: float | None = temperature
+        self.max_tokens: int | None = max_tokens
+        self.reasoning: str | None = reasoning
+        self.tool_choice = tool_choice
+        self.session_id: str | None = session_id
+        self.cache_retention: str | None = cache_retention
+        self.signal = signal
+        self.timeout: float = 120.0 if timeout is None else timeout
+        self.max_retries: int = 2 if max_retries is None else max_retries
+        self.on_payload = on_payload
+        self.extra: dict = extra or {}
+        # resolved by _prepare() / the family's request builder
+        self.url = ""
+        self.host_row: dict | None = None   # table row serving the request's host
+        self.compat: dict | None = None     # the family's resolved compat flags
+        self.auth_headers: dict = {}        # credentials and model headers
+        self.secrets: list = []             # values redacted from every message
+        self.unsupported: str | None = None  # why this request cannot run (family not built)
         self._validate()
 
     def _validate(self) -> None:
@@ -2058,12 +2078,8 @@ class _Options:
         if self.max_tokens is not None and (isinstance(self.max_tokens, bool)
                                             or not isinstance(self.max_tokens, int) or self.max_tokens < 1):
             raise ConfigError(f"max_tokens must be a positive integer, not {self.max_tokens!r}")
-        if self.timeout is None:
-            self.timeout = 120.0
         if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) or self.timeout <= 0:
             raise ConfigError(f"timeout must be a positive number of seconds, not {self.timeout!r}")
-        if self.max_retries is None:
-            self.max_retries = 2
         if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
             raise ConfigError(f"max_retries must be an integer >= 0, not {self.max_retries!r}")
         if self.signal is not None and not callable(getattr(self.signal, "is_set", None)):
@@ -2197,15 +2213,14 @@ def _http_error(resp, provider: str) -> PiError:
 
 def _retry_delay(e: PiError, attempt: int, o: _Options):
     """Seconds to wait before retrying after e, or None when not retryable."""
-    if attempt >= o.max_retries or getattr(e, "no_retry", False):
+    if attempt >= o.max_retries or e.no_retry:
         return None
     if e.status in _RETRY_STATUSES or (e.kind == "network" and e.status is None):
-        after = getattr(e, "retry_after", None)
-        return after if after is not None else min(8.0, 0.5 * 2 ** attempt)
+        return e.retry_after if e.retry_after is not None else min(8.0, 0.5 * 2 ** attempt)
     return None
 
 
-def _run(model: dict, ctx: dict, o: _Options) -> "Iterator[dict]":
+def _run(model: dict, ctx: dict, o: _Options) -> "Generator[dict, None, None]":
     b = _Builder(model)
     yield {"type": "start", "partial": b.msg}
     resp = None
@@ -2372,7 +2387,7 @@ def stream(model, context, *, api_key: str | None = None, base_url: str | None =
            headers: dict | None = None, temperature: float | None = None, max_tokens: int | None = None,
            reasoning: str | None = None, tool_choice=None, session_id: str | None = None,
            cache_retention: str | None = None, signal=None, timeout: float = 120.0, max_retries: int = 2,
-           on_payload: "Callable | None" = None, **extra) -> "Iterator[dict]":
+           on_payload: "Callable | None" = None, **extra) -> "Generator[dict, None, None]":
     """Stream one assistant turn as events (see the module docs and CONTRACT §4).
 
     ``model`` is a Model dict or "provider" / "provider/model-id"; ``context`` a
@@ -2394,7 +2409,7 @@ def stream(model, context, *, api_key: str | None = None, base_url: str | None =
 
 def complete(model, context, **options) -> dict:
     """Run stream() to the end and return the final AssistantMessage."""
-    message = None
+    message: dict = {}
     events = stream(model, context, **options)
     for event in events:
         if event["type"] == "done":
