@@ -1713,7 +1713,7 @@ def _faux_sse(model: dict, ctx: dict, o: "_Options", script: dict) -> list:
         frames.append(b"data: " + json.dumps({"error": err}).encode() + b"\n\n")
         return frames
     frame(finish=script.get("finishReason") or ("tool_calls" if calls else "stop"))
-    prompt = len(json.dumps(ctx)) // 4
+    prompt = len(json.dumps(ctx, default=str)) // 4  # a rough token count
     out = (len(script.get("text") or "") + len(script.get("thinking") or "")) // 4 + 1
     frames.append(b"data: " + json.dumps(dict(env, choices=[], usage={
         "prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out})).encode() + b"\n\n")
@@ -2092,9 +2092,12 @@ class _Options:
             raise ConfigError("api_key must be a string")
         if self.base_url is not None and not isinstance(self.base_url, str):
             raise ConfigError("base_url must be a string")
-        for k in self.extra:
+        for k, v in self.extra.items():
             if k != "faux":
                 raise ConfigError(f"unknown option {k!r}")
+            if not isinstance(v, (dict, list, str)) or isinstance(v, list) and not all(
+                    isinstance(x, (dict, str)) for x in v):
+                raise ConfigError("faux must be a reply dict, a text, or a list of them (one per turn)")
 
 
 def _own_hosts(row, pconf: dict, model: dict) -> set:

@@ -95,3 +95,10 @@ def test_interactive_chat_on_a_terminal(isolated_env):
         os.close(master)
     assert proc.returncode == 0, err
     assert out.decode().splitlines()[-2:] == ["You said: hello", "You said: again"]
+
+
+def test_a_bad_faux_script_is_a_config_error():
+    for bad in (3, [1], None.__class__):
+        with pytest.raises(pi_min.ConfigError, match="faux must be"):
+            pi_min.stream("faux", "x", faux=bad)
+    assert pi_min.complete("faux", "x", faux="plain text")["content"][0]["text"] == "plain text"
