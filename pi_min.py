@@ -188,22 +188,28 @@ class SSEParser:
             if self._size > MAX_FRAME:
                 raise PiError("stream line longer than 16 MiB", "protocol")
             self._parts.append(rest)
+        return self._lines(lines)
+
+    def close(self) -> list:
+        """End of stream: take a last unterminated line, then act as if the
+        missing blank line came (dispatching a pending event)."""
+        raw = b"".join(self._parts)
+        self._parts = []
+        self._size = 0
+        return self._lines([raw, b""] if raw else [b""])
+
+    def _lines(self, lines: list) -> list:
         out: list = []
         if not self._started and lines:
-            self._line(lines.pop(0), out)  # the first line may start with a BOM
+            self._started = True
+            if lines[0][:3] == b"\xef\xbb\xbf":  # one BOM, at the very start only
+                lines[0] = lines[0][3:]
         data = self._data
         for raw in lines:
-            if raw[:5] == b"data:":  # fast path for the common line
-                if len(raw) > MAX_FRAME:
-                    raise PiError("stream line longer than 16 MiB", "protocol")
-                try:
-                    value = (raw[6:] if raw[5:6] == b" " else raw[5:]).decode("utf-8")
-                except UnicodeDecodeError:
-                    raise PiError("stream is not valid UTF-8", "protocol") from None
-                data.append(value)
-                self._data_size += len(value)
-                if self._data_size > MAX_FRAME:
-                    raise PiError("stream event larger than 16 MiB", "protocol")
+            if len(raw) > MAX_FRAME:
+                raise PiError("stream line longer than 16 MiB", "protocol")
+            if raw[:5] == b"data:":  # the common line, without decoding the field name
+                self._data_line((raw[6:] if raw[5:6] == b" " else raw[5:]))
             elif not raw:
                 if data:
                     out.append((self._event or "message", "\n".join(data)))
@@ -211,42 +217,25 @@ class SSEParser:
                     self._data_size = 0
                 self._event = ""
             else:
-                self._line(raw, out)
-                data = self._data
+                self._field(raw)
         return out
 
-    def close(self) -> list:
-        """End of stream: flush a last unterminated line and a pending event."""
-        out: list = []
-        if self._parts:
-            raw = b"".join(self._parts)
-            self._parts = []
-            self._size = 0
-            self._line(raw, out)
-        if self._data:
-            out.append((self._event or "message", "\n".join(self._data)))
-            self._data = []
-            self._data_size = 0
-        return out
+    def _data_line(self, raw: bytes) -> None:
+        try:
+            value = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise PiError("stream is not valid UTF-8", "protocol") from None
+        self._data.append(value)
+        self._data_size += len(value)
+        if self._data_size > MAX_FRAME:
+            raise PiError("stream event larger than 16 MiB", "protocol")
 
-    def _line(self, raw: bytes, out: list) -> None:
-        if len(raw) > MAX_FRAME:
-            raise PiError("stream line longer than 16 MiB", "protocol")
+    def _field(self, raw: bytes) -> None:
+        """Any line but "data:..." and blank: comments, event, id, retry, bare "data"."""
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise PiError("stream is not valid UTF-8", "protocol") from None
-        if not self._started:
-            self._started = True
-            if line[:1] == "\ufeff":
-                line = line[1:]
-        if not line:
-            if self._data:
-                out.append((self._event or "message", "\n".join(self._data)))
-                self._data = []
-                self._data_size = 0
-            self._event = ""
-            return
         if line[0] == ":":
             return
         field, colon, value = line.partition(":")
@@ -254,9 +243,6 @@ class SSEParser:
             value = value[1:]
         if field == "data":
             self._data.append(value)
-            self._data_size += len(value)
-            if self._data_size > MAX_FRAME:
-                raise PiError("stream event larger than 16 MiB", "protocol")
         elif field == "event":
             self._event = value
         elif field == "id":
