@@ -907,6 +907,9 @@ def _zero_usage() -> dict:
             "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0.0, "cacheWrite": 0.0, "total": 0.0}}
 
 
+_DELTA = {"text": "text_delta", "thinking": "thinking_delta"}
+
+
 class _Builder:
     """Builds the one AssistantMessage of a stream and the events about it.
 
@@ -931,7 +934,7 @@ class _Builder:
     # -- text and thinking ------------------------------------------------------
     def _open(self, kind: str, signature=None) -> dict:
         self.close_current()
-        block = {"type": "text", "text": ""} if kind == "text" else {"type": "thinking", "thinking": ""}
+        block = {"type": kind, kind: ""}
         if signature is not None:
             block["thinkingSignature" if kind == "thinking" else "textSignature"] = signature
         self.content.append(block)
@@ -941,34 +944,29 @@ class _Builder:
         return block
 
     def text(self, delta: str, signature=None) -> None:
-        if not delta:
-            return
-        block = self.content[self.cur] if self.cur_type == "text" else self._open("text", signature)
-        t = block["text"]
-        block["text"] = None    # drop the dict's reference so += grows in place
-        t += delta
-        block["text"] = t
-        self.out.append({"type": "text_delta", "contentIndex": self.cur, "delta": delta, "partial": self.msg})
+        self._grow("text", delta, signature)
 
     def thinking(self, delta: str, signature=None) -> None:
+        self._grow("thinking", delta, signature)
+
+    def _grow(self, kind: str, delta: str, signature) -> None:
+        """Append to the open block of this kind (the block's field is named like
+        the kind), opening one first when the kind changes."""
         if not delta:
             return
-        if self.cur_type == "thinking":
-            block = self.content[self.cur]
-        else:
-            block = self._open("thinking", signature)
-        t = block["thinking"]
-        block["thinking"] = None
+        block = self.content[self.cur] if self.cur_type == kind else self._open(kind, signature)
+        t = block[kind]
+        block[kind] = None      # drop the dict's reference so += grows in place
         t += delta
-        block["thinking"] = t
-        self.out.append({"type": "thinking_delta", "contentIndex": self.cur, "delta": delta, "partial": self.msg})
+        block[kind] = t
+        self.out.append({"type": _DELTA[kind], "contentIndex": self.cur, "delta": delta, "partial": self.msg})
 
     def close_current(self) -> None:
         if self.cur_type:
             block = self.content[self.cur]
             kind = self.cur_type
-            self.out.append({"type": kind + "_end", "contentIndex": self.cur,
-                             "content": block["text" if kind == "text" else "thinking"], "partial": self.msg})
+            self.out.append({"type": kind + "_end", "contentIndex": self.cur, "content": block[kind],
+                             "partial": self.msg})
             self.cur, self.cur_type = -1, ""
 
     # -- tool calls -------------------------------------------------------------
