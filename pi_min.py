@@ -451,10 +451,9 @@ def _open_socket(host: str, port: int, timeout: float, signal, where: str):
     raise PiError(f"cannot connect to {where}: {error}", "network")
 
 
-def _connect(scheme: str, host: str, port: int, timeout: float, signal):
+def _connect(scheme: str, host: str, port: int, proxy, timeout: float, signal):
     """The one function that opens connections: proxy tunnel, TLS, TCP_NODELAY."""
     import socket
-    proxy = _proxy_for(scheme, host)
     target_host, target_port = host, port
     if proxy:
         _, target_host, target_port, _ = _split_url(proxy)
@@ -480,7 +479,7 @@ def _connect(scheme: str, host: str, port: int, timeout: float, signal):
     except BaseException:
         sock.close()
         raise
-    return sock, proxy
+    return sock
 
 
 def _pooled(key):
@@ -539,7 +538,7 @@ def _request(method: str, url: str, headers: dict, body: bytes, timeout: float, 
         sock = _pooled(key) if attempt == 0 else None
         reused = sock is not None
         if sock is None:
-            sock, _ = _connect(scheme, host, port, timeout, signal)
+            sock = _connect(scheme, host, port, proxy, timeout, signal)
         try:
             sock.settimeout(timeout)
             sock.sendall(data)
