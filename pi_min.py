@@ -1259,7 +1259,8 @@ def _oc_messages(model: dict, ctx: dict, compat: dict) -> list:
     bridge = {"role": "assistant", "content": "I have processed the tool results."}
     pending_images: list = []  # images of a run of tool results, sent after it as a user message
     after_tool = False
-    for m in transform_messages(ctx.get("messages") or [], model, _oc_normalizer(compat)):
+    messages = transform_messages(ctx.get("messages") or [], model, _oc_normalizer(compat))
+    for m in messages + [{"role": None}]:  # the sentinel flushes a trailing run of tool results
         role = m.get("role")
         if role != "toolResult":
             if after_tool and compat["requiresAssistantAfterToolResult"] and (pending_images or role == "user"):
@@ -1327,11 +1328,6 @@ def _oc_messages(model: dict, ctx: dict, compat: dict) -> list:
             if images_ok:
                 pending_images.extend(_image_url(b) for b in blocks if b.get("type") == "image")
             after_tool = True
-    if pending_images:
-        if compat["requiresAssistantAfterToolResult"]:
-            out.append(dict(bridge))
-        out.append({"role": "user", "content": [
-            {"type": "text", "text": "Attached image(s) from tool result:"}] + pending_images})
     return out
 
 
