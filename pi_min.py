@@ -79,6 +79,7 @@ def _redact(text: str, secrets=()) -> str:
             (re.compile(r"\bAIza[0-9A-Za-z_-]{30,}"), "***"),
             (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), "***"),
             (re.compile(r"(?i)([?&](?:key|api_key|apikey|token|access_token|sig)=)[^&\s\"']+"), r"\1***"),
+            (re.compile(r"(://)[^/\s@:]*:[^/\s@]*@"), r"\1***@"),  # user:password@ in a URL
         ]
     for pattern, repl in _SECRET_PATTERNS:
         text = pattern.sub(repl, text)
@@ -107,34 +108,29 @@ def _is_overflow(message: str) -> bool:
 
 
 def _classify(status: int | None, message: str = "", code=None) -> str:
-    """Map an HTTP status / provider error code and message to an errorKind."""
-    if _is_overflow(message) or (isinstance(code, str) and _is_overflow(code)):
-        return "context_overflow"
-    if isinstance(code, str):
-        c = code.lower()
-        if "rate_limit" in c or "quota" in c or "resource_exhausted" in c:
-            return "rate_limit"
-        if "auth" in c or "api_key" in c or "permission" in c:
-            return "auth"
-        if "overloaded" in c or "server" in c or "unavailable" in c or c == "api_error":
-            return "server"
-        if "not_found" in c:
-            return "not_found"
-        if "invalid" in c:
-            return "invalid_request"
-    if status is None:
-        return "server"
-    if status in (401, 403):
-        return "auth"
-    if status == 404:
-        return "not_found"
-    if status == 408:
-        return "timeout"
-    if status in (402, 429):
+    """Map an HTTP status, a provider error code and message to an errorKind. The
+    status decides first (a 429 is rate_limit whatever its message says); the
+    code and the message decide only for a generic 4xx or an in-band error."""
+    kind = _STATUS_KINDS.get(status or 0) or ("server" if status and status >= 500 else None)
+    if kind:
+        return kind
+    c = code.lower() if isinstance(code, str) else ""
+    if "rate_limit" in c or "quota" in c or "resource_exhausted" in c:
         return "rate_limit"
-    if status >= 500:
+    if "auth" in c or "api_key" in c or "permission" in c:
+        return "auth"
+    if "overloaded" in c or "server" in c or "unavailable" in c or c == "api_error":
         return "server"
-    return "invalid_request"
+    if "not_found" in c:
+        return "not_found"
+    if _is_overflow(message) or _is_overflow(c):
+        return "context_overflow"
+    if "invalid" in c:
+        return "invalid_request"
+    return "server" if status is None else "invalid_request"
+
+
+_STATUS_KINDS = {401: "auth", 403: "auth", 404: "not_found", 408: "timeout", 402: "rate_limit", 429: "rate_limit"}
 
 
 # ==== SSE parser (sans-IO) =====================================================
@@ -252,20 +248,43 @@ class SSEParser:
 
 
 # ==== transport ================================================================
-# One function opens connections (_connect); _request sends one HTTP/1.1 request
-# and returns a _Response whose body is read with an idle timeout and an abort
-# check. Idle keep-alive sockets are pooled per (scheme, host, port, proxy).
+# HTTP/1.1 message framing is http.client's: request serialization, status line,
+# headers, 1xx, chunked / length / close bodies. What is ours: connecting (each
+# resolved address in turn, each with its own connect timeout, abortable), the
+# proxy choice and its credentials, the TLS context, the keep-alive pool and the
+# abort watcher.
+#
+# ``timeout`` is idle time: every phase after the TCP connect (TLS handshake,
+# proxy CONNECT, sending the body in 64 KiB pieces, waiting for the response head,
+# reading the body) fails after ``timeout`` seconds without a byte moving. Each
+# resolved address gets min(timeout, 10 s) to accept the TCP connection. Name
+# resolution (getaddrinfo) cannot be interrupted.
+#
+# Abort: with a signal, one watcher thread per stream polls it every 50 ms and
+# shuts the socket in use down, so whatever blocking call is running returns at
+# once. Without a signal no thread is started.
 
-_POOL: dict = {}
+_POOL: dict = {}  # (scheme, host, port, proxy) -> [(HTTPConnection, idle since)]
+_POOL_PID = [0]  # the process the pool belongs to: a forked child starts empty
 _POOL_MAX = 8
-_POOL_IDLE = 50.0  # seconds an idle socket is trusted to still be open
+_POOL_IDLE = 50.0  # seconds an idle connection is trusted to still be open
 _TLS: dict = {}  # CA file (or None: the system store) -> ssl.SSLContext
 _CERTIFI: list = []  # [path or None] once looked up
+_HTTP: list = []  # [http.client, its response class] once imported
 _LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
+_CONNECT_TIMEOUT = 10.0  # per resolved address
+_POLL = 0.05  # how often an abort signal is looked at
+_PIECE = 65536  # bytes per send / read
+_FRAMING_HEADERS = ("content-length", "transfer-encoding", "host", "connection")
 
 
 def _is_loopback(host: str) -> bool:
     return host in _LOOPBACK or host.startswith("127.") or host.endswith(".localhost")
+
+
+def _bad_chars(text: str) -> bool:
+    """True when text holds a control character (CR/LF injection and friends)."""
+    return any(c < " " or c == "\x7f" for c in text)
 
 
 def _tls_context():
@@ -282,48 +301,65 @@ def _tls_context():
     ctx = _TLS.get(cafile)
     if ctx is None:
         import ssl
-        ctx = ssl.create_default_context(cafile=cafile)
+        try:
+            ctx = ssl.create_default_context(cafile=cafile)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"cannot load the CA bundle {cafile} (SSL_CERT_FILE): {e}") from None
         ctx.set_alpn_protocols(["http/1.1"])
         _TLS[cafile] = ctx
     return ctx
 
 
+def _safe_url(url: str) -> str:
+    """The URL without user:password@, for messages."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    return scheme + sep + authority.rpartition("@")[2] + slash + path
+
+
 def _split_url(url: str):
-    """-> (scheme, host, port, target) for an http(s) URL."""
+    """-> (scheme, host, port, target) for an http(s) URL; ConfigError otherwise."""
+    if _bad_chars(url) or " " in url:
+        raise ConfigError(f"URL contains spaces or control characters: {_safe_url(url)!r}")
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if not sep or scheme not in ("http", "https"):
-        raise ConfigError(f"not an http(s) URL: {url!r}")
+        raise ConfigError(f"not an http(s) URL: {_safe_url(url)!r}")
     authority, slash, path = rest.partition("/")
     target = slash + path if slash else "/"
     if "?" in authority:
         authority, _, query = authority.partition("?")
         target = "/?" + query
-    if "@" in authority:
-        authority = authority.rpartition("@")[2]
+    authority = authority.rpartition("@")[2]
     if authority.startswith("["):
         host, _, port_txt = authority[1:].partition("]")
         port_txt = port_txt.lstrip(":")
     else:
         host, _, port_txt = authority.partition(":")
     if not host:
-        raise ConfigError(f"URL has no host: {url!r}")
-    try:
-        port = int(port_txt) if port_txt else (443 if scheme == "https" else 80)
-    except ValueError:
-        raise ConfigError(f"bad port in URL: {url!r}") from None
+        raise ConfigError(f"URL has no host: {_safe_url(url)!r}")
+    if port_txt and not (port_txt.isascii() and port_txt.isdigit() and 0 < int(port_txt) < 65536):
+        raise ConfigError(f"bad port in URL: {_safe_url(url)!r}")
+    port = int(port_txt) if port_txt else (443 if scheme == "https" else 80)
     return scheme, host.lower(), port, target
 
 
-def _host_of(url: str) -> str:
+def _origin(url: str):
+    """(scheme, host, port) of a URL, or None."""
     try:
-        return _split_url(url)[1]
+        return _split_url(url)[:3]
     except PiError:
-        return ""
+        return None
+
+
+def _host_of(url: str) -> str:
+    origin = _origin(url)
+    return origin[1] if origin else ""
 
 
 def _proxy_for(scheme: str, host: str):
-    """The proxy URL from the environment for this host, or None (curl's rules)."""
+    """The proxy URL from the environment for this host, or None (curl's rules).
+    Raises ConfigError for a proxy URL pi_min cannot use; never shows its password."""
     env = os.environ
     if _is_loopback(host):
         return None
@@ -331,7 +367,7 @@ def _proxy_for(scheme: str, host: str):
     proxy = None
     for name in names + ("all_proxy", "ALL_PROXY"):
         if env.get(name):
-            proxy = env[name]
+            proxy = env[name].strip()
             break
     if not proxy:
         return None
@@ -348,76 +384,87 @@ def _proxy_for(scheme: str, host: str):
             return None
     if "://" not in proxy:
         proxy = "http://" + proxy
+    try:
+        pscheme, _, _, _ = _split_url(proxy)
+    except ConfigError as e:
+        raise ConfigError(f"the proxy from the environment is not usable: {e}") from None
+    if pscheme != "http":
+        raise ConfigError(f"the proxy {_safe_url(proxy)} is an https:// URL: TLS to the proxy is not "
+                          "supported; use its http:// address (the tunnel to the provider is still TLS)")
     return proxy
 
 
-def _proxy_auth(proxy: str) -> str:
+def _proxy_auth(proxy: str) -> dict:
     authority = proxy.partition("://")[2].partition("/")[0]
     if "@" not in authority:
-        return ""
+        return {}
     import base64
     from urllib.parse import unquote
     cred = unquote(authority.rpartition("@")[0])
-    return "Proxy-Authorization: Basic " + base64.b64encode(cred.encode()).decode() + "\r\n"
+    return {"Proxy-Authorization": "Basic " + base64.b64encode(cred.encode()).decode()}
 
 
-def _read_head(sock, buf: bytes, deadline: float, signal):
-    """Read a response head; -> (status, reason, headers, version, rest)."""
-    while True:
-        end = buf.find(b"\r\n\r\n")
-        sep = 4
-        if end < 0:
-            end = buf.find(b"\n\n")
-            sep = 2
-        if end >= 0:
-            break
-        if len(buf) > 65536:
-            raise PiError("response headers larger than 64 KiB", "protocol")
-        more = _recv(sock, deadline, signal)
-        if not more:
-            raise PiError("connection closed before the response headers", "network")
-        buf += more
-    head, rest = buf[:end], buf[end + sep:]
-    lines = head.decode("latin-1").replace("\r\n", "\n").split("\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/"):
-        raise PiError(f"not an HTTP response: {lines[0][:80]!r}", "protocol")
-    try:
-        status = int(parts[1])
-    except ValueError:
-        raise PiError(f"bad HTTP status line: {lines[0][:80]!r}", "protocol") from None
-    headers: dict = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        if not colon:
-            continue
-        name = name.strip().lower()
-        value = value.strip()
-        headers[name] = headers[name] + ", " + value if name in headers else value
-    return status, parts[2] if len(parts) > 2 else "", headers, parts[0], rest
-
-
-def _recv(sock, deadline: float, signal) -> bytes:
-    """One recv with the idle deadline and the abort signal checked while waiting."""
+def _shutdown(sock) -> None:
     import socket
-    while True:
-        if signal is not None and signal.is_set():
-            raise PiError("Request was aborted", "aborted")
-        try:
-            return sock.recv(65536)
-        except socket.timeout:
-            if time.monotonic() >= deadline - 0.005:
-                raise PiError("no data from the server within the timeout", "timeout") from None
-        except OSError as e:
-            raise PiError(f"connection error: {e}", "network") from None
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
-def _open_socket(host: str, port: int, timeout: float, signal, where: str):
-    """TCP connect that gives up after ``timeout`` and notices the abort signal."""
+class _Watch:
+    """Shuts the socket in use down when the abort signal is set.
+
+    It holds a duplicate of the socket's descriptor, never the socket itself, so it
+    cannot touch a descriptor that was closed and reused meanwhile; shutting the
+    duplicate down ends the connection for the original too (TLS included)."""
+
+    def __init__(self, signal):
+        import threading
+        self.signal = signal
+        self.fired = False
+        self._dup = None
+        self._lock = threading.Lock()
+        self._stopped = False
+        threading.Thread(target=self._watch, name="pi_min-abort", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self._stopped:
+            if self.signal.wait(_POLL):
+                with self._lock:
+                    self.fired = True
+                    if self._dup is not None:
+                        _shutdown(self._dup)
+                return
+
+    def track(self, sock) -> None:
+        """Watch sock (None: nothing) from now on."""
+        import socket
+        with self._lock:
+            if self._dup is not None:
+                self._dup.close()
+                self._dup = None
+            if sock is not None:
+                self._dup = socket.fromfd(sock.fileno(), sock.family, sock.type, sock.proto)
+                if self.fired:
+                    _shutdown(self._dup)
+
+    def stop(self) -> None:
+        self._stopped = True
+        self.track(None)
+
+
+def _aborted() -> PiError:
+    return PiError("Request was aborted", "aborted")
+
+
+def _open_socket(host: str, port: int, timeout: float, watch, where: str):
+    """TCP connect trying each resolved address in turn, each for up to ``timeout``
+    seconds, noticing the abort signal while waiting."""
     import errno
     import select
     import socket
-    deadline = time.monotonic() + timeout
+    signal = watch.signal if watch is not None else None
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as e:
@@ -425,22 +472,23 @@ def _open_socket(host: str, port: int, timeout: float, signal, where: str):
     error = None
     for family, kind, proto, _, addr in infos:
         sock = socket.socket(family, kind, proto)
+        deadline = time.monotonic() + timeout
         try:
             sock.setblocking(False)
             err = sock.connect_ex(addr)
             while err in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY, 10035):
                 if signal is not None and signal.is_set():
-                    raise PiError("Request was aborted", "aborted")
+                    raise _aborted()
                 left = deadline - time.monotonic()
                 if left <= 0:
                     err = errno.ETIMEDOUT
                     break
-                _, writable, _ = select.select([], [sock], [], min(left, 0.05) if signal is not None else left)
+                _, writable, _ = select.select([], [sock], [], min(left, _POLL) if signal is not None else left)
                 if writable:
                     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
                 raise OSError(err, os.strerror(err))
-            sock.settimeout(timeout)
+            sock.setblocking(True)
             return sock
         except OSError as e:
             sock.close()
@@ -451,48 +499,101 @@ def _open_socket(host: str, port: int, timeout: float, signal, where: str):
     raise PiError(f"cannot connect to {where}: {error}", "network")
 
 
-def _connect(scheme: str, host: str, port: int, proxy, timeout: float, signal):
-    """The one function that opens connections: proxy tunnel, TLS, TCP_NODELAY."""
-    import socket
-    target_host, target_port = host, port
+def _http_client():
+    """http.client and its response class, imported on first use."""
+    if not _HTTP:
+        import http.client
+
+        class Response(http.client.HTTPResponse):
+            def _read_status(self):
+                # http.client skips 100 Continue only: skip every interim 1xx (102, 103) alike
+                while True:
+                    version, status, reason = super()._read_status()  # type: ignore[misc]
+                    if not 101 < status < 200:
+                        return version, status, reason
+                    http.client.parse_headers(self.fp)
+        _HTTP.extend((http.client, Response))
+    return _HTTP[0], _HTTP[1]
+
+
+def _connect(scheme: str, host: str, port: int, proxy, timeout: float, watch):
+    """The one function that opens connections: TCP (through the proxy's CONNECT
+    tunnel for https), then TLS. -> a connected http.client connection."""
+    client, response_class = _http_client()
     if proxy:
-        _, target_host, target_port, _ = _split_url(proxy)
-    where = f"proxy {target_host}:{target_port}" if proxy else f"{host}:{port}"
-    sock = _open_socket(target_host, target_port, min(timeout, 30.0), signal, where)
+        _, chost, cport, _ = _split_url(proxy)
+        where = f"proxy {chost}:{cport}"
+    else:
+        chost, cport, where = host, port, f"{host}:{port}"
+    if scheme == "https":
+        conn = client.HTTPSConnection(chost, cport, timeout=timeout, context=_tls_context(), blocksize=_PIECE)
+        if proxy:
+            conn.set_tunnel(host, port, headers=_proxy_auth(proxy))
+    else:
+        conn = client.HTTPConnection(chost, cport, timeout=timeout, blocksize=_PIECE)
+    conn.response_class = response_class
+
+    def open_tcp(address, _timeout=None, _source=None):
+        sock = _open_socket(address[0], address[1], min(timeout, _CONNECT_TIMEOUT), watch, where)
+        sock.settimeout(timeout)
+        if watch is not None:
+            watch.track(sock)
+        return sock
+    conn._create_connection = open_tcp  # our connect; http.client does CONNECT and TLS on it
     try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if proxy and scheme == "https":
-            hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            sock.sendall((f"CONNECT {hostport} HTTP/1.1\r\nHost: {hostport}\r\n"
-                          + _proxy_auth(proxy) + "\r\n").encode("latin-1"))
-            status, reason, _, _, _ = _read_head(sock, b"", time.monotonic() + timeout, signal)
-            if status != 200:
-                raise PiError(f"proxy refused the tunnel to {hostport}: HTTP {status} {reason}", "network", status)
-        if scheme == "https":
-            import ssl
-            try:
-                sock = _tls_context().wrap_socket(sock, server_hostname=host)
-            except ssl.SSLCertVerificationError as e:
-                raise PiError(f"TLS certificate of {host} not trusted: {e.verify_message}", "network") from None
-            except (ssl.SSLError, OSError) as e:
-                raise PiError(f"TLS handshake with {host} failed: {e}", "network") from None
+        conn.connect()
     except BaseException:
-        sock.close()
+        conn.close()
         raise
-    return sock
+    return conn
+
+
+def _net_error(e: BaseException, host: str, timeout: float) -> PiError:
+    """A PiError for what the socket, TLS or http.client raised."""
+    import socket
+    ssl = sys.modules.get("ssl")
+    client = _HTTP[0] if _HTTP else None
+    if isinstance(e, PiError):
+        return e
+    if ssl is not None and isinstance(e, ssl.SSLCertVerificationError):
+        err = PiError(f"TLS certificate of {host} not trusted: {e.verify_message} (not retried; set "
+                      "SSL_CERT_FILE for a private CA)", "network")
+        err.no_retry = True
+        return err
+    if isinstance(e, socket.timeout):
+        return PiError(f"no data from {host} for {timeout:g} s (timeout)", "timeout")
+    if ssl is not None and isinstance(e, ssl.SSLError):
+        return PiError(f"TLS with {host} failed: {e.reason or e}", "network")
+    if client is not None and isinstance(e, client.IncompleteRead):
+        return PiError(f"{host} closed the connection before the end of the response body", "network")
+    if client is not None and isinstance(e, client.RemoteDisconnected):
+        return PiError(f"{host} closed the connection without answering", "network")
+    if client is not None and isinstance(e, client.HTTPException):
+        detail = " ".join(str(e).split())[:120]
+        return PiError(f"malformed HTTP response from {host}: {type(e).__name__} {detail}".rstrip(), "protocol")
+    if isinstance(e, OSError):
+        return PiError(f"connection to {host} failed: {e}", "network")
+    return PiError(f"connection to {host} failed: {type(e).__name__}: {e}", "network")
 
 
 def _pooled(key):
+    pid = os.getpid()
+    if _POOL_PID[0] != pid:  # a forked child: the parent's connections are not ours to use
+        for idle in list(_POOL.values()):
+            for conn, _ in idle:
+                conn.close()
+        _POOL.clear()
+        _POOL_PID[0] = pid
     idle = _POOL.get(key)
     now = time.monotonic()
     while idle:
         try:
-            sock, since = idle.pop()
+            conn, since = idle.pop()
         except IndexError:
             break
-        if now - since < _POOL_IDLE and _still_open(sock):
-            return sock
-        sock.close()
+        if now - since < _POOL_IDLE and conn.sock is not None and _still_open(conn.sock):
+            return conn
+        conn.close()
     return None
 
 
@@ -508,8 +609,8 @@ def _still_open(sock) -> bool:
         return False
 
 
-def _request(method: str, url: str, headers: dict, body: bytes, timeout: float, signal) -> "_Response":
-    """Send one request; -> _Response after its head arrived. Raises PiError."""
+def _request(method: str, url: str, headers: dict, body: bytes, timeout: float, watch=None) -> "_Response":
+    """Send one request; -> _Response once its head arrived. Raises PiError."""
     import socket
     scheme, host, port, target = _split_url(url)
     proxy = _proxy_for(scheme, host)
@@ -517,85 +618,87 @@ def _request(method: str, url: str, headers: dict, body: bytes, timeout: float, 
     hostport = host if port == (443 if scheme == "https" else 80) else f"{host}:{port}"
     if ":" in host:
         hostport = f"[{host}]" + hostport[len(host):]
-    if proxy and scheme == "http":
+    head = {"Host": hostport, "Accept-Encoding": "identity"}
+    head.update(headers)
+    head["Content-Length"] = str(len(body))
+    if proxy and scheme == "http":  # a plain-http request goes to the proxy whole
         target = f"http://{hostport}{target}"
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {hostport}", "Accept-Encoding: identity"]
-    for name, value in headers.items():
-        value = str(value)
-        if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
-            raise ConfigError(f"header {name!r} contains a line break")
-        lines.append(f"{name}: {value}")
-    lines.append(f"Content-Length: {len(body)}")
-    head = "\r\n".join(lines) + "\r\n"
-    if proxy and scheme == "http":
-        head += _proxy_auth(proxy)
-    try:
-        data = (head + "\r\n").encode("latin-1") + body
-    except UnicodeEncodeError:
-        raise ConfigError("header values must be ASCII/latin-1 text") from None
-    poll = min(0.05, timeout) if signal is not None else timeout
+        head.update(_proxy_auth(proxy))
+    view = memoryview(body)
+    pieces = [view[i:i + _PIECE] for i in range(0, len(body), _PIECE)]  # idle timeout per piece
     for attempt in (0, 1):
-        sock = _pooled(key) if attempt == 0 else None
-        reused = sock is not None
-        if sock is None:
-            sock = _connect(scheme, host, port, proxy, timeout, signal)
+        conn = _pooled(key) if attempt == 0 else None
+        reused = conn is not None
         try:
-            sock.settimeout(timeout)
-            sock.sendall(data)
-            sock.settimeout(poll)
-            status, reason, rheaders, version, rest = _read_head(
-                sock, b"", time.monotonic() + timeout, signal)
-            while 100 <= status < 200:  # 100 Continue and friends
-                status, reason, rheaders, version, rest = _read_head(
-                    sock, rest, time.monotonic() + timeout, signal)
-        except (PiError, OSError, socket.timeout) as e:
-            sock.close()
-            # a pooled socket the server already dropped: try once on a fresh one
-            if reused and not (isinstance(e, PiError) and e.kind in ("aborted", "timeout")):
-                continue
-            if isinstance(e, PiError):
+            if conn is None:
+                conn = _connect(scheme, host, port, proxy, timeout, watch)
+            else:
+                conn.sock.settimeout(timeout)
+                if watch is not None:
+                    watch.track(conn.sock)
+            conn.request(method, target, pieces, head)
+            resp = conn.getresponse()
+        except BaseException as e:
+            if conn is not None:
+                conn.close()
+            if watch is not None and watch.fired:
+                raise _aborted() from None
+            if not isinstance(e, Exception):
                 raise
-            if isinstance(e, socket.timeout):
-                raise PiError(f"{host} did not answer within {timeout:g} s", "timeout") from None
-            raise PiError(f"connection to {host} failed: {e}", "network") from None
-        return _Response(sock, key, status, reason, rheaders, version, rest, timeout, signal)
+            err = _net_error(e, host, timeout)
+            # a pooled connection the server had already dropped: once more on a fresh one
+            if reused and err.kind == "network" and not isinstance(e, socket.timeout):
+                continue
+            raise err from None
+        return _Response(conn, resp, key, watch, host, timeout)
     raise PiError(f"connection to {host} failed", "network")  # pragma: no cover
 
 
 class _Response:
-    """An HTTP/1.1 response whose body is read lazily, piece by piece."""
+    """An HTTP response whose body is read piece by piece (http.client framing),
+    with the abort watcher and the keep-alive pool looked after."""
 
-    __slots__ = ("status", "reason", "headers", "_sock", "_key", "_buf", "_timeout",
-                 "_signal", "_mode", "_left", "_done", "_reusable", "_body")
+    __slots__ = ("status", "reason", "headers", "_conn", "_resp", "_key", "_watch", "_host", "_timeout",
+                 "_body")
 
-    def __init__(self, sock, key, status, reason, headers, version, rest, timeout, signal):
-        self.status, self.reason, self.headers = status, reason, headers
-        self._sock, self._key, self._buf = sock, key, rest
-        self._timeout, self._signal = timeout, signal
-        self._done = False
-        self._body = None
-        te = headers.get("transfer-encoding", "").lower()
-        length = headers.get("content-length")
-        conn = headers.get("connection", "").lower()
-        self._reusable = version == "HTTP/1.1" and "close" not in conn
-        if status in (204, 304):
-            self._mode, self._left = "length", 0
-        elif "chunked" in te:
-            self._mode, self._left = "chunked", 0
-        elif length is not None and length.strip().isdigit():
-            self._mode, self._left = "length", int(length)
-        else:
-            self._mode, self._left = "close", 0
-            self._reusable = False
+    def __init__(self, conn, resp, key, watch, host: str, timeout: float):
+        self.status, self.reason = resp.status, resp.reason
+        self._conn, self._resp, self._key, self._watch = conn, resp, key, watch
+        self._host, self._timeout = host, timeout
+        self._body: "Iterator[bytes] | None" = None
+        headers: dict = {}
+        for name, value in resp.msg.items():
+            name = name.lower()
+            headers[name] = headers[name] + ", " + value if name in headers else value
+        self.headers = headers
+        try:
+            self._check_framing()
+        except PiError:
+            self.close()
+            raise
 
-    def _recv(self) -> bytes:
-        return _recv(self._sock, time.monotonic() + self._timeout, self._signal)
+    def _check_framing(self) -> None:
+        """What http.client would read leniently: a response framed two ways at once."""
+        msg = self._resp.msg
+        bad = None
+        if msg.defects or msg.get_payload() or any("\n" in v or "\r" in v for v in msg.values()):
+            bad = "malformed or folded header lines"
+        te = [t.strip().lower() for v in msg.get_all("transfer-encoding") or () for t in v.split(",")]
+        lengths = {t.strip() for v in msg.get_all("content-length") or () for t in v.split(",")}
+        if te and te != ["chunked"]:
+            bad = f"unsupported Transfer-Encoding {', '.join(te)!r}"
+        elif lengths and not te and (len(lengths) > 1 or not all(t.isascii() and t.isdigit() for t in lengths)):
+            bad = f"bad Content-Length {', '.join(sorted(lengths))!r}"
+        if bad:
+            raise PiError(f"malformed HTTP response from {self._host}: {bad}", "protocol", self.status)
+        if te and lengths:
+            self._resp.will_close = True  # framed twice: chunked wins, the connection is not reused
 
     def iter_body(self) -> "Iterator[bytes]":
-        """The body bytes as they arrive (chunked framing removed); calling it
-        again continues where the last iteration stopped."""
+        """The body bytes as they arrive, inflated when a server compressed them
+        anyway; calling it again continues where the last iteration stopped."""
         if self._body is None:
-            body = self._iter_body()
+            body = self._read()
             encoding = self.headers.get("content-encoding", "identity").strip().lower()
             if encoding in ("gzip", "x-gzip", "deflate"):  # sent despite Accept-Encoding: identity
                 body = _inflate(body)
@@ -604,92 +707,25 @@ class _Response:
             self._body = body
         return self._body
 
-    def _iter_body(self):
-        if self._mode == "chunked":
-            yield from self._iter_chunked()
-        elif self._mode == "length":
-            left = self._left
-            buf, self._buf = self._buf, b""
-            if buf:
-                buf = buf[:left]
-                left -= len(buf)
-                yield buf
-            while left > 0:
-                more = self._recv()
-                if not more:
-                    raise PiError("connection closed before the end of the response body", "network")
-                if len(more) > left:
-                    more = more[:left]
-                left -= len(more)
-                yield more
-        else:
-            buf, self._buf = self._buf, b""
-            if buf:
-                yield buf
-            while True:
-                more = self._recv()
-                if not more:
-                    break
-                yield more
-        self._done = True
-
-    def _iter_chunked(self):
-        buf, pos = self._buf, 0
-        self._buf = b""
-        recv = self._recv
+    def _read(self) -> "Iterator[bytes]":
+        resp, watch = self._resp, self._watch
         while True:
-            nl = buf.find(b"\n", pos)
-            if nl < 0:
-                if len(buf) - pos > 4096:
-                    raise PiError("bad chunked encoding in response", "protocol")
-                more = recv()
-                if not more:
-                    raise PiError("connection closed before the end of the response body", "network")
-                buf = buf[pos:] + more
-                pos = 0
-                continue
-            size_txt = buf[pos:nl].split(b";", 1)[0].strip()
-            pos = nl + 1
-            if not size_txt:  # the CRLF that ends a chunk's data
-                continue
             try:
-                size = int(size_txt, 16)
-            except ValueError:
-                raise PiError("bad chunked encoding in response", "protocol") from None
-            if size == 0:
-                self._skip_trailers(buf[pos:])
+                piece = resp.read1(_PIECE)
+            except Exception as e:
+                if watch is not None and watch.fired:
+                    raise _aborted() from None
+                raise _net_error(e, self._host, self._timeout) from None
+            if resp.chunked and (resp.chunk_left or 0) < 0:  # a negative chunk size
+                raise PiError(f"malformed HTTP response from {self._host}: bad chunk size", "protocol")
+            if not piece:
+                if watch is not None and watch.fired:
+                    raise _aborted()
+                if resp.length:
+                    raise PiError(f"{self._host} closed the connection before the end of the response body",
+                                  "network")
                 return
-            end = pos + size
-            if end <= len(buf):
-                yield buf[pos:end]
-                pos = end
-                continue
-            if pos < len(buf):
-                yield buf[pos:]
-            left = end - len(buf)
-            buf, pos = b"", 0
-            while left:
-                more = recv()
-                if not more:
-                    raise PiError("connection closed before the end of the response body", "network")
-                if len(more) <= left:
-                    left -= len(more)
-                    yield more
-                else:
-                    yield more[:left]
-                    buf, pos, left = more, left, 0
-
-    def _skip_trailers(self, buf: bytes) -> None:
-        while True:
-            if buf.startswith(b"\r\n") or buf.startswith(b"\n") or b"\n\r\n" in buf or b"\n\n" in buf:
-                return
-            if len(buf) > 65536:
-                raise PiError("bad chunked trailers in response", "protocol")
-            more = self._recv()
-            if not more:
-                self._reusable = False
-                return
-            buf += more
+            yield piece
 
     def read_all(self, limit: int = MAX_FRAME) -> bytes:
         parts, size = [], 0
@@ -698,56 +734,74 @@ class _Response:
             size += len(piece)
             if size > limit:
                 self.close()
-                raise PiError("response body larger than 16 MiB", "protocol")
+                raise PiError(f"response body larger than {limit >> 20} MiB", "protocol")
         return b"".join(parts)
 
-    def release(self) -> None:
-        """Done with the body: pool the socket when the response ended cleanly."""
-        sock, self._sock = self._sock, None
-        if sock is None:
-            return
-        if self._done and self._reusable and not self._buf:
-            idle = _POOL.setdefault(self._key, [])
-            if len(idle) < _POOL_MAX:
-                idle.append((sock, time.monotonic()))
-                return
-        sock.close()
+    def _complete(self) -> bool:
+        resp = self._resp
+        return resp.isclosed() or resp.length == 0
 
-    def drain(self, max_bytes: int = 65536) -> None:
-        """Read what is left of a body we no longer need, then release."""
-        if not self._done and self._sock is not None:
-            self._timeout = min(self._timeout, 0.5)
-            self._signal = None
+    def finish(self) -> None:
+        """The provider's terminator was parsed: never wait for more. What is already
+        there of the rest is read (20 ms at most) so a body that has ended lets its
+        connection go back to the pool; one still open is closed."""
+        resp, conn = self._resp, self._conn
+        if conn is not None and not self._complete() and not resp.will_close:
+            deadline = time.monotonic() + 0.02
             try:
-                self._sock.settimeout(self._timeout)
-                size = 0
-                for piece in self.iter_body():
-                    size += len(piece)
-                    if size > max_bytes:
+                conn.sock.settimeout(0.001)
+                while not self._complete() and time.monotonic() < deadline and resp.read1(_PIECE):
+                    if resp.chunked and (resp.chunk_left or 0) < 0:
                         break
-            except PiError:
+            except Exception:
                 pass
         self.release()
 
+    def release(self) -> None:
+        """Done with the body: pool the connection when the body ended cleanly."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if self._watch is not None:
+            self._watch.track(None)
+        resp = self._resp
+        if self._complete() and not resp.will_close and conn.sock is not None:
+            resp.close()
+            idle = _POOL.setdefault(self._key, [])
+            if len(idle) < _POOL_MAX:
+                idle.append((conn, time.monotonic()))
+                return
+        resp.close()
+        conn.close()
+
     def close(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            if self._watch is not None:
+                self._watch.track(None)
+            self._resp.close()
+            conn.close()
 
 
 def _inflate(pieces):
+    """Inflate a gzip/zlib body in steps of at most 64 KiB of output (a few MB
+    that inflate to GBs never sit in memory at once)."""
     import zlib
     d = zlib.decompressobj(47)  # gzip or zlib header, detected
     try:
         for piece in pieces:
-            data = d.decompress(piece)
-            if data:
-                yield data
+            while piece and not d.eof:
+                data = d.decompress(piece, _PIECE)
+                piece = d.unconsumed_tail
+                if data:
+                    yield data
         data = d.flush()
     except zlib.error as e:
         raise PiError(f"bad compressed response body: {e}", "protocol") from None
     if data:
         yield data
+    if not d.eof:
+        raise PiError("compressed response body ended early", "network")
 
 
 def _parse_retry_after(headers: dict):
@@ -1726,7 +1780,7 @@ class _FauxResponse:
     def release(self) -> None:
         pass
 
-    drain = close = release
+    finish = close = release
 
 
 def _faux_build(model: dict, ctx: dict, o: "_Options"):
@@ -1988,8 +2042,17 @@ def _auth_json_key(pid: str):
     return entry.get("key") or entry.get("api_key") or None
 
 
+def _quote(value: str) -> str:
+    """A value made safe to substitute into a URL: every reserved or control
+    character percent-encoded (a model id can hold "/", ":" or CR LF)."""
+    from urllib.parse import quote
+    return quote(value, safe="")
+
+
 def _fill_url(url: str, row, model: dict) -> str:
-    """Fill {placeholders} of a templated base URL from env vars / defaults."""
+    """Fill {placeholders} of a templated base URL from env vars / defaults; the
+    values are percent-encoded, except whole URLs ({service_url}), which are
+    checked like any URL."""
     if "{" not in url:
         return url
     import re
@@ -1997,8 +2060,7 @@ def _fill_url(url: str, row, model: dict) -> str:
     env_map = row.get("urlVars") or {}
     defaults = row.get("urlDefaults") or {}
 
-    def fill(m):
-        name = m.group(1)
+    def value_of(name: str) -> str:
         for env in env_map.get(name, ()):
             value = os.environ.get(env, "").strip()
             if value:
@@ -2009,6 +2071,10 @@ def _fill_url(url: str, row, model: dict) -> str:
             return model["id"]
         names = " or ".join(env_map.get(name, ())) or "a baseUrl in models.json"
         raise ConfigError(f"{model['provider']}: the base URL needs {{{name}}}: set {names}")
+
+    def fill(m):
+        value = value_of(m.group(1))
+        return value.rstrip("/") if m.group(1).endswith("_url") else _quote(value)
     return re.sub(r"\{([A-Za-z_]+)\}", fill, url)
 
 
@@ -2079,15 +2145,16 @@ class _Options:
                 raise ConfigError("faux must be a reply dict, a text, or a list of them (one per turn)")
 
 
-def _own_hosts(row, pconf: dict, model: dict) -> set:
-    """Hosts a provider's stored key may be sent to: those of its table and
-    models.json base URLs. Any other host (a base_url= override, a local proxy)
-    gets a key only when the caller passes it."""
-    hosts = set()
+def _own_origins(row, pconf: dict, model: dict) -> set:
+    """(scheme, host, port) a provider's stored key may be sent to: those of its
+    table and models.json base URLs. Any other origin (a base_url= override, a
+    local proxy, plain http to the provider's host) gets a key only when the
+    caller passes it."""
+    origins = set()
     for url in (row and row.get("baseUrl"), pconf.get("baseUrl")):
         if url and "{" not in url.partition("://")[2].partition("/")[0]:
-            hosts.add(_host_of(_fill_url(url, row, model)))
-    return hosts
+            origins.add(_origin(_fill_url(url, row, model)))
+    return origins
 
 
 def _stored_key(pid: str, row, pconf: dict):
@@ -2124,9 +2191,9 @@ def _prepare(model: dict, o: _Options) -> None:
         o.url = _fill_url(o.base_url or model.get("baseUrl") or "", row, model)
         if not o.url:
             raise ConfigError(f"{pid}: no base URL: set baseUrl in models.json or pass base_url=")
-        host = _split_url(o.url)[1]
-        trusted = host in _own_hosts(row, pconf, model)
-        o.host_row = _rows_by_host().get(host)
+        origin = _split_url(o.url)[:3]
+        trusted = origin in _own_origins(row, pconf, model)
+        o.host_row = _rows_by_host().get(origin[1])
     key = o.api_key
     # a stored key goes only to its provider's own host; an explicit one anywhere
     if key is None and trusted:
@@ -2202,119 +2269,73 @@ def _retry_delay(e: PiError, attempt: int, o: _Options):
     return None
 
 
-def _run(model: dict, ctx: dict, o: _Options) -> "Generator[dict, None, None]":
+def _merge_headers(headers: dict, extra: dict, what: str, secrets=None) -> None:
+    """Merge extra into headers, names compared case-insensitively (one Authorization:
+    the later one); a None value removes the header. Framing headers and control
+    characters are ConfigErrors; with ``secrets``, the values are redacted like keys."""
+    for name, value in extra.items():
+        if not isinstance(name, str) or not name or _bad_chars(name) or ":" in name or " " in name:
+            raise ConfigError(f"{what}: bad header name {name!r}")
+        if name.lower() in _FRAMING_HEADERS:
+            raise ConfigError(f"{what}: {name} may not be set; pi_min frames the request itself")
+        for old in [k for k in headers if k.lower() == name.lower()]:
+            del headers[old]
+        if value is None:
+            continue
+        value = str(value)
+        if _bad_chars(value):
+            raise ConfigError(f"{what}: header {name} contains a line break or control character")
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise ConfigError(f"{what}: header {name} must be latin-1 text") from None
+        headers[name] = value
+        if secrets is not None:
+            secrets.append(value)
+
+
+def _build_request(model: dict, ctx: dict, o: _Options):
+    """The family's request with every header merged and checked, before a byte is
+    sent: what is wrong here is a ConfigError raised by stream()."""
+    build, _, opener, _ = _FAMILIES[model["api"]]
+    url, headers, body = build(model, ctx, o)
+    if opener is None:
+        scheme, host, _, _ = _split_url(url)
+        _proxy_for(scheme, host)
+        if scheme == "https":
+            _tls_context()
+    headers["User-Agent"] = f"pi_min/{__version__}"
+    _merge_headers(headers, o.auth_headers, f"{model['provider']} headers")
+    _merge_headers(headers, o.headers or {}, "headers=", o.secrets)
+    return url, headers, body
+
+
+def _run(model: dict, ctx: dict, o: _Options, request) -> "Generator[dict, None, None]":
     b = _Builder(model)
     yield {"type": "start", "partial": b.msg}
-    resp = None
+    watch = None
     finished = False
     try:
         if o.unsupported:
             raise PiError(o.unsupported, "invalid_request")
-        build, translator, opener, relax = _FAMILIES[model["api"]]
-        url, headers, body = build(model, ctx, o)
-        headers["User-Agent"] = f"pi_min/{__version__}"
-        headers.update(o.auth_headers)
-        for name, value in (o.headers or {}).items():
-            if value is None:
-                headers.pop(name, None)
-            else:
-                headers[name] = str(value)
+        url, headers, body = request
         if o.on_payload is not None:
             replaced = o.on_payload(body, model)
             if replaced is not None:
                 body = replaced
-        data = _json_body(body)
-        attempt = 0
-        while True:
-            tr = translator(b, o)
-            try:
-                if o.signal is not None and o.signal.is_set():
-                    raise PiError("Request was aborted", "aborted")
-                resp = opener(model, ctx, o) if opener else _request("POST", url, headers, data, o.timeout, o.signal)
-                if not 200 <= resp.status < 300:
-                    err = _http_error(resp, model["provider"])
-                    resp.close()
-                    resp = None
-                    raise err
-                ctype = resp.headers.get("content-type", "").lower()
-                out = b.out
-                head = b"" if "event-stream" in ctype else _sniff(resp)
-                if "event-stream" in ctype or head.lstrip().startswith((b"data:", b"event:", b":", b"id:")):
-                    # an event stream, also when a proxy mislabels it
-                    parser = SSEParser()
-                    ended = False
-                    signal = o.signal
-                    pieces = resp.iter_body()
-                    for piece in _chain(head, pieces) if head else pieces:
-                        for ev in parser.feed(piece):
-                            ended = tr.event(ev[0], ev[1])
-                            if out:  # per frame, so partial is in step with the events
-                                yield from out
-                                out.clear()
-                            if ended:
-                                break
-                        if ended:
-                            break
-                        if signal is not None and signal.is_set():
-                            raise PiError("Request was aborted", "aborted")
-                    if not ended:
-                        for ev in parser.close():
-                            if tr.event(ev[0], ev[1]):
-                                break
-                    reason = tr.end(not ended)
-                    resp.drain() if ended else resp.release()
-                else:
-                    raw = head + resp.read_all()
-                    resp.release()
-                    text = raw.decode("utf-8", "replace").strip()
-                    try:
-                        obj = json.loads(text) if "json" in ctype or text[:1] in "{[" else None
-                    except ValueError:
-                        obj = None
-                    if obj is None:
-                        what = ctype.split(";")[0] or "no content type"
-                        raise PiError(f"expected an event stream from {model['provider']}, got {what}: "
-                                      f"{' '.join(text[:200].split())!r}", "protocol")
-                    if isinstance(obj, dict) and obj.get("error"):
-                        raise _in_band_error(obj["error"])
-                    tr.whole(obj)
-                    reason = tr.end(False)
-                resp = None
-                b.done(reason)
-                finished = True
-                yield from out
-                out.clear()
-                return
-            except PiError as e:
-                if resp is not None:
-                    resp.close()
-                    resp = None
-                relaxed = relax(body, e) if relax is not None and not b.has_content() else None
-                if relaxed is not None:  # the server rejected an optional field: once more without it
-                    body, relax = relaxed, None
-                    data = _json_body(body)
-                    continue
-                delay = None if b.has_content() else _retry_delay(e, attempt, o)
-                if delay is None:
-                    raise
-                if delay > MAX_RETRY_AFTER:
-                    raise PiError(f"{e} (the server asked to retry in {delay:.0f} s; pi_min waits at most "
-                                  f"{MAX_RETRY_AFTER:.0f} s)", e.kind, e.status) from None
-                if o.signal is not None:
-                    if o.signal.wait(delay):
-                        raise PiError("Request was aborted", "aborted") from None
-                elif delay:
-                    time.sleep(delay)
-                attempt += 1
-                b.set_usage(0, 0)
+        if o.signal is not None:
+            watch = _Watch(o.signal)
+        yield from _attempts(model, ctx, o, b, url, headers, body, watch)
+        finished = True
     except PiError as e:
         aborted = e.kind == "aborted" or (o.signal is not None and o.signal.is_set())
         message = "Request was aborted" if aborted else _redact(str(e), o.secrets)
+        kind = "aborted" if aborted else e.kind if e.kind in ERROR_KINDS else "invalid_request"
         if b.out:
             yield from b.out
             b.out.clear()
         finished = True
-        yield b.fail("aborted" if aborted else e.kind, message, None if aborted else e.status)
+        yield b.fail(kind, message, None if aborted else e.status)
     except (GeneratorExit, KeyboardInterrupt):  # closed or interrupted: no event can follow
         if not finished:
             b.msg["stopReason"] = "aborted"
@@ -2325,8 +2346,109 @@ def _run(model: dict, ctx: dict, o: _Options) -> "Generator[dict, None, None]":
         finished = True
         yield b.fail("protocol", _redact(f"unexpected {type(e).__name__}: {e}", o.secrets))
     finally:
-        if resp is not None:
-            resp.close()
+        if watch is not None:
+            watch.stop()
+
+
+def _attempts(model: dict, ctx: dict, o: _Options, b: _Builder, url: str, headers: dict, body, watch):
+    """The retry loop: one attempt after another until one ends the turn, a failure
+    is not worth retrying, or content was already yielded."""
+    relax = _FAMILIES[model["api"]][3]
+    data = _json_body(body)
+    attempt = 0
+    while True:
+        try:
+            if o.signal is not None and o.signal.is_set():
+                raise _aborted()
+            yield from _attempt(model, ctx, o, b, url, headers, data, watch)
+            return
+        except PiError as e:
+            relaxed = relax(body, e) if relax is not None and not b.has_content() else None
+            if relaxed is not None:  # the server rejected an optional field: once more without it
+                body, relax = relaxed, None
+                data = _json_body(body)
+                continue
+            delay = None if b.has_content() else _retry_delay(e, attempt, o)
+            if delay is None:
+                raise
+            if delay > MAX_RETRY_AFTER:
+                raise PiError(f"{e} (the server asked to retry in {delay:.0f} s; pi_min waits at most "
+                              f"{MAX_RETRY_AFTER:.0f} s)", e.kind, e.status) from None
+            if o.signal is not None:
+                if o.signal.wait(delay):
+                    raise _aborted() from None
+            elif delay:
+                time.sleep(delay)
+            attempt += 1
+            b.set_usage(0, 0)
+
+
+def _attempt(model: dict, ctx: dict, o: _Options, b: _Builder, url: str, headers: dict, data: bytes, watch):
+    """One HTTP exchange: send, check the status, decode the body into the
+    translator, and end the turn (b.done) when the provider said it is over."""
+    _, translator, opener, _ = _FAMILIES[model["api"]]
+    tr = translator(b, o)
+    resp = opener(model, ctx, o) if opener else _request("POST", url, headers, data, o.timeout, watch)
+    try:
+        if not 200 <= resp.status < 300:
+            raise _http_error(resp, model["provider"])
+        ctype = resp.headers.get("content-type", "").lower()
+        head = b"" if "event-stream" in ctype else _sniff(resp)
+        if "event-stream" in ctype or head.lstrip().startswith((b"data:", b"event:", b":", b"id:")):
+            # an event stream, also when a proxy mislabels it
+            ended = yield from _feed_sse(resp, head, tr, b, o.signal)
+            reason = tr.end(not ended)
+            resp.finish() if ended else resp.release()
+        else:
+            obj = _whole_json(head + resp.read_all(), ctype, model["provider"])
+            resp.release()
+            tr.whole(obj)
+            reason = tr.end(False)
+        b.done(reason)
+        yield from b.out
+        b.out.clear()
+    finally:
+        resp.close()
+
+
+def _feed_sse(resp, head: bytes, tr, b: _Builder, signal):
+    """Feed the body through the SSE parser into the translator, yielding the
+    builder's events per frame. -> True when the translator saw the terminator
+    (nothing after it is waited for)."""
+    parser = SSEParser()
+    out = b.out
+    pieces = resp.iter_body()
+    for piece in _chain(head, pieces) if head else pieces:
+        for ev in parser.feed(piece):
+            ended = tr.event(ev[0], ev[1])
+            if out:  # per frame, so partial is in step with the events
+                yield from out
+                out.clear()
+            if ended:
+                return True
+        if signal is not None and signal.is_set():
+            raise _aborted()
+    for ev in parser.close():
+        if tr.event(ev[0], ev[1]):
+            return True
+    return False
+
+
+def _whole_json(raw: bytes, ctype: str, provider: str):
+    """A body that is not an event stream: the family's whole answer as JSON, or
+    an error object (in-band error), or a protocol error."""
+    text = raw.decode("utf-8", "replace").strip()
+    try:
+        obj = json.loads(text) if "json" in ctype or text[:1] in "{[" else None
+    except ValueError:
+        obj = None
+    if obj is None:
+        what = ctype.split(";")[0] or "no content type"
+        raise PiError(f"expected an event stream from {provider}, got {what}: "
+                      f"{' '.join(text[:200].split())!r}", "protocol")
+    if isinstance(obj, dict) and obj.get("error"):
+        raise _in_band_error(obj["error"])
+    return obj
 
 
 def _sniff(resp) -> bytes:
@@ -2386,7 +2508,8 @@ def stream(model, context, *, api_key: str | None = None, base_url: str | None =
         raise ConfigError("model must be a Model dict (see get_model) or a \"provider/model\" string")
     ctx = _context(context)
     _prepare(model, o)
-    return _run(model, ctx, o)
+    request = None if o.unsupported else _build_request(model, ctx, o)
+    return _run(model, ctx, o, request)
 
 
 def complete(model, context, **options) -> dict:

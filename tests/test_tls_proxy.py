@@ -114,7 +114,7 @@ def test_https_proxy_tunnels_with_connect(tls_server, monkeypatch):
         tls_server.script([Reply(body=HELLO)])
         msg = pi_min.complete("groq", "hi", base_url="https://api.example.test/v1", api_key="k", timeout=5)
         assert msg["content"][0]["text"] == "secure", msg.get("errorMessage")
-        assert proxy.requests[0].startswith("CONNECT api.example.test:443 HTTP/1.1\r\n")
+        assert proxy.requests[0].startswith("CONNECT api.example.test:443 HTTP/1.")  # http.client says 1.0 before 3.12
         assert "Proxy-Authorization: Basic dXNlcjpwQHNz" in proxy.requests[0]  # user:p@ss
         assert tls_server.requests[0].headers["host"] == "api.example.test"
     finally:

@@ -44,7 +44,7 @@ def test_stale_pooled_socket_is_replaced_transparently(server):
     call(server)
     key = ("http", "127.0.0.1", server.port, None)
     stale, _ = pi_min._POOL[key][0]
-    stale.shutdown(2)  # as if the server had dropped the idle connection
+    stale.sock.shutdown(2)  # as if the server had dropped the idle connection
     server.script([Reply(body=HELLO)])
     assert text(call(server)) == "Hello"
     assert len(server.requests) == 2
