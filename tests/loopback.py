@@ -56,11 +56,14 @@ class Reply:
     open until the client closes it or HANG_LIMIT passes. In "length" mode the advertised
     Content-Length is larger than the body so the response is still unfinished.
     truncate: chunked framing, the final 0-chunk is never sent and the socket is closed.
+    raw: exact bytes instead of all of the above: a list of byte strings, each sent with
+    its own sendall, and numbers, seconds to sleep between them; then the socket closes
+    (or, with hang, stays open).
     """
 
     def __init__(self, status: int = 200, headers: Optional[Dict[str, str]] = None,
                  body: bytes = b"", mode: str = "length", split: bool = False,
-                 hang: bool = False, truncate: bool = False):
+                 hang: bool = False, truncate: bool = False, raw: Optional[list] = None):
         if mode not in ("length", "chunked", "close"):
             raise ValueError("mode must be length, chunked or close: %r" % (mode,))
         if isinstance(body, str):
@@ -72,6 +75,7 @@ class Reply:
         self.split = split
         self.hang = hang
         self.truncate = truncate
+        self.raw = raw
 
     def __repr__(self) -> str:
         return "Reply(status=%d, mode=%s, split=%s, hang=%s, truncate=%s, %d bytes)" % (
@@ -108,6 +112,7 @@ class Loopback:
         self._queue: List[Reply] = []
         self.requests: List[Request] = []
         self._conns: List[socket.socket] = []
+        self.connections = 0  # TCP connections accepted
         self._stopped = threading.Event()
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -172,6 +177,7 @@ class Loopback:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._conns.append(conn)
+                self.connections += 1
             threading.Thread(target=self._serve, args=(conn,), name="loopback-conn", daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
@@ -270,6 +276,15 @@ class Loopback:
 
     def _send(self, conn: socket.socket, reply: Reply) -> bool:
         """Send one reply; return True when the connection may serve another request."""
+        if reply.raw is not None:
+            for step in reply.raw:
+                if isinstance(step, (int, float)):
+                    time.sleep(step)
+                else:
+                    conn.sendall(step)
+            if reply.hang:
+                self._hang(conn)
+            return False
         headers = [(k, v) for k, v in reply.headers.items()
                    if k.lower() not in ("content-length", "transfer-encoding", "connection")]
         if reply.mode == "length":
