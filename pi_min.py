@@ -1762,23 +1762,34 @@ _MODEL_FIELDS = ("id", "name", "api", "provider", "baseUrl", "reasoning", "input
 
 
 def _table():
-    """providers_table, loaded on first use from the file next to this one."""
+    """This module's own providers_table, loaded on first use: the package's
+    ``.providers_table`` when pi_min is vendored into a package, else the file
+    next to this one. A top-level ``providers_table`` that belongs to someone
+    else is never used, and ours is never installed under that name."""
     global _TABLE
     if _TABLE is None:
-        mod = sys.modules.get("providers_table")
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "providers_table.py")
-        if mod is None and os.path.isfile(path):
-            import importlib.util
-            spec = importlib.util.spec_from_file_location("providers_table", path)
-            if spec is not None and spec.loader is not None:
-                mod = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(mod)
-                sys.modules["providers_table"] = mod
-        if mod is None:
+        import importlib
+        mod = None
+        if __package__:  # e.g. myapp/_vendor/pi_min.py -> myapp._vendor.providers_table
             try:
-                import providers_table as mod
+                mod = importlib.import_module(".providers_table", __package__)
             except ImportError:
-                raise ConfigError("providers_table.py is missing: keep it next to pi_min.py") from None
+                pass
+        else:
+            path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "providers_table.py")
+            if os.path.isfile(path):
+                import importlib.util
+                spec = importlib.util.spec_from_file_location("providers_table", path)
+                if spec is not None and spec.loader is not None:
+                    mod = importlib.util.module_from_spec(spec)
+                    spec.loader.exec_module(mod)  # not put in sys.modules: the name may be someone else's
+            else:  # not a plain file (a zipapp): the top-level module shipped beside us
+                try:
+                    mod = importlib.import_module("providers_table")
+                except ImportError:
+                    pass
+        if mod is None:
+            raise ConfigError("providers_table.py is missing: keep it next to pi_min.py")
         _TABLE = mod
     return _TABLE
 

@@ -165,6 +165,53 @@ def test_two_files_copied_anywhere_run_with_bare_python(tmp_path):
     assert run.stdout == "You said: yo\n", run.stderr
 
 
+DECOY_TABLE = "PROVIDERS = {'decoy': {}}\nALIASES = {}\nMODELS = {}\n"
+VENDOR_CHECK = """
+import os, sys
+sys.path[:0] = %(path)r
+if %(decoy_first)s:
+    import providers_table as decoy  # the app's own top-level module, imported first
+%(import_pi_min)s
+table = pi_min._table()
+print(table.__file__ == os.path.join(os.path.dirname(pi_min.__file__), 'providers_table.py'))
+print(pi_min.get_model('kimi')['provider'], 'decoy' in pi_min.list_providers())
+print(pi_min.complete('demo', 'yo')['content'][0]['text'])
+if not %(decoy_first)s:
+    print('providers_table' in sys.modules)
+    import providers_table as decoy
+print(sorted(decoy.PROVIDERS), os.path.abspath(decoy.__file__) == os.path.abspath(%(decoy)r))
+"""
+
+
+@pytest.mark.parametrize("decoy_first", [False, True])
+@pytest.mark.parametrize("vendored", [True, False])
+def test_copies_load_their_own_table_never_a_top_level_one(tmp_path, vendored, decoy_first):
+    # vendored: myapp/_vendor/{__init__,pi_min,providers_table}.py beside someone else's top-level
+    # providers_table.py; else the two files copied into app/ with the other module first on sys.path
+    if vendored:
+        home, decoy = tmp_path / "myapp" / "_vendor", tmp_path / "providers_table.py"
+        home.mkdir(parents=True)
+        for package in (home.parent, home):
+            (package / "__init__.py").write_text("")
+        path, import_pi_min = ["."], "from myapp._vendor import pi_min"
+    else:
+        home, decoy = tmp_path / "app", tmp_path / "other" / "providers_table.py"
+        home.mkdir()
+        decoy.parent.mkdir()
+        path, import_pi_min = ["other", "app"], "import pi_min"
+    for name in ("pi_min.py", "providers_table.py"):
+        shutil.copy(os.path.join(ROOT, name), home / name)
+    decoy.write_text(DECOY_TABLE)
+    code = VENDOR_CHECK % {"path": path, "decoy_first": decoy_first, "import_pi_min": import_pi_min,
+                           "decoy": str(decoy)}
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "PI_CODING_AGENT_DIR": str(tmp_path / "a")}
+    run = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env=env, timeout=60)
+    expected = ["True", "moonshotai False", "You said: yo"] + ([] if decoy_first else ["False"])
+    assert run.stdout.splitlines() == expected + ["['decoy'] True"], run.stderr
+    assert decoy.read_text() == DECOY_TABLE
+
+
 def test_import_loads_only_the_standard_library():
     code = ("import sys, sysconfig; before = set(sys.modules); sys.path.insert(0, %r); import pi_min; "
             "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
