@@ -1896,7 +1896,8 @@ def _merge(model: dict, source: dict) -> None:
 
 def get_model(provider: str, model_id: str | None = None, **overrides) -> dict:
     """A Model dict for ``provider`` (any alias, any case) and ``model_id``
-    (default: the provider's default model; "provider/model-id" works too). Filled from the provider table,
+    (default: the first model models.json lists for the provider, else the
+    table's default model; "provider/model-id" works too). Filled from the provider table,
     then ``models.json``, then ``overrides`` (baseUrl=, headers=, compat=, ...).
     Unknown model ids are allowed; unknown providers raise ConfigError."""
     for k in overrides:
@@ -1909,7 +1910,7 @@ def get_model(provider: str, model_id: str | None = None, **overrides) -> dict:
     listed = {m["id"]: m for m in pconf.get("models") or () if isinstance(m, dict) and m.get("id")}
     if row is None and not (pconf.get("api") and pconf.get("baseUrl")):
         raise ConfigError(f"models.json: provider {pid!r} needs \"api\" and \"baseUrl\"")
-    mid = model_id or (row["defaultModel"] if row else next(iter(listed), None))
+    mid = model_id or next(iter(listed), None) or (row["defaultModel"] if row else None)
     if not mid:
         raise ConfigError(f"no model given for {pid!r} and models.json lists none")
     model = {"id": mid, "name": mid, "api": "openai-completions", "provider": pid, "baseUrl": "",
@@ -2459,8 +2460,9 @@ def _cli_target(args) -> tuple:
         model = model or model_here or None
         if provider:
             return provider, model
-        if model and "/" in model and _canonical(model.partition("/")[0]):
-            return model.partition("/")[0], model.partition("/")[2]
+        prefix, slash, rest = (model or "").partition("/")
+        if slash and (_canonical(prefix) or prefix.strip().lower() in list_providers()):  # models.json ones too
+            return prefix, rest
     raise ConfigError("no provider: pass --provider (see --list-providers) or set PI_PROVIDER")
 
 

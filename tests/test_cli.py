@@ -99,6 +99,15 @@ def test_provider_and_model_defaults_from_env_and_settings(capsys, isolated_env,
     assert pi_min.main(["--provider", "faux", "hi"]) == 0
 
 
+def test_dash_m_names_a_provider_defined_only_in_models_json(capsys, isolated_env, server):
+    (isolated_env / "models.json").write_text(json.dumps({"providers": {"my-vllm": {
+        "baseUrl": server.url + "/v1", "api": "openai-completions", "models": [{"id": "qwen3-8b"}]}}}))
+    server.script([Reply(body=STREAM)])
+    assert pi_min.main(["-m", "my-vllm/qwen3-32b", "hi"]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out == "Hello there\n"
+    assert server.requests[0].json["model"] == "qwen3-32b"
+
+
 def test_no_provider_anywhere_exits_2(capsys):
     assert pi_min.main(["hi"]) == 2
     assert "--provider" in capsys.readouterr().err

@@ -164,6 +164,14 @@ def test_new_provider_from_models_json_needs_no_code(isolated_env, server):
     assert "x-team" not in server.requests[0].headers  # env var unset: header dropped
 
 
+def test_built_in_provider_with_a_models_list_defaults_to_its_first_model(isolated_env, server):
+    groq_at(isolated_env, server, apiKey="k", models=[{"id": "llama-3.3-70b-versatile"}, {"id": "my-finetune"}])
+    assert pi_min.get_model("groq")["id"] == "llama-3.3-70b-versatile"
+    run(server, "groq", "hi")
+    assert server.requests[0].json["model"] == "llama-3.3-70b-versatile"
+    assert pi_min.get_model("groq", "my-finetune")["id"] == "my-finetune"
+
+
 def test_models_json_overrides_headers_and_compat_per_model(isolated_env, server, monkeypatch):
     monkeypatch.setenv("TEAM_NAME", "blue")
     groq_at(isolated_env, server, apiKey="k", headers={"X-Team": "env:TEAM_NAME"},
