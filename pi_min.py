@@ -1937,9 +1937,12 @@ def list_providers() -> list:
     return sorted(ids)
 
 
-def _resolve_value(value: str, base_dir: str, what: str):
-    """models.json value sources: "!command", "env:NAME", "file:PATH", a bare
-    UPPER_CASE_NAME (that env var), else the literal. -> str or None."""
+def _resolve_value(value: str, base_dir: str, what: str, required: bool = False):
+    """models.json value sources: "!command", "env:NAME", "file:PATH", else a bare
+    value: the env var of that name when it is set and non-empty, else the value
+    itself (as both pis do: "K_MODELS" with no such variable is the key K_MODELS).
+    -> str or None. "env:NAME" with NAME unset is a ConfigError when ``required``
+    (an apiKey), else None (a header is dropped)."""
     if not isinstance(value, str) or not value:
         return None
     if value.startswith("!"):
@@ -1953,7 +1956,12 @@ def _resolve_value(value: str, base_dir: str, what: str):
             raise ConfigError(f"the command for {what} in models.json exited with status {run.returncode}")
         return run.stdout.strip() or None
     if value.startswith("env:"):
-        return os.environ.get(value[4:].strip(), "").strip() or None
+        name = value[4:].strip()
+        found = os.environ.get(name, "").strip() or None
+        if found is None and required:
+            raise ConfigError(f"{what} in models.json is {value!r}, but {name} is not set in the environment"
+                              if name else f"{what} in models.json is {value!r}: no variable name after env:")
+        return found
     if value.startswith("file:"):
         path = os.path.join(base_dir, os.path.expanduser(value[5:].strip()))
         try:
@@ -1961,9 +1969,7 @@ def _resolve_value(value: str, base_dir: str, what: str):
                 return f.read().strip() or None
         except OSError as e:
             raise ConfigError(f"cannot read the file for {what} in models.json: {path}: {e.strerror}") from None
-    if "_" in value and value.replace("_", "").isalnum() and value.isupper() and value[0].isalpha():
-        return os.environ.get(value, "").strip() or None
-    return value
+    return os.environ.get(value, "").strip() or value
 
 
 def _auth_style(model: dict, row, pconf: dict) -> str:
@@ -2110,7 +2116,7 @@ def _stored_key(pid: str, row, pconf: dict):
             return value
     key = _auth_json_key(pid)
     if key is None and pconf.get("apiKey"):
-        key = _resolve_value(pconf["apiKey"], _agent_dir(), f"{pid} apiKey")
+        key = _resolve_value(pconf["apiKey"], _agent_dir(), f"{pid} apiKey", required=True)
     return key
 
 

@@ -80,13 +80,32 @@ def test_models_json_api_key_sources(isolated_env, server, monkeypatch, tmp_path
     (isolated_env / "key.txt").write_text("from-file\n")
     monkeypatch.setenv("MY_SECRET_VAR", "from-bare-name")
     monkeypatch.setenv("OTHER", "from-env-prefix")
+    monkeypatch.setenv("groqkey", "from-lowercase-name")
+    monkeypatch.setenv("EMPTY_VAR", "")
     cases = [("!echo from-command", "from-command"), ("file:key.txt", "from-file"),
              ("env:OTHER", "from-env-prefix"), ("MY_SECRET_VAR", "from-bare-name"),
-             ("literal-key-123", "literal-key-123")]
+             ("literal-key-123", "literal-key-123"), ("groqkey", "from-lowercase-name"),
+             # a bare name with no such variable, or an empty one, is the literal key (both pis)
+             ("K_MODELS", "K_MODELS"), ("EMPTY_VAR", "EMPTY_VAR")]
     for n, (source, expected) in enumerate(cases):
         groq_at(isolated_env, server, apiKey=source)
         run(server, "groq", "hi")
         assert auth_of(server, n) == "Bearer " + expected, source
+
+
+@pytest.mark.parametrize("api_key", ["env:MY_GROQ_KEY", "env: MY_GROQ_KEY"])
+def test_models_json_env_api_key_that_is_unset_names_the_variable(isolated_env, server, monkeypatch, api_key):
+    (isolated_env / "models.json").write_bytes(
+        b'{"providers": {"groq": {"baseUrl": "%s", "apiKey": "%s"}}}' % (server.url.encode(), api_key.encode()))
+    with pytest.raises(pi_min.ConfigError, match="MY_GROQ_KEY is not set"):
+        pi_min.stream("groq", "hi")
+    monkeypatch.setenv("MY_GROQ_KEY", "")
+    with pytest.raises(pi_min.ConfigError, match="MY_GROQ_KEY"):
+        pi_min.stream("groq", "hi")
+    assert server.requests == []
+    monkeypatch.setenv("MY_GROQ_KEY", "set-now")
+    run(server, "groq", "hi")
+    assert auth_of(server) == "Bearer set-now"
 
 
 def test_missing_key_names_env_vars_and_auth_json(isolated_env, server):
