@@ -2060,7 +2060,7 @@ class _Options:
         self.compat: dict | None = None     # the family's resolved compat flags
         self.auth_headers: dict = {}        # credentials and model headers
         self.secrets: list = []             # values redacted from every message
-        self.unsupported: str | None = None  # why this request cannot run (family not built)
+        self.unsupported: str | None = None  # unused: _prepare raises ConfigError instead (_run still checks)
         self._validate()
 
     def _validate(self) -> None:
@@ -2120,31 +2120,39 @@ def _stored_key(pid: str, row, pconf: dict):
     return key
 
 
-def _prepare(model: dict, o: _Options) -> None:
-    """Resolve URL, credentials and headers (raises ConfigError), or mark the
-    request as unsupported when its family is not implemented yet."""
-    cfg = _read_config("models.json")
+def _built_provider(model: dict) -> tuple:
+    """-> (canonical id, table row or None, models.json entry, auth style) of a
+    Model dict; ConfigError when its API family or auth style is not built yet."""
     pid = _canonical(model.get("provider") or "") or (model.get("provider") or "").lower()
     row = _table().PROVIDERS.get(pid)
-    pconf = _provider_config(pid, cfg)
-    api = model.get("api")
+    pconf = _provider_config(pid, _read_config("models.json"))
     style = _auth_style(model, row, pconf)
-    if api == "faux":
+    api = model.get("api")
+    others = "(`pi-min --list-providers` marks the others \"planned\")"
+    if api not in _FAMILIES:
+        raise ConfigError(f"{pid}: the {api} API family is not built yet in pi_min {__version__}. Use a provider "
+                          f"whose family is built {others}, or, where {pid} has an OpenAI-compatible endpoint, set "
+                          f"\"api\": \"openai-completions\" and that \"baseUrl\" for {pid} in models.json")
+    if style not in _AUTH_STYLES:
+        raise ConfigError(f"{pid}: {style} authentication is not built yet in pi_min {__version__}. Use a "
+                          f"provider that takes an API key {others}")
+    return pid, row, pconf, style
+
+
+def _prepare(model: dict, o: _Options) -> None:
+    """Resolve URL, credentials and headers; ConfigError for what the user must
+    fix, a family or auth style not built yet included."""
+    pid, row, pconf, style = _built_provider(model)
+    if model.get("api") == "faux":
         return
     env_keys = list(row.get("envKeys") or ()) if row else []
     o.secrets.extend(os.environ[n].strip() for n in env_keys if os.environ.get(n, "").strip())
-    if style not in _AUTH_STYLES:
-        o.unsupported = f"{pid}: {style!r} authentication is not implemented yet in pi_min {__version__}"
-        return
-    ready = api in _FAMILIES  # else: check the key, then stream a "not implemented yet" error
-    trusted = True
-    if ready:
-        o.url = _fill_url(o.base_url or model.get("baseUrl") or "", row, model)
-        if not o.url:
-            raise ConfigError(f"{pid}: no base URL: set baseUrl in models.json or pass base_url=")
-        host = _split_url(o.url)[1]
-        trusted = host in _own_hosts(row, pconf, model)
-        o.host_row = _rows_by_host().get(host)
+    o.url = _fill_url(o.base_url or model.get("baseUrl") or "", row, model)
+    if not o.url:
+        raise ConfigError(f"{pid}: no base URL: set baseUrl in models.json or pass base_url=")
+    host = _split_url(o.url)[1]
+    trusted = host in _own_hosts(row, pconf, model)
+    o.host_row = _rows_by_host().get(host)
     key = o.api_key
     # a stored key goes only to its provider's own host; an explicit one anywhere
     if key is None and trusted:
@@ -2152,9 +2160,6 @@ def _prepare(model: dict, o: _Options) -> None:
         if key is None and env_keys and style != "none":
             raise ConfigError(f"no API key for {pid}: set {' or '.join(env_keys)}, add it to "
                               f"{os.path.join(_agent_dir(), 'auth.json')}, or pass api_key= (--api-key)")
-    if not ready:
-        o.unsupported = f"the {api!r} API family (provider {pid}) is not implemented yet in pi_min {__version__}"
-        return
     headers = o.auth_headers
     if key and key.strip():
         key = key.strip()
@@ -2645,6 +2650,7 @@ def main(argv: list | None = None) -> int:
             return 0
         provider, model_id = _cli_target(args)
         model = get_model(provider, model_id)
+        _built_provider(model)  # a family not built yet fails before stdin is read or a chat starts
         opts = {"api_key": args.api_key, "base_url": args.base_url, "reasoning": args.thinking,
                 "max_tokens": args.max_tokens, "temperature": args.temperature}
         if args.timeout is not None:

@@ -50,6 +50,20 @@ def test_missing_key_exits_2_naming_the_env_var(capsys):
     assert "GROQ_API_KEY" in capsys.readouterr().err
 
 
+def test_family_not_built_yet_exits_2_before_stdin_or_chat(capsys, monkeypatch):
+    def must_not_run(*args):
+        raise AssertionError("reached stdin or the chat")
+    monkeypatch.setattr(pi_min, "_cli_stdin", must_not_run)
+    monkeypatch.setattr(pi_min, "_chat", must_not_run)
+    monkeypatch.setattr(pi_min, "_stdin_is_tty", lambda: True)
+    for argv, what in ((["--provider", "anthropic", "hi"], "anthropic: the anthropic-messages API family"),
+                       (["--provider", "anthropic"], "anthropic: the anthropic-messages API family"),
+                       (["-m", "copilot/gpt-4.1"], "github-copilot: copilot authentication")):
+        assert pi_min.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("pi-min: " + what) and "not built yet" in err and err.count("\n") == 1
+
+
 def test_bad_flags_exit_2(capsys):
     assert pi_min.main(["--no-such-flag"]) == 2
     assert pi_min.main(["--provider", "faux", "--thinking", "max", "hi"]) == 2

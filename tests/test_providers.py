@@ -134,20 +134,30 @@ def test_model_strings_split_at_the_first_slash(server):
     assert server.requests[0].json["model"] == "openai/gpt-4o"
 
 
-@pytest.mark.parametrize("provider, env", [("anthropic", "ANTHROPIC_API_KEY"), ("google", "GOOGLE_API_KEY"),
-                                           ("cohere", "COHERE_API_KEY"), ("amazon-bedrock", None),
-                                           ("github-copilot", None), ("openai-codex", None)])
-def test_families_not_built_yet_resolve_and_stream_a_clear_error(provider, env, monkeypatch):
+@pytest.mark.parametrize("provider, env, what", [
+    ("anthropic", "ANTHROPIC_API_KEY", "the anthropic-messages API family"),
+    ("google", "GOOGLE_API_KEY", "the google-generative-ai API family"),
+    ("cohere", "COHERE_API_KEY", "the cohere-chat API family"),
+    ("amazon-bedrock", "AWS_ACCESS_KEY_ID", "the bedrock-converse-stream API family"),
+    ("github-copilot", "GITHUB_TOKEN", "copilot authentication"),
+    ("openai-codex", None, "the openai-codex-responses API family")])
+def test_families_not_built_yet_resolve_but_stream_raises_config_error(provider, env, what, monkeypatch):
     model = pi_min.get_model(provider)
-    if env:  # credentials are still checked first, as for every provider
-        with pytest.raises(pi_min.ConfigError, match=env):
-            pi_min.stream(model, "hi")
+    # before the key check: no key set, yet the error is about the family, not the key
+    with pytest.raises(pi_min.ConfigError, match=f"^{provider}: {what} is not built yet"):
+        pi_min.stream(model, "hi")
+    if env:
         monkeypatch.setenv(env, "key-for-" + provider)
-    events = list(pi_min.stream(model, "hi"))
-    assert [e["type"] for e in events] == ["start", "error"]
-    msg = events[-1]["error"]
-    assert msg["stopReason"] == "error"
-    assert "not implemented yet" in msg["errorMessage"]
+    with pytest.raises(pi_min.ConfigError, match="planned"):
+        pi_min.complete(provider, "hi")
+
+
+def test_models_json_provider_of_a_family_not_built_yet(isolated_env):
+    (isolated_env / "models.json").write_bytes(b'{"providers": {"my-claude": {"api": "anthropic-messages", '
+                                               b'"baseUrl": "http://127.0.0.1:9/v1", "models": [{"id": "c1"}]}}}')
+    assert pi_min.get_model("my-claude")["api"] == "anthropic-messages"
+    with pytest.raises(pi_min.ConfigError, match="my-claude: the anthropic-messages API family is not built"):
+        pi_min.stream("my-claude", "hi")
 
 
 def test_templated_base_url_names_the_missing_variable(monkeypatch):
