@@ -2139,6 +2139,12 @@ def _built_provider(model: dict) -> tuple:
     return pid, row, pconf, style
 
 
+def _is_local(row) -> bool:
+    """A local server (its table base URL is on loopback: lmstudio, ollama, ...):
+    its key is optional, sent when one is configured."""
+    return bool(row) and _is_loopback(_host_of(row.get("baseUrl") or ""))
+
+
 def _prepare(model: dict, o: _Options) -> None:
     """Resolve URL, credentials and headers; ConfigError for what the user must
     fix, a family or auth style not built yet included."""
@@ -2157,7 +2163,7 @@ def _prepare(model: dict, o: _Options) -> None:
     # a stored key goes only to its provider's own host; an explicit one anywhere
     if key is None and trusted:
         key = _stored_key(pid, row, pconf)
-        if key is None and env_keys and style != "none":
+        if key is None and env_keys and style != "none" and not _is_local(row):
             raise ConfigError(f"no API key for {pid}: set {' or '.join(env_keys)}, add it to "
                               f"{os.path.join(_agent_dir(), 'auth.json')}, or pass api_key= (--api-key)")
     headers = o.auth_headers

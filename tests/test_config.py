@@ -142,6 +142,25 @@ def test_keyless_local_providers_send_no_auth(server):
     assert server.requests[0].path == "/v1/chat/completions"
 
 
+@pytest.mark.parametrize("provider, env", [("lmstudio", "LMSTUDIO_API_KEY"),
+                                           ("privatemode-ai", "PRIVATEMODE_API_KEY")])
+def test_local_servers_need_no_key_but_send_one_that_is_set(isolated_env, server, monkeypatch, provider, env):
+    write(isolated_env, "models.json", {"providers": {provider: {"baseUrl": server.url + "/v1"}}})
+    run(server, provider, "hi")
+    assert auth_of(server, 0) is None
+    monkeypatch.setenv(env, "local-key")
+    run(server, provider, "hi")
+    assert auth_of(server, 1) == "Bearer local-key"
+
+
+def test_lmstudio_on_the_cli_needs_no_key(capsys, isolated_env, server):
+    write(isolated_env, "models.json", {"providers": {"lm-studio": {"baseUrl": server.url + "/v1"}}})
+    server.script([Reply(body=OK)])
+    assert pi_min.main(["--provider", "lmstudio", "hi"]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out == "ok\n"
+    assert auth_of(server) is None
+
+
 def test_env_key_is_never_sent_to_another_providers_host(server, monkeypatch):
     # An http:// URL through an HTTP proxy lets the loopback server see what would have
     # gone to api.openai.com; the groq key must not be in it.
