@@ -1899,7 +1899,9 @@ def get_model(provider: str, model_id: str | None = None, **overrides) -> dict:
     (default: the first model models.json lists for the provider, else the
     table's default model; "provider/model-id" works too). Filled from the provider table,
     then ``models.json``, then ``overrides`` (baseUrl=, headers=, compat=, ...).
-    Unknown model ids are allowed; unknown providers raise ConfigError."""
+    Unknown model ids are allowed: they get the provider's limits and neutral
+    capabilities (reasoning false, text input, zero cost) unless models.json or
+    ``overrides`` say otherwise. Unknown providers raise ConfigError."""
     for k in overrides:
         if k not in _MODEL_FIELDS or k in ("id", "provider"):
             raise ConfigError(f"get_model: unknown field {k!r} (fields: {', '.join(_MODEL_FIELDS[2:])})")
@@ -1918,7 +1920,9 @@ def get_model(provider: str, model_id: str | None = None, **overrides) -> dict:
              "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0},
              "contextWindow": 128000, "maxTokens": 16384}
     if row:
-        _merge(model, row)
+        # the row gives every model its family, URL, headers, compat and limits; name, reasoning and
+        # input are the known model's (the row's describe the provider), neutral for an unknown id
+        _merge(model, {k: v for k, v in row.items() if k not in ("name", "reasoning", "input")})
         known = _known_models(pid).get(mid)
         if known:
             _merge(model, known)
@@ -2672,6 +2676,9 @@ def main(argv: list | None = None) -> int:
                 return _chat(model, opts, args)
             raise ConfigError("no prompt: give one as arguments or on stdin")
         content = [{"type": "text", "text": prompt}] + [_cli_image(p) for p in args.image] if args.image else prompt
+        if args.thinking not in (None, "off") and not model["reasoning"]:
+            sys.stderr.write(f"pi-min: note: {model['provider']}/{model['id']} is not listed as a reasoning "
+                             "model, so --thinking is ignored (set \"reasoning\": true for it in models.json)\n")
         if args.image and "image" not in model["input"]:  # an explicit --image wins over the table
             sys.stderr.write(f"pi-min: note: {model['provider']}/{model['id']} is not listed as accepting "
                              "images; sending them anyway\n")

@@ -12,8 +12,11 @@ PROVIDERS maps a canonical provider id to a row:
   auth            bearer | x-api-key | api-key | x-goog-api-key | none | oauth | sigv4 |
                   copilot | sap
   defaultModel    model used when only the provider is given (listed in MODELS)
-  reasoning, input, contextWindow, maxTokens
-                  defaults for model ids not listed in "models"
+  contextWindow, maxTokens
+                  limits for model ids not listed in MODELS
+  reasoning, input
+                  what the provider's models typically do; a model id not listed in
+                  MODELS gets reasoning false and text input, not these
   baseline        true for the 85 canonical ids of the original provider baseline
   urlVars         optional: placeholder -> env vars tried in order
   urlDefaults     optional: placeholder -> value when no env var is set

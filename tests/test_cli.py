@@ -291,6 +291,14 @@ def test_image_flag_sends_the_image(capsys, server, tmp_path):
     assert "not listed as accepting images" in capsys.readouterr().err
 
 
+def test_thinking_on_a_model_not_listed_as_reasoning_says_it_is_ignored(capsys, server):
+    server.script([Reply(body=STREAM)])
+    argv = ["--provider", "groq", "-m", "brand-new", "--base-url", server.url, "--api-key", KEY, "--thinking", "high"]
+    assert pi_min.main(argv + ["hi"]) == 0
+    assert "brand-new is not listed as a reasoning model, so --thinking is ignored" in capsys.readouterr().err
+    assert "reasoning_effort" not in server.requests[0].json
+
+
 def test_ascii_console_does_not_crash(isolated_env):
     run = cli("--provider", "faux", "h\u00e9llo \U0001F642", env=dict(os.environ, PYTHONIOENCODING="ascii"),
               flags=())

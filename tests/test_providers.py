@@ -103,12 +103,22 @@ def test_unknown_provider_suggests_close_names():
         pi_min.get_model("gorq")
 
 
-def test_unknown_model_id_uses_table_defaults_and_known_model_prices():
-    unknown = pi_min.get_model("groq", "some-new-model")
+@pytest.mark.parametrize("provider", ["groq", "anthropic", "openrouter", "llamacpp"])
+def test_unknown_model_id_gets_table_limits_and_neutral_capabilities(provider):
+    # the rows of these providers (and their default models) say reasoning: true
+    row = providers_table.PROVIDERS[provider]
+    assert row["reasoning"] is True and pi_min.get_model(provider)["reasoning"] is True
+    unknown = pi_min.get_model(provider, "some-new-model")
+    assert unknown == dict({"id": "some-new-model", "name": "some-new-model", "api": row["api"],
+                            "provider": provider, "baseUrl": row["baseUrl"], "reasoning": False,
+                            "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0},
+                            "contextWindow": row["contextWindow"], "maxTokens": row["maxTokens"]},
+                           **{k: row[k] for k in ("headers", "compat") if k in row})
+    assert pi_min.get_model(provider, "some-new-model", reasoning=True)["reasoning"] is True
+
+
+def test_known_model_has_its_own_prices():
     row = providers_table.PROVIDERS["groq"]
-    assert unknown["id"] == "some-new-model"
-    assert unknown["contextWindow"] == row["contextWindow"]
-    assert unknown["cost"] == {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}
     known = pi_min.get_model("groq", row["defaultModel"])
     assert known["cost"]["input"] == pi_min._known_models("groq")[row["defaultModel"]]["cost"]["input"]
     assert known["cost"]["input"] > 0
