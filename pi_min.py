@@ -2408,6 +2408,10 @@ def stream(model, context, *, api_key: str | None = None, base_url: str | None =
     ``model`` is a Model dict or "provider" / "provider/model-id"; ``context`` a
     Context dict or a user prompt string. Raises ConfigError for what the user
     must fix; once this returns, every failure is the terminal ``error`` event.
+
+    ``on_payload(body, model)`` is called once before the request is sent, with
+    the request body dict and the Model; it may inspect the body or return a
+    replacement dict to send instead (returning None keeps the body).
     """
     o = _Options(api_key=api_key, base_url=base_url, headers=headers, temperature=temperature,
                  max_tokens=max_tokens, reasoning=reasoning, tool_choice=tool_choice, session_id=session_id,

@@ -1,12 +1,15 @@
 """Credentials precedence, auth.json / models.json / settings.json, key scoping, headers."""
 
 import json
+import os
 import threading
 
 import pytest
 
 import pi_min
 from loopback import Reply
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 OK = (b'data: {"choices":[{"index":0,"delta":{"content":"ok"},"finish_reason":null}]}\n\n'
       b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
@@ -256,6 +259,20 @@ def test_on_payload_can_replace_the_body(server):
     run(server, "groq", "hi", base_url=server.url, api_key="k", on_payload=hook)
     assert seen == [(pi_min.get_model("groq")["id"], "groq")]
     assert server.requests[0].json["extra_field"] is True
+
+
+def test_on_payload_returning_none_keeps_the_body_and_is_documented(server):
+    seen = []
+
+    def hook(body, model):
+        seen.append((json.loads(json.dumps(body)), model["id"]))
+    run(server, "groq/llama-3.3-70b-versatile", "hi", base_url=server.url, api_key="k", on_payload=hook)
+    assert seen[0][0]["model"] == seen[0][1] == "llama-3.3-70b-versatile"
+    assert server.requests[0].json == seen[0][0]
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = " ".join(f.read().split())
+    for doc in (" ".join(pi_min.stream.__doc__.split()), readme):
+        assert "on_payload(body, model)" in doc and "None" in doc and "replacement" in doc
 
 
 def test_secrets_never_reach_errors(server, monkeypatch):
