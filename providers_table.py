@@ -85,32 +85,6 @@ PROVIDERS = {
         "maxTokens": 8192,
         "baseline": True,
     },
-    "google-gemini-cli": {
-        "name": "Google Cloud Code Assist",
-        "api": "google-gemini-cli",
-        "baseUrl": "https://cloudcode-pa.googleapis.com",
-        "envKeys": [],
-        "auth": "oauth",
-        "defaultModel": "gemini-2.5-pro",
-        "reasoning": True,
-        "input": ["text", "image"],
-        "contextWindow": 128000,
-        "maxTokens": 8192,
-        "baseline": False,
-    },
-    "google-antigravity": {
-        "name": "Google Antigravity",
-        "api": "google-gemini-cli",
-        "baseUrl": "https://daily-cloudcode-pa.sandbox.googleapis.com",
-        "envKeys": [],
-        "auth": "oauth",
-        "defaultModel": "gemini-3.1-pro-high",
-        "reasoning": True,
-        "input": ["text", "image"],
-        "contextWindow": 128000,
-        "maxTokens": 8192,
-        "baseline": False,
-    },
     "cohere": {
         "name": "Cohere",
         "api": "cohere-chat",
@@ -123,19 +97,6 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 8192,
         "baseline": True,
-    },
-    "cursor": {
-        "name": "Cursor",
-        "api": "cursor-agent",
-        "baseUrl": "https://api2.cursor.sh/agent.v1.AgentService/Run",
-        "envKeys": ["CURSOR_API_KEY", "CURSOR_ACCESS_TOKEN"],
-        "auth": "bearer",
-        "defaultModel": "composer-1",
-        "reasoning": True,
-        "input": ["text"],
-        "contextWindow": 200000,
-        "maxTokens": 64000,
-        "baseline": False,
     },
     "groq": {
         "name": "Groq",
@@ -1472,25 +1433,6 @@ MODELS = {
 {"id": "gemma-4-26b-a4b-it", "name": "Gemma 4 26B A4B IT", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768}
 {"id": "gemma-4-31b-it", "name": "Gemma 4 31B IT", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 262144, "maxTokens": 32768}
 """,
-    "google-gemini-cli": r"""
-{"id": "gemini-2.0-flash", "name": "Gemini 2.0 Flash (Cloud Code Assist)", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 8192}
-{"id": "gemini-2.5-flash", "name": "Gemini 2.5 Flash (Cloud Code Assist)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65535}
-{"id": "gemini-2.5-pro", "name": "Gemini 2.5 Pro (Cloud Code Assist)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65535}
-{"id": "gemini-3-flash-preview", "name": "Gemini 3 Flash Preview (Cloud Code Assist)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65535}
-{"id": "gemini-3-pro-preview", "name": "Gemini 3 Pro Preview (Cloud Code Assist)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65535}
-{"id": "gemini-3.1-pro-preview", "name": "Gemini 3.1 Pro Preview (Cloud Code Assist)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65535}
-""",
-    "google-antigravity": r"""
-{"id": "claude-opus-4-5-thinking", "name": "Claude Opus 4.5 Thinking (Antigravity)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 200000, "maxTokens": 64000}
-{"id": "claude-opus-4-6-thinking", "name": "Claude Opus 4.6 Thinking (Antigravity)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 200000, "maxTokens": 128000}
-{"id": "claude-sonnet-4-5", "name": "Claude Sonnet 4.5 (Antigravity)", "reasoning": false, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 200000, "maxTokens": 64000}
-{"id": "claude-sonnet-4-5-thinking", "name": "Claude Sonnet 4.5 Thinking (Antigravity)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 200000, "maxTokens": 64000}
-{"id": "claude-sonnet-4-6", "name": "Claude Sonnet 4.6 (Antigravity)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 3, "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75}, "contextWindow": 200000, "maxTokens": 64000}
-{"id": "gemini-3-flash", "name": "Gemini 3 Flash (Antigravity)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.5, "output": 3, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1048576, "maxTokens": 65535}
-{"id": "gemini-3.1-pro-high", "name": "Gemini 3.1 Pro High (Antigravity)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2, "output": 12, "cacheRead": 0.2, "cacheWrite": 2.375}, "contextWindow": 1048576, "maxTokens": 65535}
-{"id": "gemini-3.1-pro-low", "name": "Gemini 3.1 Pro Low (Antigravity)", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2, "output": 12, "cacheRead": 0.2, "cacheWrite": 2.375}, "contextWindow": 1048576, "maxTokens": 65535}
-{"id": "gpt-oss-120b-medium", "name": "GPT-OSS 120B Medium (Antigravity)", "reasoning": false, "input": ["text"], "cost": {"input": 0.09, "output": 0.36, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 32768}
-""",
     "cohere": r"""
 {"id": "command-a-03-2025", "name": "Command A", "reasoning": false, "input": ["text"], "cost": {"input": 2.5, "output": 10.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 8000}
 {"id": "command-a-reasoning-08-2025", "name": "Command A Reasoning", "reasoning": true, "input": ["text"], "cost": {"input": 2.5, "output": 10.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 256000, "maxTokens": 32000}
@@ -1499,9 +1441,6 @@ MODELS = {
 {"id": "command-r-plus-08-2024", "name": "Command R+", "reasoning": false, "input": ["text"], "cost": {"input": 2.5, "output": 10.0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4000}
 {"id": "command-r7b-12-2024", "name": "Command R7B", "reasoning": false, "input": ["text"], "cost": {"input": 0.0375, "output": 0.15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4000}
 {"id": "command-r7b-arabic-02-2025", "name": "Command R7B Arabic", "reasoning": false, "input": ["text"], "cost": {"input": 0.0375, "output": 0.15, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 4000}
-""",
-    "cursor": r"""
-{"id": "composer-1", "name": "Composer 1", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 64000}
 """,
     "groq": r"""
 {"id": "llama-3.1-8b-instant", "name": "Llama 3.1 8B Instant", "reasoning": false, "input": ["text"], "cost": {"input": 0.05, "output": 0.08, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072, "maxTokens": 131072}
@@ -2901,7 +2840,6 @@ MODELS = {
 }
 
 ALIASES = {
-    "antigravity": "google-antigravity",
     "atlas": "atlascloud",
     "atlas-cloud": "atlascloud",
     "azure": "azure-openai",
@@ -2914,14 +2852,12 @@ ALIASES = {
     "codex": "openai-codex",
     "copilot": "github-copilot",
     "coreweave-serverless": "coreweave",
-    "cursor-agent": "cursor",
     "dashscope": "alibaba",
     "deep-infra": "deepinfra",
     "deep-seek": "deepseek",
     "demo": "faux",
     "fireworks-ai": "fireworks",
     "gemini": "google",
-    "gemini-cli": "google-gemini-cli",
     "github-copilot-enterprise": "github-copilot",
     "gitlab-duo": "gitlab",
     "glm": "zhipuai",

@@ -13,11 +13,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = os.path.join(ROOT, "..", "shared", "spec", "providers.json")
 
 
+# baseline rows we no longer ship (no sibling supports them; their protocols are not public)
+DROPPED = {"google-gemini-cli": ["gemini-cli"], "google-antigravity": ["antigravity"], "cursor": ["cursor-agent"]}
+
+
 def _spec_rows():
     if not os.path.exists(SPEC):
         pytest.skip("shared/spec/providers.json is not beside the repository")
     with open(SPEC, encoding="utf-8") as f:
-        return [r for r in json.load(f) if r["api"]]
+        return [r for r in json.load(f) if r["api"] and r["id"] not in DROPPED]
 
 
 def test_table_is_data_only():
@@ -31,7 +35,7 @@ def test_table_is_data_only():
 
 def test_every_spec_provider_resolves_with_its_family_and_base_url():
     rows = _spec_rows()
-    assert len(rows) >= 100
+    assert len(rows) + len(DROPPED) >= 100
     for row in rows:
         model = pi_min.get_model(row["id"])
         assert model["provider"] == row["id"]
@@ -44,6 +48,19 @@ def test_every_spec_provider_resolves_with_its_family_and_base_url():
                 assert aliased["provider"] == row["id"], alias
                 assert aliased["baseUrl"] == row["base_url"]
                 assert aliased["api"] == model["api"]
+
+
+def test_dropped_rows_and_their_families_are_gone():
+    for pid, aliases in DROPPED.items():
+        assert pid not in pi_min.list_providers()
+        for name in [pid] + aliases:
+            with pytest.raises(pi_min.ConfigError, match="unknown provider"):
+                pi_min.get_model(name)
+    for name in ("pi_min.py", "providers_table.py", "README.md"):
+        with open(os.path.join(ROOT, name), encoding="utf-8") as f:
+            text = f.read().lower()
+        for family in ("google-gemini-cli", "cursor-agent", "antigravity", "cursor.sh"):
+            assert family not in text, (name, family)
 
 
 def test_baseline_env_keys_in_order():

@@ -27,7 +27,12 @@ SPEC = HERE.parents[2] / "shared" / "spec"
 OUT = REPO / "providers_table.py"
 
 MAX_MODELS = 25  # per provider, default model included
-SKIP_IDS = {"v0"}  # no API endpoint published
+SKIP_IDS = {
+    "v0",  # no API endpoint published
+    # no sibling supports these any more and their protocols are not public
+    # (Cloud Code Assist behind Gemini CLI / Antigravity OAuth; Cursor's agent RPC)
+    "google-gemini-cli", "google-antigravity", "cursor",
+}
 
 # ---------------------------------------------------------------------------
 # Provider id mappings between our ids and the two catalogs
@@ -58,7 +63,6 @@ MODELSDEV_IDS = {
     "atlascloud": [],
     "firmware": [],
     "qianfan": [],
-    "cursor": [],
     "ollama": [],
     "llamacpp": [],
     "mistralrs": [],
@@ -264,7 +268,6 @@ DEFAULT_MODELS = {
     "zhipuai-coding-plan": "glm-5.1",
     "umans": "umans-coder",
     "qianfan": "ernie-4.5-turbo-128k",
-    "cursor": "composer-1",
     "gitlab": "duo-chat-sonnet-4-6",  # the GitLab chat API ignores the model id
     "github-copilot": "gpt-4.1",  # included in every plan, served on /chat/completions
     "github-models": "openai/gpt-4.1",
@@ -356,9 +359,6 @@ FALLBACK_MODELS = {
     "firmware": {"claude-sonnet-4-5": {"name": "Claude Sonnet 4.5", "reasoning": True,
                                        "input": ["text", "image"], "contextWindow": 200000,
                                        "maxTokens": 64000}},
-    # Cursor agent CLI model ids (auto, composer-1, gpt-5, sonnet-4.5, ...)
-    "cursor": {"composer-1": {"name": "Composer 1", "reasoning": True, "input": ["text"],
-                              "contextWindow": 200000, "maxTokens": 64000}},
 }
 
 FAUX_ROW = {
