@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """pi_min: stream from every major LLM API through one synchronous generator.
 
 Two files and the standard library: this module and ``providers_table.py`` (data).

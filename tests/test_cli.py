@@ -235,6 +235,21 @@ def test_copies_load_their_own_table_never_a_top_level_one(tmp_path, vendored, d
     assert decoy.read_text() == DECOY_TABLE
 
 
+def test_license_spdx_lines_and_the_test_extra():
+    with open(os.path.join(ROOT, "LICENSE"), encoding="utf-8") as f:
+        license_text = f.read()
+    assert license_text.startswith("MIT License\n") and "Copyright (c) 2026 pi_min contributors" in license_text
+    for name in ("pi_min.py", "providers_table.py"):
+        with open(os.path.join(ROOT, name), encoding="utf-8") as f:
+            assert f.readline() == "# SPDX-License-Identifier: MIT\n", name
+    assert pi_min.__doc__.startswith("pi_min: ")  # the comment line does not hide the docstring
+    with open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8") as f:
+        pyproject = f.read()
+    assert '\ntest = ["pytest>=7"]\n' in pyproject and '\ndev = ["pytest>=7", "ruff", "mypy"]\n' in pyproject
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        assert "python -m pip install -e '.[test]' && python -m pytest -q" in f.read()
+
+
 def test_import_loads_only_the_standard_library():
     code = ("import sys, sysconfig; before = set(sys.modules); sys.path.insert(0, %r); import pi_min; "
             "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
