@@ -2666,6 +2666,9 @@ def main(argv: list | None = None) -> int:
         provider, model_id = _cli_target(args)
         model = get_model(provider, model_id)
         _built_provider(model)  # a family not built yet fails before stdin is read or a chat starts
+        if args.thinking not in (None, "off") and not model["reasoning"]:
+            sys.stderr.write(f"pi-min: note: {model['provider']}/{model['id']} is not listed as a reasoning "
+                             "model, so --thinking is ignored (set \"reasoning\": true for it in models.json)\n")
         opts = {"api_key": args.api_key, "base_url": args.base_url, "reasoning": args.thinking,
                 "max_tokens": args.max_tokens, "temperature": args.temperature}
         if args.timeout is not None:
@@ -2681,9 +2684,6 @@ def main(argv: list | None = None) -> int:
                 return _chat(model, opts, args)
             raise ConfigError("no prompt: give one as arguments or on stdin")
         content = [{"type": "text", "text": prompt}] + [_cli_image(p) for p in args.image] if args.image else prompt
-        if args.thinking not in (None, "off") and not model["reasoning"]:
-            sys.stderr.write(f"pi-min: note: {model['provider']}/{model['id']} is not listed as a reasoning "
-                             "model, so --thinking is ignored (set \"reasoning\": true for it in models.json)\n")
         if args.image and "image" not in model["input"]:  # an explicit --image wins over the table
             sys.stderr.write(f"pi-min: note: {model['provider']}/{model['id']} is not listed as accepting "
                              "images; sending them anyway\n")
