@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """pi_min: stream from every major LLM API through one synchronous generator.
 
 Two files and the standard library: this module and ``providers_table.py`` (data).
@@ -1816,23 +1817,34 @@ _MODEL_FIELDS = ("id", "name", "api", "provider", "baseUrl", "reasoning", "input
 
 
 def _table():
-    """providers_table, loaded on first use from the file next to this one."""
+    """This module's own providers_table, loaded on first use: the package's
+    ``.providers_table`` when pi_min is vendored into a package, else the file
+    next to this one. A top-level ``providers_table`` that belongs to someone
+    else is never used, and ours is never installed under that name."""
     global _TABLE
     if _TABLE is None:
-        mod = sys.modules.get("providers_table")
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "providers_table.py")
-        if mod is None and os.path.isfile(path):
-            import importlib.util
-            spec = importlib.util.spec_from_file_location("providers_table", path)
-            if spec is not None and spec.loader is not None:
-                mod = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(mod)
-                sys.modules["providers_table"] = mod
-        if mod is None:
+        import importlib
+        mod = None
+        if __package__:  # e.g. myapp/_vendor/pi_min.py -> myapp._vendor.providers_table
             try:
-                import providers_table as mod
+                mod = importlib.import_module(".providers_table", __package__)
             except ImportError:
-                raise ConfigError("providers_table.py is missing: keep it next to pi_min.py") from None
+                pass
+        else:
+            path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "providers_table.py")
+            if os.path.isfile(path):
+                import importlib.util
+                spec = importlib.util.spec_from_file_location("providers_table", path)
+                if spec is not None and spec.loader is not None:
+                    mod = importlib.util.module_from_spec(spec)
+                    spec.loader.exec_module(mod)  # not put in sys.modules: the name may be someone else's
+            else:  # not a plain file (a zipapp): the top-level module shipped beside us
+                try:
+                    mod = importlib.import_module("providers_table")
+                except ImportError:
+                    pass
+        if mod is None:
+            raise ConfigError("providers_table.py is missing: keep it next to pi_min.py")
         _TABLE = mod
     return _TABLE
 
@@ -1939,9 +1951,12 @@ def _merge(model: dict, source: dict) -> None:
 
 def get_model(provider: str, model_id: str | None = None, **overrides) -> dict:
     """A Model dict for ``provider`` (any alias, any case) and ``model_id``
-    (default: the provider's default model; "provider/model-id" works too). Filled from the provider table,
+    (default: the first model models.json lists for the provider, else the
+    table's default model; "provider/model-id" works too). Filled from the provider table,
     then ``models.json``, then ``overrides`` (baseUrl=, headers=, compat=, ...).
-    Unknown model ids are allowed; unknown providers raise ConfigError."""
+    Unknown model ids are allowed: they get the provider's limits and neutral
+    capabilities (reasoning false, text input, zero cost) unless models.json or
+    ``overrides`` say otherwise. Unknown providers raise ConfigError."""
     for k in overrides:
         if k not in _MODEL_FIELDS or k in ("id", "provider"):
             raise ConfigError(f"get_model: unknown field {k!r} (fields: {', '.join(_MODEL_FIELDS[2:])})")
@@ -1952,7 +1967,7 @@ def get_model(provider: str, model_id: str | None = None, **overrides) -> dict:
     listed = {m["id"]: m for m in pconf.get("models") or () if isinstance(m, dict) and m.get("id")}
     if row is None and not (pconf.get("api") and pconf.get("baseUrl")):
         raise ConfigError(f"models.json: provider {pid!r} needs \"api\" and \"baseUrl\"")
-    mid = model_id or (row["defaultModel"] if row else next(iter(listed), None))
+    mid = model_id or next(iter(listed), None) or (row["defaultModel"] if row else None)
     if not mid:
         raise ConfigError(f"no model given for {pid!r} and models.json lists none")
     model = {"id": mid, "name": mid, "api": "openai-completions", "provider": pid, "baseUrl": "",
@@ -1960,7 +1975,9 @@ def get_model(provider: str, model_id: str | None = None, **overrides) -> dict:
              "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0},
              "contextWindow": 128000, "maxTokens": 16384}
     if row:
-        _merge(model, row)
+        # the row gives every model its family, URL, headers, compat and limits; name, reasoning and
+        # input are the known model's (the row's describe the provider), neutral for an unknown id
+        _merge(model, {k: v for k, v in row.items() if k not in ("name", "reasoning", "input")})
         known = _known_models(pid).get(mid)
         if known:
             _merge(model, known)
@@ -1979,9 +1996,12 @@ def list_providers() -> list:
     return sorted(ids)
 
 
-def _resolve_value(value: str, base_dir: str, what: str):
-    """models.json value sources: "!command", "env:NAME", "file:PATH", a bare
-    UPPER_CASE_NAME (that env var), else the literal. -> str or None."""
+def _resolve_value(value: str, base_dir: str, what: str, required: bool = False):
+    """models.json value sources: "!command", "env:NAME", "file:PATH", else a bare
+    value: the env var of that name when it is set and non-empty, else the value
+    itself (as both pis do: "K_MODELS" with no such variable is the key K_MODELS).
+    -> str or None. "env:NAME" with NAME unset is a ConfigError when ``required``
+    (an apiKey), else None (a header is dropped)."""
     if not isinstance(value, str) or not value:
         return None
     if value.startswith("!"):
@@ -1995,7 +2015,12 @@ def _resolve_value(value: str, base_dir: str, what: str):
             raise ConfigError(f"the command for {what} in models.json exited with status {run.returncode}")
         return run.stdout.strip() or None
     if value.startswith("env:"):
-        return os.environ.get(value[4:].strip(), "").strip() or None
+        name = value[4:].strip()
+        found = os.environ.get(name, "").strip() or None
+        if found is None and required:
+            raise ConfigError(f"{what} in models.json is {value!r}, but {name} is not set in the environment"
+                              if name else f"{what} in models.json is {value!r}: no variable name after env:")
+        return found
     if value.startswith("file:"):
         path = os.path.join(base_dir, os.path.expanduser(value[5:].strip()))
         try:
@@ -2003,9 +2028,7 @@ def _resolve_value(value: str, base_dir: str, what: str):
                 return f.read().strip() or None
         except OSError as e:
             raise ConfigError(f"cannot read the file for {what} in models.json: {path}: {e.strerror}") from None
-    if "_" in value and value.replace("_", "").isalnum() and value.isupper() and value[0].isalpha():
-        return os.environ.get(value, "").strip() or None
-    return value
+    return os.environ.get(value, "").strip() or value
 
 
 def _auth_style(model: dict, row, pconf: dict) -> str:
@@ -2083,7 +2106,7 @@ class _Options:
 
     __slots__ = ("api_key", "base_url", "headers", "temperature", "max_tokens", "reasoning", "tool_choice",
                  "session_id", "cache_retention", "signal", "timeout", "max_retries", "on_payload", "extra",
-                 "url", "host_row", "compat", "auth_headers", "secrets", "unsupported")
+                 "url", "host_row", "compat", "auth_headers", "secrets")
 
     def __init__(self, api_key=None, base_url=None, headers=None, temperature=None, max_tokens=None,
                  reasoning=None, tool_choice=None, session_id=None, cache_retention=None, signal=None,
@@ -2108,7 +2131,6 @@ class _Options:
         self.compat: dict | None = None     # the family's resolved compat flags
         self.auth_headers: dict = {}        # credentials and model headers
         self.secrets: list = []             # values redacted from every message
-        self.unsupported: str | None = None  # why this request cannot run (family not built)
         self._validate()
 
     def _validate(self) -> None:
@@ -2165,45 +2187,56 @@ def _stored_key(pid: str, row, pconf: dict):
             return value
     key = _auth_json_key(pid)
     if key is None and pconf.get("apiKey"):
-        key = _resolve_value(pconf["apiKey"], _agent_dir(), f"{pid} apiKey")
+        key = _resolve_value(pconf["apiKey"], _agent_dir(), f"{pid} apiKey", required=True)
     return key
 
 
-def _prepare(model: dict, o: _Options) -> None:
-    """Resolve URL, credentials and headers (raises ConfigError), or mark the
-    request as unsupported when its family is not implemented yet."""
-    cfg = _read_config("models.json")
+def _built_provider(model: dict) -> tuple:
+    """-> (canonical id, table row or None, models.json entry, auth style) of a
+    Model dict; ConfigError when its API family or auth style is not built yet."""
     pid = _canonical(model.get("provider") or "") or (model.get("provider") or "").lower()
     row = _table().PROVIDERS.get(pid)
-    pconf = _provider_config(pid, cfg)
-    api = model.get("api")
+    pconf = _provider_config(pid, _read_config("models.json"))
     style = _auth_style(model, row, pconf)
-    if api == "faux":
+    api = model.get("api")
+    others = "(`pi-min --list-providers` marks the others \"planned\")"
+    if api not in _FAMILIES:
+        raise ConfigError(f"{pid}: the {api} API family is not built yet in pi_min {__version__}. Use a provider "
+                          f"whose family is built {others}, or, where {pid} has an OpenAI-compatible endpoint, set "
+                          f"\"api\": \"openai-completions\" and that \"baseUrl\" for {pid} in models.json")
+    if style not in _AUTH_STYLES:
+        raise ConfigError(f"{pid}: {style} authentication is not built yet in pi_min {__version__}. Use a "
+                          f"provider that takes an API key {others}")
+    return pid, row, pconf, style
+
+
+def _is_local(row) -> bool:
+    """A local server (its table base URL is on loopback: lmstudio, ollama, ...):
+    its key is optional, sent when one is configured."""
+    return bool(row) and _is_loopback(_host_of(row.get("baseUrl") or ""))
+
+
+def _prepare(model: dict, o: _Options) -> None:
+    """Resolve URL, credentials and headers; ConfigError for what the user must
+    fix, a family or auth style not built yet included."""
+    pid, row, pconf, style = _built_provider(model)
+    if model.get("api") == "faux":
         return
     env_keys = list(row.get("envKeys") or ()) if row else []
     o.secrets.extend(os.environ[n].strip() for n in env_keys if os.environ.get(n, "").strip())
-    if style not in _AUTH_STYLES:
-        o.unsupported = f"{pid}: {style!r} authentication is not implemented yet in pi_min {__version__}"
-        return
-    ready = api in _FAMILIES  # else: check the key, then stream a "not implemented yet" error
-    trusted = True
-    if ready:
-        o.url = _fill_url(o.base_url or model.get("baseUrl") or "", row, model)
-        if not o.url:
-            raise ConfigError(f"{pid}: no base URL: set baseUrl in models.json or pass base_url=")
-        origin = _split_url(o.url)[:3]
-        trusted = origin in _own_origins(row, pconf, model)
-        o.host_row = _rows_by_host().get(origin[1])
+    o.url = _fill_url(o.base_url or model.get("baseUrl") or "", row, model)
+    if not o.url:
+        raise ConfigError(f"{pid}: no base URL: set baseUrl in models.json or pass base_url=")
+    origin = _split_url(o.url)[:3]
+    trusted = origin in _own_origins(row, pconf, model)
+    o.host_row = _rows_by_host().get(origin[1])
     key = o.api_key
     # a stored key goes only to its provider's own host; an explicit one anywhere
     if key is None and trusted:
         key = _stored_key(pid, row, pconf)
-        if key is None and env_keys and style != "none":
+        if key is None and env_keys and style != "none" and not _is_local(row):
             raise ConfigError(f"no API key for {pid}: set {' or '.join(env_keys)}, add it to "
                               f"{os.path.join(_agent_dir(), 'auth.json')}, or pass api_key= (--api-key)")
-    if not ready:
-        o.unsupported = f"the {api!r} API family (provider {pid}) is not implemented yet in pi_min {__version__}"
-        return
     headers = o.auth_headers
     if key and key.strip():
         key = key.strip()
@@ -2316,8 +2349,6 @@ def _run(model: dict, ctx: dict, o: _Options, request) -> "Generator[dict, None,
     watch = None
     finished = False
     try:
-        if o.unsupported:
-            raise PiError(o.unsupported, "invalid_request")
         url, headers, body = request
         if o.on_payload is not None:
             replaced = o.on_payload(body, model)
@@ -2497,6 +2528,10 @@ def stream(model, context, *, api_key: str | None = None, base_url: str | None =
     ``model`` is a Model dict or "provider" / "provider/model-id"; ``context`` a
     Context dict or a user prompt string. Raises ConfigError for what the user
     must fix; once this returns, every failure is the terminal ``error`` event.
+
+    ``on_payload(body, model)`` is called once before the request is sent, with
+    the request body dict and the Model; it may inspect the body or return a
+    replacement dict to send instead (returning None keeps the body).
     """
     o = _Options(api_key=api_key, base_url=base_url, headers=headers, temperature=temperature,
                  max_tokens=max_tokens, reasoning=reasoning, tool_choice=tool_choice, session_id=session_id,
@@ -2508,7 +2543,7 @@ def stream(model, context, *, api_key: str | None = None, base_url: str | None =
         raise ConfigError("model must be a Model dict (see get_model) or a \"provider/model\" string")
     ctx = _context(context)
     _prepare(model, o)
-    request = None if o.unsupported else _build_request(model, ctx, o)
+    request = _build_request(model, ctx, o)
     return _run(model, ctx, o, request)
 
 
@@ -2571,8 +2606,9 @@ def _cli_target(args) -> tuple:
         model = model or model_here or None
         if provider:
             return provider, model
-        if model and "/" in model and _canonical(model.partition("/")[0]):
-            return model.partition("/")[0], model.partition("/")[2]
+        prefix, slash, rest = (model or "").partition("/")
+        if slash and (_canonical(prefix) or prefix.strip().lower() in list_providers()):  # models.json ones too
+            return prefix, rest
     raise ConfigError("no provider: pass --provider (see --list-providers) or set PI_PROVIDER")
 
 
@@ -2749,6 +2785,10 @@ def main(argv: list | None = None) -> int:
             return 0
         provider, model_id = _cli_target(args)
         model = get_model(provider, model_id)
+        _built_provider(model)  # a family not built yet fails before stdin is read or a chat starts
+        if args.thinking not in (None, "off") and not model["reasoning"]:
+            sys.stderr.write(f"pi-min: note: {model['provider']}/{model['id']} is not listed as a reasoning "
+                             "model, so --thinking is ignored (set \"reasoning\": true for it in models.json)\n")
         opts = {"api_key": args.api_key, "base_url": args.base_url, "reasoning": args.thinking,
                 "max_tokens": args.max_tokens, "temperature": args.temperature}
         if args.timeout is not None:

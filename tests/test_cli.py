@@ -50,6 +50,20 @@ def test_missing_key_exits_2_naming_the_env_var(capsys):
     assert "GROQ_API_KEY" in capsys.readouterr().err
 
 
+def test_family_not_built_yet_exits_2_before_stdin_or_chat(capsys, monkeypatch):
+    def must_not_run(*args):
+        raise AssertionError("reached stdin or the chat")
+    monkeypatch.setattr(pi_min, "_cli_stdin", must_not_run)
+    monkeypatch.setattr(pi_min, "_chat", must_not_run)
+    monkeypatch.setattr(pi_min, "_stdin_is_tty", lambda: True)
+    for argv, what in ((["--provider", "anthropic", "hi"], "anthropic: the anthropic-messages API family"),
+                       (["--provider", "anthropic"], "anthropic: the anthropic-messages API family"),
+                       (["-m", "copilot/gpt-4.1"], "github-copilot: copilot authentication")):
+        assert pi_min.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("pi-min: " + what) and "not built yet" in err and err.count("\n") == 1
+
+
 def test_bad_flags_exit_2(capsys):
     assert pi_min.main(["--no-such-flag"]) == 2
     assert pi_min.main(["--provider", "faux", "--thinking", "max", "hi"]) == 2
@@ -97,6 +111,15 @@ def test_provider_and_model_defaults_from_env_and_settings(capsys, isolated_env,
     assert pi_min.main(["hi"]) == 2  # groq from the env, no key: the settings model is not reused
     assert "GROQ_API_KEY" in capsys.readouterr().err
     assert pi_min.main(["--provider", "faux", "hi"]) == 0
+
+
+def test_dash_m_names_a_provider_defined_only_in_models_json(capsys, isolated_env, server):
+    (isolated_env / "models.json").write_text(json.dumps({"providers": {"my-vllm": {
+        "baseUrl": server.url + "/v1", "api": "openai-completions", "models": [{"id": "qwen3-8b"}]}}}))
+    server.script([Reply(body=STREAM)])
+    assert pi_min.main(["-m", "my-vllm/qwen3-32b", "hi"]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out == "Hello there\n"
+    assert server.requests[0].json["model"] == "qwen3-32b"
 
 
 def test_no_provider_anywhere_exits_2(capsys):
@@ -165,6 +188,68 @@ def test_two_files_copied_anywhere_run_with_bare_python(tmp_path):
     assert run.stdout == "You said: yo\n", run.stderr
 
 
+DECOY_TABLE = "PROVIDERS = {'decoy': {}}\nALIASES = {}\nMODELS = {}\n"
+VENDOR_CHECK = """
+import os, sys
+sys.path[:0] = %(path)r
+if %(decoy_first)s:
+    import providers_table as decoy  # the app's own top-level module, imported first
+%(import_pi_min)s
+table = pi_min._table()
+print(table.__file__ == os.path.join(os.path.dirname(pi_min.__file__), 'providers_table.py'))
+print(pi_min.get_model('kimi')['provider'], 'decoy' in pi_min.list_providers())
+print(pi_min.complete('demo', 'yo')['content'][0]['text'])
+if not %(decoy_first)s:
+    print('providers_table' in sys.modules)
+    import providers_table as decoy
+print(sorted(decoy.PROVIDERS), os.path.abspath(decoy.__file__) == os.path.abspath(%(decoy)r))
+"""
+
+
+@pytest.mark.parametrize("decoy_first", [False, True])
+@pytest.mark.parametrize("vendored", [True, False])
+def test_copies_load_their_own_table_never_a_top_level_one(tmp_path, vendored, decoy_first):
+    # vendored: myapp/_vendor/{__init__,pi_min,providers_table}.py beside someone else's top-level
+    # providers_table.py; else the two files copied into app/ with the other module first on sys.path
+    if vendored:
+        home, decoy = tmp_path / "myapp" / "_vendor", tmp_path / "providers_table.py"
+        home.mkdir(parents=True)
+        for package in (home.parent, home):
+            (package / "__init__.py").write_text("")
+        path, import_pi_min = ["."], "from myapp._vendor import pi_min"
+    else:
+        home, decoy = tmp_path / "app", tmp_path / "other" / "providers_table.py"
+        home.mkdir()
+        decoy.parent.mkdir()
+        path, import_pi_min = ["other", "app"], "import pi_min"
+    for name in ("pi_min.py", "providers_table.py"):
+        shutil.copy(os.path.join(ROOT, name), home / name)
+    decoy.write_text(DECOY_TABLE)
+    code = VENDOR_CHECK % {"path": path, "decoy_first": decoy_first, "import_pi_min": import_pi_min,
+                           "decoy": str(decoy)}
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "PI_CODING_AGENT_DIR": str(tmp_path / "a")}
+    run = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env=env, timeout=60)
+    expected = ["True", "moonshotai False", "You said: yo"] + ([] if decoy_first else ["False"])
+    assert run.stdout.splitlines() == expected + ["['decoy'] True"], run.stderr
+    assert decoy.read_text() == DECOY_TABLE
+
+
+def test_license_spdx_lines_and_the_test_extra():
+    with open(os.path.join(ROOT, "LICENSE"), encoding="utf-8") as f:
+        license_text = f.read()
+    assert license_text.startswith("MIT License\n") and "Copyright (c) 2026 pi_min contributors" in license_text
+    for name in ("pi_min.py", "providers_table.py"):
+        with open(os.path.join(ROOT, name), encoding="utf-8") as f:
+            assert f.readline() == "# SPDX-License-Identifier: MIT\n", name
+    assert pi_min.__doc__.startswith("pi_min: ")  # the comment line does not hide the docstring
+    with open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8") as f:
+        pyproject = f.read()
+    assert '\ntest = ["pytest>=7"]\n' in pyproject and '\ndev = ["pytest>=7", "ruff", "mypy"]\n' in pyproject
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        assert "python -m pip install -e '.[test]' && python -m pytest -q" in f.read()
+
+
 def test_import_loads_only_the_standard_library():
     code = ("import sys, sysconfig; before = set(sys.modules); sys.path.insert(0, %r); import pi_min; "
             "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
@@ -219,6 +304,14 @@ def test_image_flag_sends_the_image(capsys, server, tmp_path):
     import base64
     assert parts[1]["image_url"]["url"] == "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
     assert "not listed as accepting images" in capsys.readouterr().err
+
+
+def test_thinking_on_a_model_not_listed_as_reasoning_says_it_is_ignored(capsys, server):
+    server.script([Reply(body=STREAM)])
+    argv = ["--provider", "groq", "-m", "brand-new", "--base-url", server.url, "--api-key", KEY, "--thinking", "high"]
+    assert pi_min.main(argv + ["hi"]) == 0
+    assert "brand-new is not listed as a reasoning model, so --thinking is ignored" in capsys.readouterr().err
+    assert "reasoning_effort" not in server.requests[0].json
 
 
 def test_ascii_console_does_not_crash(isolated_env):

@@ -1,12 +1,15 @@
 """Credentials precedence, auth.json / models.json / settings.json, key scoping, headers."""
 
 import json
+import os
 import threading
 
 import pytest
 
 import pi_min
 from loopback import Reply
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 OK = (b'data: {"choices":[{"index":0,"delta":{"content":"ok"},"finish_reason":null}]}\n\n'
       b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
@@ -80,13 +83,32 @@ def test_models_json_api_key_sources(isolated_env, server, monkeypatch, tmp_path
     (isolated_env / "key.txt").write_text("from-file\n")
     monkeypatch.setenv("MY_SECRET_VAR", "from-bare-name")
     monkeypatch.setenv("OTHER", "from-env-prefix")
+    monkeypatch.setenv("groqkey", "from-lowercase-name")
+    monkeypatch.setenv("EMPTY_VAR", "")
     cases = [("!echo from-command", "from-command"), ("file:key.txt", "from-file"),
              ("env:OTHER", "from-env-prefix"), ("MY_SECRET_VAR", "from-bare-name"),
-             ("literal-key-123", "literal-key-123")]
+             ("literal-key-123", "literal-key-123"), ("groqkey", "from-lowercase-name"),
+             # a bare name with no such variable, or an empty one, is the literal key (both pis)
+             ("K_MODELS", "K_MODELS"), ("EMPTY_VAR", "EMPTY_VAR")]
     for n, (source, expected) in enumerate(cases):
         groq_at(isolated_env, server, apiKey=source)
         run(server, "groq", "hi")
         assert auth_of(server, n) == "Bearer " + expected, source
+
+
+@pytest.mark.parametrize("api_key", ["env:MY_GROQ_KEY", "env: MY_GROQ_KEY"])
+def test_models_json_env_api_key_that_is_unset_names_the_variable(isolated_env, server, monkeypatch, api_key):
+    (isolated_env / "models.json").write_bytes(
+        b'{"providers": {"groq": {"baseUrl": "%s", "apiKey": "%s"}}}' % (server.url.encode(), api_key.encode()))
+    with pytest.raises(pi_min.ConfigError, match="MY_GROQ_KEY is not set"):
+        pi_min.stream("groq", "hi")
+    monkeypatch.setenv("MY_GROQ_KEY", "")
+    with pytest.raises(pi_min.ConfigError, match="MY_GROQ_KEY"):
+        pi_min.stream("groq", "hi")
+    assert server.requests == []
+    monkeypatch.setenv("MY_GROQ_KEY", "set-now")
+    run(server, "groq", "hi")
+    assert auth_of(server) == "Bearer set-now"
 
 
 def test_missing_key_names_env_vars_and_auth_json(isolated_env, server):
@@ -121,6 +143,25 @@ def test_keyless_local_providers_send_no_auth(server):
     run(server, pi_min.get_model("ollama", baseUrl=server.url + "/v1"), "hi")
     assert auth_of(server) is None
     assert server.requests[0].path == "/v1/chat/completions"
+
+
+@pytest.mark.parametrize("provider, env", [("lmstudio", "LMSTUDIO_API_KEY"),
+                                           ("privatemode-ai", "PRIVATEMODE_API_KEY")])
+def test_local_servers_need_no_key_but_send_one_that_is_set(isolated_env, server, monkeypatch, provider, env):
+    write(isolated_env, "models.json", {"providers": {provider: {"baseUrl": server.url + "/v1"}}})
+    run(server, provider, "hi")
+    assert auth_of(server, 0) is None
+    monkeypatch.setenv(env, "local-key")
+    run(server, provider, "hi")
+    assert auth_of(server, 1) == "Bearer local-key"
+
+
+def test_lmstudio_on_the_cli_needs_no_key(capsys, isolated_env, server):
+    write(isolated_env, "models.json", {"providers": {"lm-studio": {"baseUrl": server.url + "/v1"}}})
+    server.script([Reply(body=OK)])
+    assert pi_min.main(["--provider", "lmstudio", "hi"]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out == "ok\n"
+    assert auth_of(server) is None
 
 
 def test_env_key_is_never_sent_to_another_providers_host(server, monkeypatch):
@@ -162,6 +203,14 @@ def test_new_provider_from_models_json_needs_no_code(isolated_env, server):
     assert server.requests[0].json["model"] == "qwen3-8b"
     assert auth_of(server) is None
     assert "x-team" not in server.requests[0].headers  # env var unset: header dropped
+
+
+def test_built_in_provider_with_a_models_list_defaults_to_its_first_model(isolated_env, server):
+    groq_at(isolated_env, server, apiKey="k", models=[{"id": "llama-3.3-70b-versatile"}, {"id": "my-finetune"}])
+    assert pi_min.get_model("groq")["id"] == "llama-3.3-70b-versatile"
+    run(server, "groq", "hi")
+    assert server.requests[0].json["model"] == "llama-3.3-70b-versatile"
+    assert pi_min.get_model("groq", "my-finetune")["id"] == "my-finetune"
 
 
 def test_models_json_overrides_headers_and_compat_per_model(isolated_env, server, monkeypatch):
@@ -210,6 +259,20 @@ def test_on_payload_can_replace_the_body(server):
     run(server, "groq", "hi", base_url=server.url, api_key="k", on_payload=hook)
     assert seen == [(pi_min.get_model("groq")["id"], "groq")]
     assert server.requests[0].json["extra_field"] is True
+
+
+def test_on_payload_returning_none_keeps_the_body_and_is_documented(server):
+    seen = []
+
+    def hook(body, model):
+        seen.append((json.loads(json.dumps(body)), model["id"]))
+    run(server, "groq/llama-3.3-70b-versatile", "hi", base_url=server.url, api_key="k", on_payload=hook)
+    assert seen[0][0]["model"] == seen[0][1] == "llama-3.3-70b-versatile"
+    assert server.requests[0].json == seen[0][0]
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = " ".join(f.read().split())
+    for doc in (" ".join(pi_min.stream.__doc__.split()), readme):
+        assert "on_payload(body, model)" in doc and "None" in doc and "replacement" in doc
 
 
 def test_secrets_never_reach_errors(server, monkeypatch):

@@ -13,11 +13,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = os.path.join(ROOT, "..", "shared", "spec", "providers.json")
 
 
+# baseline rows we no longer ship (no sibling supports them; their protocols are not public)
+DROPPED = {"google-gemini-cli": ["gemini-cli"], "google-antigravity": ["antigravity"], "cursor": ["cursor-agent"]}
+
+
 def _spec_rows():
     if not os.path.exists(SPEC):
         pytest.skip("shared/spec/providers.json is not beside the repository")
     with open(SPEC, encoding="utf-8") as f:
-        return [r for r in json.load(f) if r["api"]]
+        return [r for r in json.load(f) if r["api"] and r["id"] not in DROPPED]
 
 
 def test_table_is_data_only():
@@ -31,7 +35,7 @@ def test_table_is_data_only():
 
 def test_every_spec_provider_resolves_with_its_family_and_base_url():
     rows = _spec_rows()
-    assert len(rows) >= 100
+    assert len(rows) + len(DROPPED) >= 100
     for row in rows:
         model = pi_min.get_model(row["id"])
         assert model["provider"] == row["id"]
@@ -44,6 +48,19 @@ def test_every_spec_provider_resolves_with_its_family_and_base_url():
                 assert aliased["provider"] == row["id"], alias
                 assert aliased["baseUrl"] == row["base_url"]
                 assert aliased["api"] == model["api"]
+
+
+def test_dropped_rows_and_their_families_are_gone():
+    for pid, aliases in DROPPED.items():
+        assert pid not in pi_min.list_providers()
+        for name in [pid] + aliases:
+            with pytest.raises(pi_min.ConfigError, match="unknown provider"):
+                pi_min.get_model(name)
+    for name in ("pi_min.py", "providers_table.py", "README.md"):
+        with open(os.path.join(ROOT, name), encoding="utf-8") as f:
+            text = f.read().lower()
+        for family in ("google-gemini-cli", "cursor-agent", "antigravity", "cursor.sh"):
+            assert family not in text, (name, family)
 
 
 def test_baseline_env_keys_in_order():
@@ -103,12 +120,22 @@ def test_unknown_provider_suggests_close_names():
         pi_min.get_model("gorq")
 
 
-def test_unknown_model_id_uses_table_defaults_and_known_model_prices():
-    unknown = pi_min.get_model("groq", "some-new-model")
+@pytest.mark.parametrize("provider", ["groq", "anthropic", "openrouter", "llamacpp"])
+def test_unknown_model_id_gets_table_limits_and_neutral_capabilities(provider):
+    # the rows of these providers (and their default models) say reasoning: true
+    row = providers_table.PROVIDERS[provider]
+    assert row["reasoning"] is True and pi_min.get_model(provider)["reasoning"] is True
+    unknown = pi_min.get_model(provider, "some-new-model")
+    assert unknown == dict({"id": "some-new-model", "name": "some-new-model", "api": row["api"],
+                            "provider": provider, "baseUrl": row["baseUrl"], "reasoning": False,
+                            "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0},
+                            "contextWindow": row["contextWindow"], "maxTokens": row["maxTokens"]},
+                           **{k: row[k] for k in ("headers", "compat") if k in row})
+    assert pi_min.get_model(provider, "some-new-model", reasoning=True)["reasoning"] is True
+
+
+def test_known_model_has_its_own_prices():
     row = providers_table.PROVIDERS["groq"]
-    assert unknown["id"] == "some-new-model"
-    assert unknown["contextWindow"] == row["contextWindow"]
-    assert unknown["cost"] == {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}
     known = pi_min.get_model("groq", row["defaultModel"])
     assert known["cost"]["input"] == pi_min._known_models("groq")[row["defaultModel"]]["cost"]["input"]
     assert known["cost"]["input"] > 0
@@ -134,20 +161,30 @@ def test_model_strings_split_at_the_first_slash(server):
     assert server.requests[0].json["model"] == "openai/gpt-4o"
 
 
-@pytest.mark.parametrize("provider, env", [("anthropic", "ANTHROPIC_API_KEY"), ("google", "GOOGLE_API_KEY"),
-                                           ("cohere", "COHERE_API_KEY"), ("amazon-bedrock", None),
-                                           ("github-copilot", None), ("openai-codex", None)])
-def test_families_not_built_yet_resolve_and_stream_a_clear_error(provider, env, monkeypatch):
+@pytest.mark.parametrize("provider, env, what", [
+    ("anthropic", "ANTHROPIC_API_KEY", "the anthropic-messages API family"),
+    ("google", "GOOGLE_API_KEY", "the google-generative-ai API family"),
+    ("cohere", "COHERE_API_KEY", "the cohere-chat API family"),
+    ("amazon-bedrock", "AWS_ACCESS_KEY_ID", "the bedrock-converse-stream API family"),
+    ("github-copilot", "GITHUB_TOKEN", "copilot authentication"),
+    ("openai-codex", None, "the openai-codex-responses API family")])
+def test_families_not_built_yet_resolve_but_stream_raises_config_error(provider, env, what, monkeypatch):
     model = pi_min.get_model(provider)
-    if env:  # credentials are still checked first, as for every provider
-        with pytest.raises(pi_min.ConfigError, match=env):
-            pi_min.stream(model, "hi")
+    # before the key check: no key set, yet the error is about the family, not the key
+    with pytest.raises(pi_min.ConfigError, match=f"^{provider}: {what} is not built yet"):
+        pi_min.stream(model, "hi")
+    if env:
         monkeypatch.setenv(env, "key-for-" + provider)
-    events = list(pi_min.stream(model, "hi"))
-    assert [e["type"] for e in events] == ["start", "error"]
-    msg = events[-1]["error"]
-    assert msg["stopReason"] == "error"
-    assert "not implemented yet" in msg["errorMessage"]
+    with pytest.raises(pi_min.ConfigError, match="planned"):
+        pi_min.complete(provider, "hi")
+
+
+def test_models_json_provider_of_a_family_not_built_yet(isolated_env):
+    (isolated_env / "models.json").write_bytes(b'{"providers": {"my-claude": {"api": "anthropic-messages", '
+                                               b'"baseUrl": "http://127.0.0.1:9/v1", "models": [{"id": "c1"}]}}}')
+    assert pi_min.get_model("my-claude")["api"] == "anthropic-messages"
+    with pytest.raises(pi_min.ConfigError, match="my-claude: the anthropic-messages API family is not built"):
+        pi_min.stream("my-claude", "hi")
 
 
 def test_templated_base_url_names_the_missing_variable(monkeypatch):
