@@ -148,6 +148,12 @@ class SSEParser:
     """
 
     __slots__ = ("_parts", "_size", "_data", "_data_size", "_event", "_cr", "_started", "last_event_id")
+    CONTENT_TYPE = "event-stream"  # a body of this type is parsed without looking at it first
+
+    @staticmethod
+    def looks_like(head: bytes) -> bool:
+        """An event stream under another content type (a proxy mislabelled it)?"""
+        return head.lstrip().startswith((b"data:", b"event:", b":", b"id:"))
 
     def __init__(self):
         self._parts: list = []      # pieces of the line not yet terminated
@@ -1015,6 +1021,24 @@ class _Builder:
         block[kind] = t
         self.out.append({"type": _DELTA[kind], "contentIndex": self.cur, "delta": delta, "partial": self.msg})
 
+    def sign(self, signature: str, index: int | None = None, append: bool = False) -> None:
+        """Attach a signature to a block after it opened (Anthropic's signature_delta,
+        Gemini's thoughtSignature, the Responses' encrypted reasoning): thinking
+        -> thinkingSignature, text -> textSignature, toolCall -> thoughtSignature.
+        index None: the block opened last. append: signatures that come in pieces."""
+        if not signature or not self.content:
+            return
+        block = self.content[-1 if index is None else index]
+        field = {"thinking": "thinkingSignature", "text": "textSignature"}.get(block["type"], "thoughtSignature")
+        block[field] = block.get(field, "") + signature if append else signature
+
+    def redacted_thinking(self, data: str) -> None:
+        """A thinking block the provider encrypted: no text, its data kept as the
+        signature so it goes back, unchanged, to the model that made it."""
+        block = self._open("thinking", data)
+        block["redacted"] = True
+        self.close_current()
+
     def close_current(self) -> None:
         if self.cur_type:
             block = self.content[self.cur]
@@ -1078,8 +1102,18 @@ class _Builder:
 
     # -- usage and the end ------------------------------------------------------
     def set_usage(self, inp: int, out: int, cache_read: int = 0, cache_write: int = 0) -> None:
+        self.update_usage(input=inp, output=out, cacheRead=cache_read, cacheWrite=cache_write)
+
+    def update_usage(self, **counts: int) -> None:
+        """Set some of input/output/cacheRead/cacheWrite, keeping the others (usage
+        that arrives piece by piece: Anthropic's message_start, then the cumulative
+        message_delta); the total and the cost follow."""
         u = self.msg["usage"]
-        u["input"], u["output"], u["cacheRead"], u["cacheWrite"] = inp, out, cache_read, cache_write
+        for name, value in counts.items():
+            if name not in ("input", "output", "cacheRead", "cacheWrite"):
+                raise TypeError(f"update_usage: unknown count {name!r}")
+            u[name] = value
+        inp, out, cache_read, cache_write = u["input"], u["output"], u["cacheRead"], u["cacheWrite"]
         u["totalTokens"] = inp + out + cache_read + cache_write
         cost = self.model.get("cost") or {}
         c = u["cost"]
@@ -1229,8 +1263,66 @@ def _json_body(body) -> bytes:
 
 
 # ==== API families =============================================================
-# A family is a request builder, a stream translator and one row in _FAMILIES.
-# Translators get parsed frames and drive the _Builder; they raise PiError.
+# An API family is its own section below plus one _Family row in _FAMILIES (the
+# registry section). The row names:
+#   build(model, ctx, o) -> (url, headers, body dict)
+#       the request; runs inside stream(), so bad input is a ConfigError there
+#   translator(b, o) -> an object with
+#       event(kind, data) -> bool  one decoded frame, driving the _Builder b;
+#                                  True once the provider said the turn is over
+#       end(cut) -> reason         after the last frame: "stop" | "length" |
+#                                  "toolUse", or raise PiError (cut: the body
+#                                  ended before the provider's terminator)
+#       whole(obj)                 a complete non-streamed JSON answer
+#   decoder  the body's framing: SSEParser (the default), _EventStream (AWS
+#            binary frames), or None when the answer is always one JSON body
+#   relax(body, error) -> body | None   optional: send once more without an
+#            optional field the server rejected
+#   open(model, ctx, o) -> response     optional: bytes from elsewhere (faux)
+# Translators raise PiError; stop words go through _stop_reason(), errors inside a
+# stream through _in_band_error(). Credentials are not the family's business: the
+# provider's auth style (_AUTH_HEADERS, _AUTH_STEPS) adds them to each attempt.
+
+
+class _Family:
+    __slots__ = ("build", "translator", "decoder", "relax", "open")
+
+    def __init__(self, build, translator, decoder=SSEParser, relax=None, open=None):
+        self.build, self.translator, self.decoder = build, translator, decoder
+        self.relax, self.open = relax, open
+
+
+# Stop words of every family -> the done reason. Words that end the turn as an
+# error are in _STOP_ERRORS; anything else is an error that names the word.
+_STOP_WORDS = {
+    "stop": "stop", "end_turn": "stop", "stop_sequence": "stop", "end": "stop", "eos": "stop",
+    "completed": "stop", "COMPLETE": "stop", "STOP": "stop", "FINISH_REASON_UNSPECIFIED": "stop",
+    "length": "length", "max_tokens": "length", "MAX_TOKENS": "length", "max_output_tokens": "length",
+    "tool_calls": "toolUse", "tool_use": "toolUse", "function_call": "toolUse", "TOOL_CALL": "toolUse",
+}
+_STOP_ERRORS = {
+    "content_filter": ("the provider's content filter stopped the answer", "invalid_request"),
+    "refusal": ("the model refused to answer", "invalid_request"),
+    "model_context_window_exceeded": ("the model's context window was exceeded", "context_overflow"),
+    "SAFETY": ("the answer was blocked for safety", "invalid_request"),
+    "RECITATION": ("the answer was blocked for recitation", "invalid_request"),
+    "BLOCKLIST": ("the answer hit a blocklist", "invalid_request"),
+    "PROHIBITED_CONTENT": ("the answer was blocked as prohibited content", "invalid_request"),
+    "SPII": ("the answer was blocked for personal information", "invalid_request"),
+    "MALFORMED_FUNCTION_CALL": ("the model produced a malformed function call", "server"),
+    "error": ("the provider ended the stream with an error", "server"),
+}
+
+
+def _stop_reason(word, details: str = "") -> str:
+    """The done reason for a provider's stop word, or raise the PiError it means
+    (a refusal or filter keeps the provider's details in the message)."""
+    reason = _STOP_WORDS.get(word) if isinstance(word, str) else None
+    if reason:
+        return reason
+    what, kind = _STOP_ERRORS.get(word, (None, "server")) if isinstance(word, str) else (None, "server")
+    message = f"{what} ({word})" if what else f"the provider ended the answer with an unknown stop reason {word!r}"
+    raise PiError(message + (f": {details}" if details else ""), kind)
 
 def _join_url(base: str, suffix: str) -> str:
     base = base.rstrip("/")
@@ -1799,11 +1891,10 @@ def _faux_open(model: dict, ctx: dict, o: "_Options"):
 
 # ==== registry of families =====================================================
 
-# api name -> (build request, translator class, opener or None for HTTP, relax or None)
-# relax(body, error) returns a body to send once more after a rejected request.
+# api name -> its _Family (see the API families section for what a row holds)
 _FAMILIES = {
-    "openai-completions": (_oc_build, _OCTranslator, None, _oc_relax),
-    "faux": (_faux_build, _OCTranslator, _faux_open, None),
+    "openai-completions": _Family(_oc_build, _OCTranslator, relax=_oc_relax),
+    "faux": _Family(_faux_build, _OCTranslator, open=_faux_open),
 }
 
 
@@ -1811,7 +1902,16 @@ _FAMILIES = {
 
 _TABLE = None
 _BY_HOST: "dict | None" = None
-_AUTH_STYLES = ("bearer", "x-api-key", "api-key", "x-goog-api-key", "none")
+# Auth styles: how a provider's credential reaches the request. A header style is
+# one header made once per stream; a step style runs before every attempt, on the
+# final bytes (SigV4 signs body and time; token exchanges and OAuth refreshes use
+# _cached_token). A family that needs a new style adds its step to _AUTH_STEPS.
+# "none" is a keyless server (a key configured anyway goes as a bearer token);
+# "off" sends no credential at all (models.json "authHeader": false).
+_AUTH_HEADERS = {"bearer": ("Authorization", "Bearer "), "x-api-key": ("x-api-key", ""),
+                 "api-key": ("api-key", ""), "x-goog-api-key": ("x-goog-api-key", ""),
+                 "none": ("Authorization", "Bearer "), "off": None}
+_AUTH_STEPS: dict = {}  # style -> step(o, method, url, headers, data, watch), editing headers
 _MODEL_FIELDS = ("id", "name", "api", "provider", "baseUrl", "reasoning", "input", "cost",
                  "contextWindow", "maxTokens", "headers", "compat", "faux")
 
@@ -2031,9 +2131,17 @@ def _resolve_value(value: str, base_dir: str, what: str, required: bool = False)
     return os.environ.get(value, "").strip() or value
 
 
+def _auth_built(style: str) -> bool:
+    return style in _AUTH_HEADERS or style in _AUTH_STEPS
+
+
 def _auth_style(model: dict, row, pconf: dict) -> str:
+    """The provider's auth style: models.json "auth" (or "authHeader": false), else
+    the table row's, else the family's usual one."""
     if pconf.get("authHeader") is False:
-        return "none"
+        return "off"
+    if isinstance(pconf.get("auth"), str):
+        return pconf["auth"]
     if row and row.get("auth") and (not pconf.get("api") or pconf.get("api") == row.get("api")):
         return row["auth"]
     api = str(model.get("api") or "")
@@ -2106,7 +2214,7 @@ class _Options:
 
     __slots__ = ("api_key", "base_url", "headers", "temperature", "max_tokens", "reasoning", "tool_choice",
                  "session_id", "cache_retention", "signal", "timeout", "max_retries", "on_payload", "extra",
-                 "url", "host_row", "compat", "auth_headers", "secrets")
+                 "url", "host_row", "compat", "auth_headers", "secrets", "credential", "auth_step")
 
     def __init__(self, api_key=None, base_url=None, headers=None, temperature=None, max_tokens=None,
                  reasoning=None, tool_choice=None, session_id=None, cache_retention=None, signal=None,
@@ -2131,6 +2239,8 @@ class _Options:
         self.compat: dict | None = None     # the family's resolved compat flags
         self.auth_headers: dict = {}        # credentials and model headers
         self.secrets: list = []             # values redacted from every message
+        self.credential: str | None = None  # the key, for an auth step (token exchange, signing)
+        self.auth_step: "Callable | None" = None  # run before every attempt (_AUTH_STEPS)
         self._validate()
 
     def _validate(self) -> None:
@@ -2204,7 +2314,7 @@ def _built_provider(model: dict) -> tuple:
         raise ConfigError(f"{pid}: the {api} API family is not built yet in pi_min {__version__}. Use a provider "
                           f"whose family is built {others}, or, where {pid} has an OpenAI-compatible endpoint, set "
                           f"\"api\": \"openai-completions\" and that \"baseUrl\" for {pid} in models.json")
-    if style not in _AUTH_STYLES:
+    if not _auth_built(style):
         raise ConfigError(f"{pid}: {style} authentication is not built yet in pi_min {__version__}. Use a "
                           f"provider that takes an API key {others}")
     return pid, row, pconf, style
@@ -2234,16 +2344,18 @@ def _prepare(model: dict, o: _Options) -> None:
     # a stored key goes only to its provider's own host; an explicit one anywhere
     if key is None and trusted:
         key = _stored_key(pid, row, pconf)
-        if key is None and env_keys and style != "none" and not _is_local(row):
+        if key is None and env_keys and style not in ("none", "off") and not _is_local(row):
             raise ConfigError(f"no API key for {pid}: set {' or '.join(env_keys)}, add it to "
                               f"{os.path.join(_agent_dir(), 'auth.json')}, or pass api_key= (--api-key)")
     headers = o.auth_headers
     if key and key.strip():
         key = key.strip()
         o.secrets.append(key)
-        name, value = {"x-api-key": ("x-api-key", key), "api-key": ("api-key", key),
-                       "x-goog-api-key": ("x-goog-api-key", key)}.get(style, ("Authorization", f"Bearer {key}"))
-        headers[name] = value
+        o.credential = key
+        header = _AUTH_HEADERS.get(style)
+        if header:
+            headers[header[0]] = header[1] + key
+    o.auth_step = _AUTH_STEPS.get(style)
     for name, value in (model.get("headers") or {}).items():
         if isinstance(value, str) and value.startswith(("!", "env:", "file:")):
             value = _resolve_value(value, _agent_dir(), f"header {name}")
@@ -2251,6 +2363,48 @@ def _prepare(model: dict, o: _Options) -> None:
             headers[name] = str(value)
             if name.lower() in ("authorization", "x-api-key", "api-key", "x-goog-api-key"):
                 o.secrets.append(str(value))
+
+
+_TOKENS: dict = {}  # cache key -> (token, expires at, epoch seconds)
+_TOKEN_LOCKS: dict = {}  # cache key -> lock: one fetch per key at a time
+
+
+def _cached_token(key, fetch, margin: float = 60.0) -> str:
+    """A short-lived token (Copilot, SAP AI Core, OAuth refresh) from the cache of
+    this process, fetched again when missing or within ``margin`` seconds of
+    expiring. fetch() -> (token, expires at in epoch seconds); it runs in one
+    thread at a time per key, the others wait for its answer."""
+    hit = _TOKENS.get(key)
+    if hit and hit[1] - margin > time.time():
+        return hit[0]
+    import threading
+    with _TOKEN_LOCKS.setdefault(key, threading.Lock()):
+        hit = _TOKENS.get(key)
+        if hit and hit[1] - margin > time.time():
+            return hit[0]
+        token, expires = fetch()
+        _TOKENS[key] = (token, expires)
+        return token
+
+
+def _fetch_json(method: str, url: str, headers: dict, data: bytes, o: "_Options", watch, what: str) -> dict:
+    """A JSON request made on the way (token exchange, refresh): an HTTP failure is
+    a PiError of the status's kind, as for the main request."""
+    resp = _request(method, url, headers, data, o.timeout, watch)
+    try:
+        if not 200 <= resp.status < 300:
+            raise _http_error(resp, what)
+        raw = resp.read_all(1 << 20)
+        resp.release()
+    finally:
+        resp.close()
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        obj = None
+    if not isinstance(obj, dict):
+        raise PiError(f"{what} did not answer with a JSON object", "protocol")
+    return obj
 
 
 # ==== public API ===============================================================
@@ -2330,9 +2484,9 @@ def _merge_headers(headers: dict, extra: dict, what: str, secrets=None) -> None:
 def _build_request(model: dict, ctx: dict, o: _Options):
     """The family's request with every header merged and checked, before a byte is
     sent: what is wrong here is a ConfigError raised by stream()."""
-    build, _, opener, _ = _FAMILIES[model["api"]]
-    url, headers, body = build(model, ctx, o)
-    if opener is None:
+    family = _FAMILIES[model["api"]]
+    url, headers, body = family.build(model, ctx, o)
+    if family.open is None:
         scheme, host, _, _ = _split_url(url)
         _proxy_for(scheme, host)
         if scheme == "https":
@@ -2384,7 +2538,7 @@ def _run(model: dict, ctx: dict, o: _Options, request) -> "Generator[dict, None,
 def _attempts(model: dict, ctx: dict, o: _Options, b: _Builder, url: str, headers: dict, body, watch):
     """The retry loop: one attempt after another until one ends the turn, a failure
     is not worth retrying, or content was already yielded."""
-    relax = _FAMILIES[model["api"]][3]
+    relax = _FAMILIES[model["api"]].relax
     data = _json_body(body)
     attempt = 0
     while True:
@@ -2415,19 +2569,27 @@ def _attempts(model: dict, ctx: dict, o: _Options, b: _Builder, url: str, header
 
 
 def _attempt(model: dict, ctx: dict, o: _Options, b: _Builder, url: str, headers: dict, data: bytes, watch):
-    """One HTTP exchange: send, check the status, decode the body into the
-    translator, and end the turn (b.done) when the provider said it is over."""
-    _, translator, opener, _ = _FAMILIES[model["api"]]
-    tr = translator(b, o)
-    resp = opener(model, ctx, o) if opener else _request("POST", url, headers, data, o.timeout, watch)
+    """One HTTP exchange: authenticate, send, check the status, decode the body
+    into the translator, and end the turn (b.done) once the provider said so."""
+    family = _FAMILIES[model["api"]]
+    tr = family.translator(b, o)
+    if family.open is not None:
+        resp = family.open(model, ctx, o)
+    else:
+        if o.auth_step is not None:  # signatures and tokens are made per attempt, on the final bytes
+            headers = dict(headers)
+            o.auth_step(o, "POST", url, headers, data, watch)
+        resp = _request("POST", url, headers, data, o.timeout, watch)
     try:
         if not 200 <= resp.status < 300:
             raise _http_error(resp, model["provider"])
+        decoder = family.decoder
         ctype = resp.headers.get("content-type", "").lower()
-        head = b"" if "event-stream" in ctype else _sniff(resp)
-        if "event-stream" in ctype or head.lstrip().startswith((b"data:", b"event:", b":", b"id:")):
-            # an event stream, also when a proxy mislabels it
-            ended = yield from _feed_sse(resp, head, tr, b, o.signal)
+        streamed = decoder is not None and decoder.CONTENT_TYPE in ctype
+        head = b"" if streamed else _sniff(resp)
+        if streamed or decoder is not None and decoder.looks_like(head):
+            # a stream in the family's framing, also when a proxy mislabels it
+            ended = yield from _feed(decoder(), resp, head, tr, b, o.signal)
             reason = tr.end(not ended)
             resp.finish() if ended else resp.release()
         else:
@@ -2442,16 +2604,15 @@ def _attempt(model: dict, ctx: dict, o: _Options, b: _Builder, url: str, headers
         resp.close()
 
 
-def _feed_sse(resp, head: bytes, tr, b: _Builder, signal):
-    """Feed the body through the SSE parser into the translator, yielding the
-    builder's events per frame. -> True when the translator saw the terminator
-    (nothing after it is waited for)."""
-    parser = SSEParser()
+def _feed(decoder, resp, head: bytes, tr, b: _Builder, signal):
+    """Feed the body through the family's decoder into its translator, yielding
+    the builder's events per frame. -> True when the translator saw the
+    provider's terminator (nothing after it is waited for)."""
     out = b.out
     pieces = resp.iter_body()
     for piece in _chain(head, pieces) if head else pieces:
-        for ev in parser.feed(piece):
-            ended = tr.event(ev[0], ev[1])
+        for kind, data in decoder.feed(piece):
+            ended = tr.event(kind, data)
             if out:  # per frame, so partial is in step with the events
                 yield from out
                 out.clear()
@@ -2459,8 +2620,8 @@ def _feed_sse(resp, head: bytes, tr, b: _Builder, signal):
                 return True
         if signal is not None and signal.is_set():
             raise _aborted()
-    for ev in parser.close():
-        if tr.event(ev[0], ev[1]):
+    for kind, data in decoder.close():
+        if tr.event(kind, data):
             return True
     return False
 
@@ -2715,7 +2876,7 @@ def _print_providers() -> None:
             rows.append((pid, "(models.json)", "", ""))
             continue
         family = row["api"]
-        if family not in _FAMILIES or row.get("auth") not in _AUTH_STYLES:
+        if family not in _FAMILIES or not _auth_built(row.get("auth") or "bearer"):
             family += " (planned)"
         env = list(row.get("envKeys") or ())
         env_text = ", ".join(env[:2]) + (", ..." if len(env) > 2 else "")

@@ -24,7 +24,7 @@ def table() -> str:
     for pid in sorted(providers_table.PROVIDERS):
         row = providers_table.PROVIDERS[pid]
         api = row["api"]
-        if api not in pi_min._FAMILIES or row["auth"] not in pi_min._AUTH_STYLES:
+        if api not in pi_min._FAMILIES or not pi_min._auth_built(row["auth"]):
             api += " *(planned)*"
         env = ", ".join(f"`{k}`" for k in row["envKeys"]) or "-"
         alias = ", ".join(f"`{a}`" for a in sorted(aliases.get(pid, ()))) or "-"
