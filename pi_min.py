@@ -1201,7 +1201,6 @@ _OC_COMPAT = {
     "openRouterRouting": None,          # merged into the body as "provider"
     "vercelGatewayRouting": None,       # {only, order} -> providerOptions.gateway
     "cacheControlFor": None,            # model-id prefix whose prompts get cache_control marks
-    "streamEndsWithDone": True,         # false: a server that never sends [DONE] may end after finish_reason
 }
 
 _OC_FINISH = {
@@ -1486,11 +1485,10 @@ def _in_band_error(err) -> PiError:
 class _OCTranslator:
     """openai-completions chunks -> builder calls."""
 
-    __slots__ = ("b", "finish", "ended", "slots", "signatures", "needs_done")
+    __slots__ = ("b", "finish", "ended", "slots", "signatures")
 
     def __init__(self, b: _Builder, o: "_Options"):
         self.b = b
-        self.needs_done = (o.compat or _OC_COMPAT)["streamEndsWithDone"]
         self.finish: str | None = None
         self.ended = False
         self.slots: dict = {}   # tool_calls[].index -> (builder key, call id)
@@ -1626,9 +1624,10 @@ class _OCTranslator:
 
     def end(self, eof: bool):
         """-> the done reason, or raise when the stream did not complete."""
-        if not self.ended and (self.finish is None or self.needs_done):
-            seen = f"after finish_reason {self.finish!r} " if self.finish else ""
-            raise PiError(f"the stream ended {seen}before its data: [DONE] (cut off?)", "protocol")
+        # finish_reason is the provider's word that the turn is over; [DONE] after it
+        # only closes the stream, and the SDK (and CONTRACT §6) do not wait for it.
+        if not self.ended and self.finish is None:
+            raise PiError("the stream ended before a finish_reason or data: [DONE] (cut off?)", "protocol")
         finish = self.finish or "stop"
         reason = _OC_FINISH.get(finish)
         if reason is None:
