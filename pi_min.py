@@ -1636,7 +1636,9 @@ class _OCTranslator:
                               "context_overflow")
             if finish in ("content_filter", "safety", "refusal", "sensitive"):
                 raise PiError(f"the provider stopped the answer: finish_reason {finish!r}", "invalid_request")
-            raise PiError(f"the provider ended the answer with an unknown finish_reason {finish!r}", "protocol")
+            # the stream itself was well formed: the server ended the turn for a reason we
+            # cannot vouch for (vLLM's "abort", a gateway's own word), so a server failure
+            raise PiError(f"the provider ended the answer with an unknown finish_reason {finish!r}", "server")
         return reason
 
 
