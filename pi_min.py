@@ -1485,7 +1485,7 @@ def _in_band_error(err) -> PiError:
 class _OCTranslator:
     """openai-completions chunks -> builder calls."""
 
-    __slots__ = ("b", "finish", "ended", "slots", "signatures")
+    __slots__ = ("b", "finish", "ended", "slots", "signatures", "refusal")
 
     def __init__(self, b: _Builder, o: "_Options"):
         self.b = b
@@ -1493,6 +1493,7 @@ class _OCTranslator:
         self.ended = False
         self.slots: dict = {}   # tool_calls[].index -> (builder key, call id)
         self.signatures: dict = {}  # tool-call id -> encrypted reasoning detail (JSON)
+        self.refusal = ""       # delta.refusal pieces: never text, the message of the error at the end
 
     def event(self, kind: str, data: str) -> bool:
         if data[:6] == "[DONE]":
@@ -1556,7 +1557,7 @@ class _OCTranslator:
                                       for f in ("reasoning_content", "reasoning", "reasoning_text")))
         refusal = delta.get("refusal")
         if refusal and isinstance(refusal, str):
-            b.text(refusal)
+            self.refusal += refusal
         calls = delta.get("tool_calls")
         if isinstance(calls, list):
             for call in calls:
@@ -1628,6 +1629,8 @@ class _OCTranslator:
         # only closes the stream, and the SDK (and CONTRACT §6) do not wait for it.
         if not self.ended and self.finish is None:
             raise PiError("the stream ended before a finish_reason or data: [DONE] (cut off?)", "protocol")
+        if self.refusal:  # OpenAI ends a refusal with finish_reason "stop"; it is not an answer
+            raise PiError(f"the model refused: {self.refusal}", "invalid_request")
         finish = self.finish or "stop"
         reason = _OC_FINISH.get(finish)
         if reason is None:
