@@ -1002,7 +1002,9 @@ class _Builder:
                 self.content[index]["arguments"] = value
         self.out.append({"type": "toolcall_delta", "contentIndex": index, "delta": fragment, "partial": self.msg})
 
-    def tool_end(self, key) -> None:
+    def tool_end(self, key, cut: bool = False) -> None:
+        """cut: the provider ended the turn for length, so unfinished arguments keep
+        their best-effort parse instead of failing the stream."""
         index, prefix = self.tools[key]
         block = self.content[index]
         raw = prefix.text
@@ -1015,9 +1017,11 @@ class _Builder:
                 value = prefix.value()
                 if value is not None:
                     block["arguments"] = value
-                raise PiError(f"arguments of tool call {block['name'] or block['id']!r} are not a complete "
-                              f"JSON object (the stream was cut?): {raw[:200]!r}", "protocol")
-            block["arguments"] = args
+                if not cut:
+                    raise PiError(f"arguments of tool call {block['name'] or block['id']!r} are not a complete "
+                                  f"JSON object (the stream was cut?): {raw[:200]!r}", "protocol")
+            else:
+                block["arguments"] = args
         self.open_tools.remove(key)
         self.out.append({"type": "toolcall_end", "contentIndex": index, "toolCall": block, "partial": self.msg})
 
@@ -1038,11 +1042,13 @@ class _Builder:
         return bool(self.content)
 
     def done(self, reason: str) -> None:
-        """Close every open block and emit done. reason: stop | length | toolUse."""
+        """Close every open block and emit done. reason: stop | length | toolUse.
+        A turn cut for length stays "length" even with tool calls: its last call
+        may be unfinished and more may have been due, so none is to be run."""
         self.close_current()
         for key in list(self.open_tools):
-            self.tool_end(key)
-        if any(b["type"] == "toolCall" for b in self.content):
+            self.tool_end(key, reason == "length")
+        if reason != "length" and any(b["type"] == "toolCall" for b in self.content):
             reason = "toolUse"
         elif reason == "toolUse":
             reason = "stop"
