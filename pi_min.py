@@ -1488,6 +1488,14 @@ def _in_band_error(err) -> PiError:
     return e
 
 
+def _oc_name(have: str, piece: str) -> str:
+    """A tool name comes whole once (OpenAI), in pieces to concatenate (as the SDK
+    does), or whole again with every fragment (MiniMax). A piece that starts with
+    the name so far repeats or extends it and replaces it; any other is appended.
+    (A name cut into two equal halves, "ab" + "ab", would read as a resend.)"""
+    return piece if piece.startswith(have) else have + piece
+
+
 class _OCTranslator:
     """openai-completions chunks -> builder calls."""
 
@@ -1497,7 +1505,7 @@ class _OCTranslator:
         self.b = b
         self.finish: str | None = None
         self.ended = False
-        self.slots: dict = {}   # tool_calls[].index -> (builder key, call id)
+        self.slots: dict = {}   # tool_calls[].index -> [builder key, the call's id from the wire or None]
         self.signatures: dict = {}  # tool-call id -> encrypted reasoning detail (JSON)
         self.refusal = ""       # delta.refusal pieces: never text, the message of the error at the end
 
@@ -1568,7 +1576,8 @@ class _OCTranslator:
         if isinstance(calls, list):
             for call in calls:
                 if isinstance(call, dict):
-                    self.tool(call)
+                    index = call.get("index", 0)
+                    self.tool(index if isinstance(index, (int, str)) else 0, call)
 
     def details(self, details: list, have_text: bool) -> None:
         """OpenRouter-style reasoning_details: readable ones become thinking when
@@ -1591,31 +1600,50 @@ class _OCTranslator:
             if block["type"] == "toolCall" and block["id"] in self.signatures:
                 block["thoughtSignature"] = self.signatures[block["id"]]
 
-    def tool(self, call: dict) -> None:
+    def tool(self, index, call: dict) -> None:
+        """One tool-call fragment for slot ``index`` (tool_calls[].index; None for
+        the legacy function_call). One call per index: a new id starts another call
+        only when it also brings a name (servers that reuse index 0 for parallel
+        calls). LM Studio and Poolside send a new id with every fragment and an
+        empty name; some gateways send arguments before the id and name."""
         b = self.b
-        index = call.get("index", 0)
-        if not isinstance(index, (int, str)):
-            index = 0
-        call_id = call.get("id") if isinstance(call.get("id"), str) else None
+        call_id = call.get("id") if isinstance(call.get("id"), str) and call.get("id") else None
         fn = call.get("function")
         fn = fn if isinstance(fn, dict) else {}
-        name = fn.get("name") if isinstance(fn.get("name"), str) else None
-        slot = self.slots.get(index)
-        if slot is None or (call_id and call_id != slot[1]) or slot[0] not in b.open_tools:
-            b.end_finished_tools()
-            key = len(b.tools)
-            b.tool_start(key, call_id, name)
-            slot = self.slots[index] = (key, b.tool_block(key)["id"])
-            if self.signatures:
-                self.sign_tools()
-            extra = call.get("extra_content")
-            if isinstance(extra, dict) and extra:  # Gemini's thought signature on its OpenAI endpoint
-                b.tool_block(key)["thoughtSignature"] = json.dumps({"extra_content": extra})
-        elif name and not b.tool_block(slot[0])["name"]:
-            b.tool_block(slot[0])["name"] = name
+        name = fn.get("name") if isinstance(fn.get("name"), str) else ""
         args = fn.get("arguments")
-        if args:
-            b.tool_delta(slot[0], args if isinstance(args, str) else json.dumps(args))
+        args = args if isinstance(args, str) else json.dumps(args) if args else ""
+        slot = self.slots.get(index)
+        if slot is not None:
+            block = b.tool_block(slot[0])
+            is_open = slot[0] in b.open_tools
+            # another call: a different id with a name, after a call that was complete or
+            # had its own id and name (else the id is the first this call gets: adopted)
+            if not (call_id and name and call_id != slot[1]
+                    and (not is_open or (slot[1] is not None and block["name"]))):
+                if not is_open:  # its arguments were a whole object: nothing valid can follow
+                    if args.strip():
+                        raise PiError(f"more arguments for tool call {block['name'] or block['id']!r} after its "
+                                      f"JSON object was complete: {args[:200]!r}", "protocol")
+                    return
+                if call_id and slot[1] is None:  # the id came after the arguments began
+                    block["id"] = slot[1] = call_id
+                    if self.signatures:
+                        self.sign_tools()
+                if name:
+                    block["name"] = _oc_name(block["name"], name)
+                b.tool_delta(slot[0], args)
+                return
+        b.end_finished_tools()
+        key = len(b.tools)
+        block = b.tool_start(key, call_id, name)
+        self.slots[index] = [key, call_id]
+        if self.signatures:
+            self.sign_tools()
+        extra = call.get("extra_content")
+        if isinstance(extra, dict) and extra:  # Gemini's thought signature on its OpenAI endpoint
+            block["thoughtSignature"] = json.dumps({"extra_content": extra})
+        b.tool_delta(key, args)
 
     def whole(self, obj) -> None:
         """A complete (non-streamed) chat.completion body."""

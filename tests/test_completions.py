@@ -1,0 +1,49 @@
+"""openai-completions details that a recorded fixture shows poorly: the tool-name rule, stray
+fragments after a finished call, and what goes into the request body."""
+
+import json
+
+import pi_min
+from invariants import StreamChecker
+from loopback import Reply
+
+
+def sse(*chunks) -> bytes:
+    return b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+
+
+def run(server, body: bytes, model="groq", **options):
+    server.script([Reply(body=body)])
+    checker = StreamChecker()
+    for event in pi_min.stream(model, "hi", base_url=server.url, api_key="k", timeout=5, max_retries=0, **options):
+        checker.feed(event)
+    return checker.finish()
+
+
+def test_tool_name_pieces_concatenate_but_resent_names_do_not_double():
+    name = pi_min._oc_name
+    assert name(name("", "get_"), "weather") == "get_weather"          # pieces
+    assert name("get_weather", "get_weather") == "get_weather"         # MiniMax resends the whole name
+    assert name("get", "get_weather") == "get_weather"                 # a growing snapshot
+    assert name("get_weather", "_v2") == "get_weather_v2"
+    assert name("ab", "ab") == "ab"                                    # the documented blind spot
+
+
+def test_arguments_after_a_finished_call_are_an_error_not_a_ghost_call(server):
+    def frag(index, **fn):
+        call = {"index": index, "function": fn}
+        if "name" in fn:
+            call["id"] = "c%d" % index
+        return {"index": 0, "delta": {"tool_calls": [call]}}
+
+    call, other = frag(0, name="f", arguments="{}"), frag(1, name="g", arguments="{}")
+    stray = frag(0, arguments='{"x": 1}')
+    blank = frag(0, name="f", arguments="")
+    finish = {"index": 0, "delta": {}, "finish_reason": "tool_calls"}
+    msg = run(server, sse(*({"choices": [c]} for c in (call, other, stray, finish))))
+    assert msg["stopReason"] == "error" and msg["errorKind"] == "protocol"
+    assert "after its JSON object was complete" in msg["errorMessage"]
+    # a resent header with no new arguments is harmless
+    msg = run(server, sse(*({"choices": [c]} for c in (call, other, blank, finish))))
+    assert msg["stopReason"] == "toolUse"
+    assert [(b["id"], b["name"], b["arguments"]) for b in msg["content"]] == [("c0", "f", {}), ("c1", "g", {})]
