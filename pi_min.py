@@ -1499,7 +1499,7 @@ def _oc_name(have: str, piece: str) -> str:
 class _OCTranslator:
     """openai-completions chunks -> builder calls."""
 
-    __slots__ = ("b", "finish", "ended", "slots", "signatures", "refusal")
+    __slots__ = ("b", "finish", "ended", "slots", "signatures", "refusal", "rid")
 
     def __init__(self, b: _Builder, o: "_Options"):
         self.b = b
@@ -1508,6 +1508,7 @@ class _OCTranslator:
         self.slots: dict = {}   # tool_calls[].index -> [builder key, the call's id from the wire or None]
         self.signatures: dict = {}  # tool-call id -> encrypted reasoning detail (JSON)
         self.refusal = ""       # delta.refusal pieces: never text, the message of the error at the end
+        self.rid = ""           # the response id of the chunks, for the id of a legacy function_call
 
     def event(self, kind: str, data: str) -> bool:
         if data[:6] == "[DONE]":
@@ -1530,6 +1531,8 @@ class _OCTranslator:
         if err:
             raise _in_band_error(err)
         usage = chunk.get("usage")
+        if chunk.get("id") and isinstance(chunk["id"], str):
+            self.rid = chunk["id"]
         choices = chunk.get("choices")
         if choices and isinstance(choices, list) and isinstance(choices[0], dict):
             choice = choices[0]
@@ -1578,6 +1581,10 @@ class _OCTranslator:
                 if isinstance(call, dict):
                     index = call.get("index", 0)
                     self.tool(index if isinstance(index, (int, str)) else 0, call)
+        legacy = delta.get("function_call")
+        if isinstance(legacy, dict):  # the deprecated single-call form: one call, no index, no id
+            call_id = "call_" + _sanitize_id(self.rid, 35) if self.rid else None  # else the builder makes one
+            self.tool(None, {"id": call_id, "function": legacy})
 
     def details(self, details: list, have_text: bool) -> None:
         """OpenRouter-style reasoning_details: readable ones become thinking when
