@@ -1455,7 +1455,15 @@ def _oc_usage(b: _Builder, usage: dict) -> None:
     details = details if isinstance(details, dict) else {}
     cached = _count(details.get("cached_tokens") or usage.get("prompt_cache_hit_tokens"))
     written = _count(details.get("cache_write_tokens"))
-    # completion_tokens already counts reasoning tokens (OpenAI, DeepSeek, vLLM)
+    out_details = usage.get("completion_tokens_details")
+    reasoning = _count(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
+    # OpenAI, DeepSeek, Groq and vLLM count reasoning inside completion_tokens (total =
+    # prompt + completion); xAI leaves it out (total = prompt + completion + reasoning).
+    # The numbers tell which; without a total, only xAI is known to leave it out.
+    total = usage.get("total_tokens")
+    if reasoning and (_count(total) == prompt + completion + reasoning
+                      if total is not None else b.model.get("provider") == "xai"):
+        completion += reasoning
     b.set_usage(max(0, prompt - cached - written), completion, cached, written)
 
 

@@ -47,3 +47,16 @@ def test_arguments_after_a_finished_call_are_an_error_not_a_ghost_call(server):
     msg = run(server, sse(*({"choices": [c]} for c in (call, other, blank, finish))))
     assert msg["stopReason"] == "toolUse"
     assert [(b["id"], b["name"], b["arguments"]) for b in msg["content"]] == [("c0", "f", {}), ("c1", "g", {})]
+
+
+def test_reasoning_tokens_join_the_output_only_where_completion_tokens_leave_them_out():
+    def output(provider, **usage):
+        b = pi_min._Builder(pi_min.get_model(provider))
+        pi_min._oc_usage(b, dict(usage, completion_tokens_details={"reasoning_tokens": 94}))
+        return b.msg["usage"]["output"]
+
+    assert output("xai", prompt_tokens=32, completion_tokens=9, total_tokens=135) == 103   # total counts reasoning
+    assert output("groq", prompt_tokens=32, completion_tokens=9, total_tokens=135) == 103  # numbers, not names
+    assert output("xai", prompt_tokens=32, completion_tokens=103, total_tokens=135) == 103  # already inside
+    assert output("xai", prompt_tokens=32, completion_tokens=9) == 103                      # no total: xAI's rule
+    assert output("groq", prompt_tokens=32, completion_tokens=103) == 103
