@@ -1341,6 +1341,9 @@ def _supports_xhigh(model_id: str) -> bool:
 
 
 def _oc_reasoning(body: dict, model: dict, compat: dict, level: str | None) -> None:
+    # Only when the caller asked (a level, "off" included: it switches thinking off
+    # where a dialect can) and the model is known to reason: servers reject these
+    # fields for other models, and unasked they would override the model's default.
     if level is None or not model.get("reasoning"):
         return
     fmt = compat.get("thinkingFormat") or "openai"
@@ -1366,6 +1369,13 @@ def _oc_reasoning(body: dict, model: dict, compat: dict, level: str | None) -> N
             body["reasoning_effort"] = "max" if level == "xhigh" else "high"
 
 
+def _oc_fixed_temperature(model: dict, url: str) -> bool:
+    """OpenAI's own reasoning models (o1, o3, o4-mini, the gpt-5 family) reject any
+    temperature but the default, so none is sent to them."""
+    return (bool(model.get("reasoning")) and "api.openai.com" in url
+            and model["id"].startswith(("o1", "o3", "o4", "gpt-5")))
+
+
 def _oc_tool_choice(choice):
     if choice is None or isinstance(choice, dict):
         return choice
@@ -1385,7 +1395,7 @@ def _oc_build(model: dict, ctx: dict, o: "_Options"):
         body["store"] = False
     if o.max_tokens is not None:
         body[compat["maxTokensField"]] = o.max_tokens
-    if o.temperature is not None:
+    if o.temperature is not None and not _oc_fixed_temperature(model, o.url):
         body["temperature"] = o.temperature
     tools = ctx.get("tools")
     if tools:

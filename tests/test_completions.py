@@ -2,6 +2,7 @@
 fragments after a finished call, and what goes into the request body."""
 
 import json
+import threading
 
 import pi_min
 from invariants import StreamChecker
@@ -60,3 +61,44 @@ def test_reasoning_tokens_join_the_output_only_where_completion_tokens_leave_the
     assert output("xai", prompt_tokens=32, completion_tokens=103, total_tokens=135) == 103  # already inside
     assert output("xai", prompt_tokens=32, completion_tokens=9) == 103                      # no total: xAI's rule
     assert output("groq", prompt_tokens=32, completion_tokens=103) == 103
+
+
+def sent_body(model, **options):
+    """The request body for model (on its real base URL), captured by on_payload; the
+    abort signal set there stops the request before any connection is made."""
+    seen = {}
+    signal = threading.Event()
+
+    def capture(body, _model):
+        seen.update(body)
+        signal.set()
+
+    msg = pi_min.complete(model, "hi", api_key="k", on_payload=capture, signal=signal, **options)
+    assert msg["stopReason"] == "aborted"
+    return seen
+
+
+def test_openai_reasoning_models_get_no_temperature():
+    for model_id in ("o3", "o4-mini", "gpt-5", "gpt-5.1-codex"):
+        model = pi_min.get_model("openai", model_id, api="openai-completions")
+        assert model["reasoning"]
+        assert "temperature" not in sent_body(model, temperature=0.2), model_id
+    for model_id in ("gpt-4o", "gpt-5-chat-latest"):  # not OpenAI reasoning models
+        model = pi_min.get_model("openai", model_id, api="openai-completions")
+        assert sent_body(model, temperature=0.2)["temperature"] == 0.2, model_id
+    # the same id elsewhere (a gateway) keeps it; the gateway decides
+    model = pi_min.get_model("openrouter", "openai/o3")
+    assert sent_body(model, temperature=0.2)["temperature"] == 0.2
+    model = pi_min.get_model("groq", "openai/gpt-oss-120b")
+    assert sent_body(model, temperature=0.2)["temperature"] == 0.2
+
+
+def test_reasoning_fields_only_when_asked_and_the_model_reasons():
+    keys = ("reasoning_effort", "reasoning", "thinking", "enable_thinking", "chat_template_kwargs", "prompt_mode")
+    reasoner = pi_min.get_model("openai", "o3", api="openai-completions")
+    assert not set(keys) & set(sent_body(reasoner))                       # not asked
+    assert sent_body(reasoner, reasoning="low")["reasoning_effort"] == "low"
+    for provider in ("zai", "deepseek", "openrouter", "alibaba"):
+        assert not set(keys) & set(sent_body(pi_min.get_model(provider, reasoning=True))), provider
+        body = sent_body(pi_min.get_model(provider, reasoning=False), reasoning="high")
+        assert not set(keys) & set(body), provider                        # a model not known to reason
