@@ -1549,8 +1549,8 @@ class _OCTranslator:
         if err:
             raise _in_band_error(err)
         usage = chunk.get("usage")
-        if chunk.get("id") and isinstance(chunk["id"], str):
-            self.rid = chunk["id"]
+        if not self.rid and chunk.get("id") and isinstance(chunk["id"], str):
+            self.rid = chunk["id"]  # the first: some gateways send a new one with every chunk
         choices = chunk.get("choices")
         if choices and isinstance(choices, list) and isinstance(choices[0], dict):
             choice = choices[0]

@@ -102,3 +102,14 @@ def test_reasoning_fields_only_when_asked_and_the_model_reasons():
         assert not set(keys) & set(sent_body(pi_min.get_model(provider, reasoning=True))), provider
         body = sent_body(pi_min.get_model(provider, reasoning=False), reasoning="high")
         assert not set(keys) & set(body), provider                        # a model not known to reason
+
+
+def test_legacy_function_call_keeps_one_id_when_the_gateway_renames_every_chunk(server):
+    pieces = ['{"q": ', '"pi"}']
+    chunks = [{"id": "chatcmpl-%d" % n, "choices": [{"index": 0, "delta": {
+        "function_call": {"name": "search", "arguments": piece}}}]} for n, piece in enumerate(pieces)]
+    chunks.append({"id": "chatcmpl-9", "choices": [{"index": 0, "delta": {}, "finish_reason": "function_call"}]})
+    msg = run(server, sse(*chunks))
+    assert msg["stopReason"] == "toolUse"
+    calls = [(b["id"], b["name"], b["arguments"]) for b in msg["content"]]
+    assert calls == [("call_chatcmpl-0", "search", {"q": "pi"})]
