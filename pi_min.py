@@ -1081,7 +1081,9 @@ class _Builder:
                 self.content[index]["arguments"] = value
         self.out.append({"type": "toolcall_delta", "contentIndex": index, "delta": fragment, "partial": self.msg})
 
-    def tool_end(self, key) -> None:
+    def tool_end(self, key, cut: bool = False) -> None:
+        """cut: the provider ended the turn for length, so unfinished arguments keep
+        their best-effort parse instead of failing the stream."""
         index, prefix = self.tools[key]
         block = self.content[index]
         raw = prefix.text
@@ -1094,9 +1096,11 @@ class _Builder:
                 value = prefix.value()
                 if value is not None:
                     block["arguments"] = value
-                raise PiError(f"arguments of tool call {block['name'] or block['id']!r} are not a complete "
-                              f"JSON object (the stream was cut?): {raw[:200]!r}", "protocol")
-            block["arguments"] = args
+                if not cut:
+                    raise PiError(f"arguments of tool call {block['name'] or block['id']!r} are not a complete "
+                                  f"JSON object (the stream was cut?): {raw[:200]!r}", "protocol")
+            else:
+                block["arguments"] = args
         self.open_tools.remove(key)
         self.out.append({"type": "toolcall_end", "contentIndex": index, "toolCall": block, "partial": self.msg})
 
@@ -1127,11 +1131,13 @@ class _Builder:
         return bool(self.content)
 
     def done(self, reason: str) -> None:
-        """Close every open block and emit done. reason: stop | length | toolUse."""
+        """Close every open block and emit done. reason: stop | length | toolUse.
+        A turn cut for length stays "length" even with tool calls: its last call
+        may be unfinished and more may have been due, so none is to be run."""
         self.close_current()
         for key in list(self.open_tools):
-            self.tool_end(key)
-        if any(b["type"] == "toolCall" for b in self.content):
+            self.tool_end(key, reason == "length")
+        if reason != "length" and any(b["type"] == "toolCall" for b in self.content):
             reason = "toolUse"
         elif reason == "toolUse":
             reason = "stop"
@@ -1348,7 +1354,6 @@ _OC_COMPAT = {
     "openRouterRouting": None,          # merged into the body as "provider"
     "vercelGatewayRouting": None,       # {only, order} -> providerOptions.gateway
     "cacheControlFor": None,            # model-id prefix whose prompts get cache_control marks
-    "streamEndsWithDone": True,         # false: a server that never sends [DONE] may end after finish_reason
 }
 
 _OC_FINISH = {
@@ -1483,6 +1488,9 @@ def _supports_xhigh(model_id: str) -> bool:
 
 
 def _oc_reasoning(body: dict, model: dict, compat: dict, level: str | None) -> None:
+    # Only when the caller asked (a level, "off" included: it switches thinking off
+    # where a dialect can) and the model is known to reason: servers reject these
+    # fields for other models, and unasked they would override the model's default.
     if level is None or not model.get("reasoning"):
         return
     fmt = compat.get("thinkingFormat") or "openai"
@@ -1508,6 +1516,13 @@ def _oc_reasoning(body: dict, model: dict, compat: dict, level: str | None) -> N
             body["reasoning_effort"] = "max" if level == "xhigh" else "high"
 
 
+def _oc_fixed_temperature(model: dict, url: str) -> bool:
+    """OpenAI's own reasoning models (o1, o3, o4-mini, the gpt-5 family) reject any
+    temperature but the default, so none is sent to them."""
+    return (bool(model.get("reasoning")) and "api.openai.com" in url
+            and model["id"].startswith(("o1", "o3", "o4", "gpt-5")))
+
+
 def _oc_tool_choice(choice):
     if choice is None or isinstance(choice, dict):
         return choice
@@ -1527,7 +1542,7 @@ def _oc_build(model: dict, ctx: dict, o: "_Options"):
         body["store"] = False
     if o.max_tokens is not None:
         body[compat["maxTokensField"]] = o.max_tokens
-    if o.temperature is not None:
+    if o.temperature is not None and not _oc_fixed_temperature(model, o.url):
         body["temperature"] = o.temperature
     tools = ctx.get("tools")
     if tools:
@@ -1597,7 +1612,15 @@ def _oc_usage(b: _Builder, usage: dict) -> None:
     details = details if isinstance(details, dict) else {}
     cached = _count(details.get("cached_tokens") or usage.get("prompt_cache_hit_tokens"))
     written = _count(details.get("cache_write_tokens"))
-    # completion_tokens already counts reasoning tokens (OpenAI, DeepSeek, vLLM)
+    out_details = usage.get("completion_tokens_details")
+    reasoning = _count(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
+    # OpenAI, DeepSeek, Groq and vLLM count reasoning inside completion_tokens (total =
+    # prompt + completion); xAI leaves it out (total = prompt + completion + reasoning).
+    # The numbers tell which; without a total, only xAI is known to leave it out.
+    total = usage.get("total_tokens")
+    if reasoning and (_count(total) == prompt + completion + reasoning
+                      if total is not None else b.model.get("provider") == "xai"):
+        completion += reasoning
     b.set_usage(max(0, prompt - cached - written), completion, cached, written)
 
 
@@ -1630,18 +1653,27 @@ def _in_band_error(err) -> PiError:
     return e
 
 
+def _oc_name(have: str, piece: str) -> str:
+    """A tool name comes whole once (OpenAI), in pieces to concatenate (as the SDK
+    does), or whole again with every fragment (MiniMax). A piece that starts with
+    the name so far repeats or extends it and replaces it; any other is appended.
+    (A name cut into two equal halves, "ab" + "ab", would read as a resend.)"""
+    return piece if piece.startswith(have) else have + piece
+
+
 class _OCTranslator:
     """openai-completions chunks -> builder calls."""
 
-    __slots__ = ("b", "finish", "ended", "slots", "signatures", "needs_done")
+    __slots__ = ("b", "finish", "ended", "slots", "signatures", "refusal", "rid")
 
     def __init__(self, b: _Builder, o: "_Options"):
         self.b = b
-        self.needs_done = (o.compat or _OC_COMPAT)["streamEndsWithDone"]
         self.finish: str | None = None
         self.ended = False
-        self.slots: dict = {}   # tool_calls[].index -> (builder key, call id)
+        self.slots: dict = {}   # tool_calls[].index -> [builder key, the call's id from the wire or None]
         self.signatures: dict = {}  # tool-call id -> encrypted reasoning detail (JSON)
+        self.refusal = ""       # delta.refusal pieces: never text, the message of the error at the end
+        self.rid = ""           # the response id of the chunks, for the id of a legacy function_call
 
     def event(self, kind: str, data: str) -> bool:
         if data[:6] == "[DONE]":
@@ -1664,6 +1696,8 @@ class _OCTranslator:
         if err:
             raise _in_band_error(err)
         usage = chunk.get("usage")
+        if not self.rid and chunk.get("id") and isinstance(chunk["id"], str):
+            self.rid = chunk["id"]  # the first: some gateways send a new one with every chunk
         choices = chunk.get("choices")
         if choices and isinstance(choices, list) and isinstance(choices[0], dict):
             choice = choices[0]
@@ -1705,12 +1739,17 @@ class _OCTranslator:
                                       for f in ("reasoning_content", "reasoning", "reasoning_text")))
         refusal = delta.get("refusal")
         if refusal and isinstance(refusal, str):
-            b.text(refusal)
+            self.refusal += refusal
         calls = delta.get("tool_calls")
         if isinstance(calls, list):
             for call in calls:
                 if isinstance(call, dict):
-                    self.tool(call)
+                    index = call.get("index", 0)
+                    self.tool(index if isinstance(index, (int, str)) else 0, call)
+        legacy = delta.get("function_call")
+        if isinstance(legacy, dict):  # the deprecated single-call form: one call, no index, no id
+            call_id = "call_" + _sanitize_id(self.rid, 35) if self.rid else None  # else the builder makes one
+            self.tool(None, {"id": call_id, "function": legacy})
 
     def details(self, details: list, have_text: bool) -> None:
         """OpenRouter-style reasoning_details: readable ones become thinking when
@@ -1733,31 +1772,50 @@ class _OCTranslator:
             if block["type"] == "toolCall" and block["id"] in self.signatures:
                 block["thoughtSignature"] = self.signatures[block["id"]]
 
-    def tool(self, call: dict) -> None:
+    def tool(self, index, call: dict) -> None:
+        """One tool-call fragment for slot ``index`` (tool_calls[].index; None for
+        the legacy function_call). One call per index: a new id starts another call
+        only when it also brings a name (servers that reuse index 0 for parallel
+        calls). LM Studio and Poolside send a new id with every fragment and an
+        empty name; some gateways send arguments before the id and name."""
         b = self.b
-        index = call.get("index", 0)
-        if not isinstance(index, (int, str)):
-            index = 0
-        call_id = call.get("id") if isinstance(call.get("id"), str) else None
+        call_id = call.get("id") if isinstance(call.get("id"), str) and call.get("id") else None
         fn = call.get("function")
         fn = fn if isinstance(fn, dict) else {}
-        name = fn.get("name") if isinstance(fn.get("name"), str) else None
-        slot = self.slots.get(index)
-        if slot is None or (call_id and call_id != slot[1]) or slot[0] not in b.open_tools:
-            b.end_finished_tools()
-            key = len(b.tools)
-            b.tool_start(key, call_id, name)
-            slot = self.slots[index] = (key, b.tool_block(key)["id"])
-            if self.signatures:
-                self.sign_tools()
-            extra = call.get("extra_content")
-            if isinstance(extra, dict) and extra:  # Gemini's thought signature on its OpenAI endpoint
-                b.tool_block(key)["thoughtSignature"] = json.dumps({"extra_content": extra})
-        elif name and not b.tool_block(slot[0])["name"]:
-            b.tool_block(slot[0])["name"] = name
+        name = fn.get("name") if isinstance(fn.get("name"), str) else ""
         args = fn.get("arguments")
-        if args:
-            b.tool_delta(slot[0], args if isinstance(args, str) else json.dumps(args))
+        args = args if isinstance(args, str) else json.dumps(args) if args else ""
+        slot = self.slots.get(index)
+        if slot is not None:
+            block = b.tool_block(slot[0])
+            is_open = slot[0] in b.open_tools
+            # another call: a different id with a name, after a call that was complete or
+            # had its own id and name (else the id is the first this call gets: adopted)
+            if not (call_id and name and call_id != slot[1]
+                    and (not is_open or (slot[1] is not None and block["name"]))):
+                if not is_open:  # its arguments were a whole object: nothing valid can follow
+                    if args.strip():
+                        raise PiError(f"more arguments for tool call {block['name'] or block['id']!r} after its "
+                                      f"JSON object was complete: {args[:200]!r}", "protocol")
+                    return
+                if call_id and slot[1] is None:  # the id came after the arguments began
+                    block["id"] = slot[1] = call_id
+                    if self.signatures:
+                        self.sign_tools()
+                if name:
+                    block["name"] = _oc_name(block["name"], name)
+                b.tool_delta(slot[0], args)
+                return
+        b.end_finished_tools()
+        key = len(b.tools)
+        block = b.tool_start(key, call_id, name)
+        self.slots[index] = [key, call_id]
+        if self.signatures:
+            self.sign_tools()
+        extra = call.get("extra_content")
+        if isinstance(extra, dict) and extra:  # Gemini's thought signature on its OpenAI endpoint
+            block["thoughtSignature"] = json.dumps({"extra_content": extra})
+        b.tool_delta(key, args)
 
     def whole(self, obj) -> None:
         """A complete (non-streamed) chat.completion body."""
@@ -1773,9 +1831,12 @@ class _OCTranslator:
 
     def end(self, eof: bool):
         """-> the done reason, or raise when the stream did not complete."""
-        if not self.ended and (self.finish is None or self.needs_done):
-            seen = f"after finish_reason {self.finish!r} " if self.finish else ""
-            raise PiError(f"the stream ended {seen}before its data: [DONE] (cut off?)", "protocol")
+        # finish_reason is the provider's word that the turn is over; [DONE] after it
+        # only closes the stream, and the SDK (and CONTRACT §6) do not wait for it.
+        if not self.ended and self.finish is None:
+            raise PiError("the stream ended before a finish_reason or data: [DONE] (cut off?)", "protocol")
+        if self.refusal:  # OpenAI ends a refusal with finish_reason "stop"; it is not an answer
+            raise PiError(f"the model refused: {self.refusal}", "invalid_request")
         finish = self.finish or "stop"
         reason = _OC_FINISH.get(finish)
         if reason is None:
@@ -1784,7 +1845,9 @@ class _OCTranslator:
                               "context_overflow")
             if finish in ("content_filter", "safety", "refusal", "sensitive"):
                 raise PiError(f"the provider stopped the answer: finish_reason {finish!r}", "invalid_request")
-            raise PiError(f"the provider ended the answer with an unknown finish_reason {finish!r}", "protocol")
+            # the stream itself was well formed: the server ended the turn for a reason we
+            # cannot vouch for (vLLM's "abort", a gateway's own word), so a server failure
+            raise PiError(f"the provider ended the answer with an unknown finish_reason {finish!r}", "server")
         return reason
 
 

@@ -31,6 +31,7 @@ class _Block:
         self.kind = kind  # "text" | "thinking" | "toolcall"
         self.deltas: List[str] = []
         self.ended = False
+        self.cut = False  # a tool call ended with unfinished arguments (only allowed in a turn cut for length)
         self.end_event: Optional[Dict[str, Any]] = None
 
     @property
@@ -147,7 +148,9 @@ class StreamChecker:
             assert isinstance(call.get("id"), str) and isinstance(call.get("name"), str)
             assert isinstance(call.get("arguments"), dict)
             assert call == block_dict, "toolcall_end.toolCall %r differs from content[%d] %r" % (call, i, block_dict)
-            self._check_arguments(block, call, "toolcall_end")
+            block.cut = not isinstance(_parse(block.joined), dict)
+            if not block.cut:
+                self._check_arguments(block, call, "toolcall_end")
         else:
             field = "text" if kind == "text" else "thinking"
             assert event.get("content") == block.joined, (
@@ -176,10 +179,14 @@ class StreamChecker:
         assert sorted(self.blocks) == list(range(len(content))), (
             "content has %d blocks but blocks %s were announced" % (len(content), sorted(self.blocks)))
 
+        cut = [i for i, b in self.blocks.items() if b.cut]
+        assert not cut or (etype == "done" and reason == "length"), (
+            "tool calls %s ended with unfinished arguments %r, but the turn ended with %s %r, not done 'length'"
+            % (cut, [self.blocks[i].joined for i in cut], etype, reason))
         for i, block in self.blocks.items():
             block_dict = content[i]
             if block.kind == "toolcall":
-                if etype == "done":
+                if etype == "done" and not block.cut:
                     self._check_arguments(block, block_dict, "done")
             else:
                 field = "text" if block.kind == "text" else "thinking"
@@ -191,7 +198,8 @@ class StreamChecker:
             unended = [i for i, b in self.blocks.items() if not b.ended]
             assert not unended, "blocks %s never ended before done" % unended
             has_calls = any(b.get("type") == "toolCall" for b in content)
-            assert (stop == "toolUse") == has_calls, (
+            # a turn cut for length may hold tool calls (CONTRACT §4.3) and is never a toolUse
+            assert (stop == "toolUse") == has_calls or (stop == "length" and has_calls), (
                 "stopReason %r but toolCall blocks present: %s" % (stop, has_calls))
             assert "errorMessage" not in msg or not msg["errorMessage"], "done with errorMessage"
         else:
@@ -207,6 +215,14 @@ class StreamChecker:
         assert self.types, "the stream yielded no events"
         assert self.terminal is not None, "no terminal event; types: %s" % self.types
         return self.msg
+
+
+def _parse(raw: str) -> Any:
+    """The JSON value of a tool call's joined argument deltas ({} for none), None if it is not JSON."""
+    try:
+        return json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        return None
 
 
 def _is_int(v: Any) -> bool:

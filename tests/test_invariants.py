@@ -46,6 +46,20 @@ def good_tool_stream(final_stop="toolUse", args_during=None):
     yield {"type": "done", "reason": final_stop, "message": msg}
 
 
+def cut_tool_stream(final_stop="length"):
+    """A tool call whose arguments were cut by the token limit, ended with a best-effort parse."""
+    msg = message()
+    yield {"type": "start", "partial": msg}
+    call = {"type": "toolCall", "id": "c1", "name": "f", "arguments": {}}
+    msg["content"].append(call)
+    yield {"type": "toolcall_start", "contentIndex": 0, "partial": msg}
+    call["arguments"] = {"a": "x"}
+    yield {"type": "toolcall_delta", "contentIndex": 0, "delta": '{"a": "x', "partial": msg}
+    yield {"type": "toolcall_end", "contentIndex": 0, "toolCall": dict(call), "partial": msg}
+    msg["stopReason"] = final_stop
+    yield {"type": "done", "reason": final_stop, "message": msg}
+
+
 def test_good_streams_pass():
     assert check_stream(good_text_stream())["content"][0]["text"] == "Hello"
     checker = StreamChecker(strict_partial=True)
@@ -139,3 +153,21 @@ def test_strict_partial_rejects_partial_ahead_of_events():
     with pytest.raises(AssertionError):
         for e in events:
             checker.feed(e)
+
+
+def test_unfinished_tool_arguments_only_in_a_turn_cut_for_length():
+    check_stream(cut_tool_stream("length"))
+    for stop in ("toolUse", "stop"):
+        with pytest.raises(AssertionError):
+            check_stream(cut_tool_stream(stop))
+    events = list(cut_tool_stream("length"))
+    msg = events[-1]["message"]
+    msg.update(stopReason="error", errorMessage="boom")
+    with pytest.raises(AssertionError):
+        check_stream(events[:-1] + [{"type": "error", "reason": "error", "error": msg}])
+    # a complete call in a length turn still has to match its deltas
+    events = list(good_tool_stream(final_stop="length"))
+    check_stream(events)
+    events[3] = dict(events[3], delta="2}")
+    with pytest.raises(AssertionError):
+        check_stream(events)
