@@ -1302,12 +1302,16 @@ class _Family:
 # error are in _STOP_ERRORS; anything else is an error that names the word.
 _STOP_WORDS = {
     "stop": "stop", "end_turn": "stop", "stop_sequence": "stop", "end": "stop", "eos": "stop",
-    "completed": "stop", "COMPLETE": "stop", "STOP": "stop", "FINISH_REASON_UNSPECIFIED": "stop",
+    "STOP": "stop", "COMPLETE": "stop", "STOP_SEQUENCE": "stop",
     "length": "length", "max_tokens": "length", "MAX_TOKENS": "length", "max_output_tokens": "length",
     "tool_calls": "toolUse", "tool_use": "toolUse", "function_call": "toolUse", "TOOL_CALL": "toolUse",
 }
 _STOP_ERRORS = {
     "content_filter": ("the provider's content filter stopped the answer", "invalid_request"),
+    "content_filtered": ("the provider's content filter stopped the answer", "invalid_request"),
+    "guardrail_intervened": ("a guardrail stopped the answer", "invalid_request"),
+    "safety": ("the answer was blocked for safety", "invalid_request"),
+    "sensitive": ("the answer was blocked as sensitive", "invalid_request"),
     "refusal": ("the model refused to answer", "invalid_request"),
     "model_context_window_exceeded": ("the model's context window was exceeded", "context_overflow"),
     "SAFETY": ("the answer was blocked for safety", "invalid_request"),
@@ -1317,6 +1321,7 @@ _STOP_ERRORS = {
     "SPII": ("the answer was blocked for personal information", "invalid_request"),
     "MALFORMED_FUNCTION_CALL": ("the model produced a malformed function call", "server"),
     "error": ("the provider ended the stream with an error", "server"),
+    "ERROR": ("the provider ended the stream with an error", "server"),
 }
 
 
@@ -1333,6 +1338,60 @@ def _stop_reason(word, details: str = "") -> str:
 def _join_url(base: str, suffix: str) -> str:
     base = base.rstrip("/")
     return base if base.endswith("/" + suffix) else base + "/" + suffix
+
+
+# ---- shared by the families ----------------------------------------------------
+
+def _count(value) -> int:
+    """A token count from a usage field: ints, floats or numeric strings; 0 otherwise."""
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _error_message(err) -> str:
+    if isinstance(err, list) and err and all(isinstance(e, dict) for e in err):
+        # FastAPI / pydantic validation details: [{"loc": [...], "msg": ...}, ...]
+        return "; ".join(f"{e.get('msg') or e.get('message') or e}"
+                         + (f" ({'.'.join(str(p) for p in e['loc'])})" if isinstance(e.get("loc"), list) else "")
+                         for e in err[:5])
+    if isinstance(err, dict):
+        msg = err.get("message") or err.get("msg") or err.get("detail") or err.get("error")
+        if isinstance(msg, (dict, list)):
+            return _error_message(msg)
+        meta = err.get("metadata")
+        raw = meta.get("raw") if isinstance(meta, dict) else None
+        msg = str(msg) if msg else json.dumps(err)[:500]
+        return f"{msg} ({str(raw)[:500]})" if raw else msg
+    return str(err)
+
+
+def _in_band_error(err) -> PiError:
+    code = err.get("code") if isinstance(err, dict) else None
+    etype = err.get("type") if isinstance(err, dict) else None
+    message = _error_message(err)
+    status = code if isinstance(code, int) and 400 <= code < 600 else None
+    kind = _classify(status, message, code if isinstance(code, str) else etype) if (status or code or etype) \
+        else ("context_overflow" if _is_overflow(message) else "server")
+    e = PiError(message, kind, status)
+    e.no_retry = True  # retries follow the HTTP status; this one came with a 200
+    return e
+
+
+def _effort(level: str, model_id: str) -> str:
+    """A reasoning level a model takes: "xhigh" only where the model has it, else "high"."""
+    xhigh = any(s in model_id for s in ("gpt-5.2", "gpt-5.3", "gpt-5.4", "gpt-5.5", "opus-4-6", "opus-4.6"))
+    return "high" if level == "xhigh" and not xhigh else level
+
+
+def _cache_mark(o: "_Options") -> "dict | None":
+    """The cache_control mark for cache_retention: short (the default) 5 minutes,
+    long 1 hour, none no mark."""
+    retention = o.cache_retention or "short"
+    if retention == "none":
+        return None
+    return {"type": "ephemeral", "ttl": "1h"} if retention == "long" else {"type": "ephemeral"}
 
 
 # ---- openai-completions -------------------------------------------------------
@@ -1355,13 +1414,6 @@ _OC_COMPAT = {
     "vercelGatewayRouting": None,       # {only, order} -> providerOptions.gateway
     "cacheControlFor": None,            # model-id prefix whose prompts get cache_control marks
 }
-
-_OC_FINISH = {
-    "stop": "stop", "end": "stop", "end_turn": "stop", "eos": "stop", "stop_sequence": "stop",
-    "length": "length", "max_tokens": "length",
-    "tool_calls": "toolUse", "function_call": "toolUse", "tool_use": "toolUse",
-}
-
 
 def _oc_compat(model: dict, o: "_Options | None" = None) -> dict:
     """Defaults, then the compat of the table row serving the request's host (so
@@ -1483,10 +1535,6 @@ def _oc_messages(model: dict, ctx: dict, compat: dict) -> list:
     return out
 
 
-def _supports_xhigh(model_id: str) -> bool:
-    return any(s in model_id for s in ("gpt-5.2", "gpt-5.3", "gpt-5.4", "gpt-5.5", "opus-4-6", "opus-4.6"))
-
-
 def _oc_reasoning(body: dict, model: dict, compat: dict, level: str | None) -> None:
     # Only when the caller asked (a level, "off" included: it switches thinking off
     # where a dialect can) and the model is known to reason: servers reject these
@@ -1495,7 +1543,7 @@ def _oc_reasoning(body: dict, model: dict, compat: dict, level: str | None) -> N
         return
     fmt = compat.get("thinkingFormat") or "openai"
     on = level != "off"
-    effort = level if level != "xhigh" or _supports_xhigh(model["id"]) else "high"
+    effort = _effort(level, model["id"])
     if fmt == "openai":
         if on and compat["supportsReasoningEffort"]:
             body["reasoning_effort"] = (compat.get("reasoningEffortMap") or {}).get(level, effort)
@@ -1561,8 +1609,9 @@ def _oc_build(model: dict, ctx: dict, o: "_Options"):
         if o.cache_retention == "long":
             body["prompt_cache_retention"] = "24h"
     prefix = compat.get("cacheControlFor")
-    if prefix and model["id"].startswith(prefix) and o.cache_retention != "none":
-        _mark_cache(body["messages"])
+    mark = _cache_mark(o)
+    if prefix and model["id"].startswith(prefix) and mark:
+        _mark_cache(body["messages"], mark)
     if compat.get("openRouterRouting"):
         body["provider"] = compat["openRouterRouting"]
     routing = compat.get("vercelGatewayRouting")
@@ -1572,7 +1621,7 @@ def _oc_build(model: dict, ctx: dict, o: "_Options"):
     return _join_url(o.url, "chat/completions"), headers, body
 
 
-def _mark_cache(messages: list) -> None:
+def _mark_cache(messages: list, mark: dict) -> None:
     """Anthropic models behind an OpenAI-style gateway cache up to a marked block:
     mark the last text of the last user or assistant message."""
     for msg in reversed(messages):
@@ -1580,12 +1629,12 @@ def _mark_cache(messages: list) -> None:
             continue
         content = msg.get("content")
         if isinstance(content, str) and content:
-            msg["content"] = [{"type": "text", "text": content, "cache_control": {"type": "ephemeral"}}]
+            msg["content"] = [{"type": "text", "text": content, "cache_control": mark}]
             return
         if isinstance(content, list):
             for part in reversed(content):
                 if part.get("type") == "text":
-                    part["cache_control"] = {"type": "ephemeral"}
+                    part["cache_control"] = mark
                     return
 
 
@@ -1595,14 +1644,6 @@ def _oc_relax(body: dict, error: PiError):
     if "stream_options" in body and error.status in (400, 422) and "stream_options" in str(error):
         return {k: v for k, v in body.items() if k != "stream_options"}
     return None
-
-
-def _count(value) -> int:
-    """A token count from a usage field: ints, floats or numeric strings; 0 otherwise."""
-    try:
-        return max(0, int(value or 0))
-    except (TypeError, ValueError):
-        return 0
 
 
 def _oc_usage(b: _Builder, usage: dict) -> None:
@@ -1622,35 +1663,6 @@ def _oc_usage(b: _Builder, usage: dict) -> None:
                       if total is not None else b.model.get("provider") == "xai"):
         completion += reasoning
     b.set_usage(max(0, prompt - cached - written), completion, cached, written)
-
-
-def _error_message(err) -> str:
-    if isinstance(err, list) and err and all(isinstance(e, dict) for e in err):
-        # FastAPI / pydantic validation details: [{"loc": [...], "msg": ...}, ...]
-        return "; ".join(f"{e.get('msg') or e.get('message') or e}"
-                         + (f" ({'.'.join(str(p) for p in e['loc'])})" if isinstance(e.get("loc"), list) else "")
-                         for e in err[:5])
-    if isinstance(err, dict):
-        msg = err.get("message") or err.get("msg") or err.get("detail") or err.get("error")
-        if isinstance(msg, (dict, list)):
-            return _error_message(msg)
-        meta = err.get("metadata")
-        raw = meta.get("raw") if isinstance(meta, dict) else None
-        msg = str(msg) if msg else json.dumps(err)[:500]
-        return f"{msg} ({str(raw)[:500]})" if raw else msg
-    return str(err)
-
-
-def _in_band_error(err) -> PiError:
-    code = err.get("code") if isinstance(err, dict) else None
-    etype = err.get("type") if isinstance(err, dict) else None
-    message = _error_message(err)
-    status = code if isinstance(code, int) and 400 <= code < 600 else None
-    kind = _classify(status, message, code if isinstance(code, str) else etype) if (status or code or etype) \
-        else ("context_overflow" if _is_overflow(message) else "server")
-    e = PiError(message, kind, status)
-    e.no_retry = True  # retries follow the HTTP status; this one came with a 200
-    return e
 
 
 def _oc_name(have: str, piece: str) -> str:
@@ -1836,19 +1848,10 @@ class _OCTranslator:
         if not self.ended and self.finish is None:
             raise PiError("the stream ended before a finish_reason or data: [DONE] (cut off?)", "protocol")
         if self.refusal:  # OpenAI ends a refusal with finish_reason "stop"; it is not an answer
-            raise PiError(f"the model refused: {self.refusal}", "invalid_request")
-        finish = self.finish or "stop"
-        reason = _OC_FINISH.get(finish)
-        if reason is None:
-            if finish == "model_context_window_exceeded":
-                raise PiError("the model's context window was exceeded (model_context_window_exceeded)",
-                              "context_overflow")
-            if finish in ("content_filter", "safety", "refusal", "sensitive"):
-                raise PiError(f"the provider stopped the answer: finish_reason {finish!r}", "invalid_request")
-            # the stream itself was well formed: the server ended the turn for a reason we
-            # cannot vouch for (vLLM's "abort", a gateway's own word), so a server failure
-            raise PiError(f"the provider ended the answer with an unknown finish_reason {finish!r}", "server")
-        return reason
+            return _stop_reason("refusal", self.refusal)  # raises, keeping the refusal text
+        # an unknown word: the stream was well formed, the server ended the turn for a
+        # reason we cannot vouch for (vLLM's "abort", a gateway's own word): kind server
+        return _stop_reason(self.finish or "stop")
 
 
 # ---- faux (offline) -------------------------------------------------------------
