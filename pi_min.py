@@ -53,6 +53,7 @@ class PiError(Exception):
         self.status = status
         self.retry_after: float | None = None  # seconds the server asked us to wait
         self.no_retry = False                  # never worth retrying (quota, in-band errors)
+        self.transient = False                 # worth retrying without a status saying so (in-band overload)
 
 
 class ConfigError(PiError):
@@ -1021,6 +1022,12 @@ class _Builder:
         block[kind] = t
         self.out.append({"type": _DELTA[kind], "contentIndex": self.cur, "delta": delta, "partial": self.msg})
 
+    def begin(self, kind: str) -> int:
+        """Open a text or thinking block now, before any of its text (a block that
+        may stay empty yet carry a signature). -> its content index."""
+        self._open(kind)
+        return self.cur
+
     def sign(self, signature: str, index: int | None = None, append: bool = False) -> None:
         """Attach a signature to a block after it opened (Anthropic's signature_delta,
         Gemini's thoughtSignature, the Responses' encrypted reasoning): thinking
@@ -1321,6 +1328,8 @@ _STOP_ERRORS = {
     "SPII": ("the answer was blocked for personal information", "invalid_request"),
     "MALFORMED_FUNCTION_CALL": ("the model produced a malformed function call", "server"),
     "error": ("the provider ended the stream with an error", "server"),
+    "pause_turn": ("the server paused the turn (a long-running server tool); send the conversation again "
+                   "to let it continue", "server"),
     "ERROR": ("the provider ended the stream with an error", "server"),
 }
 
@@ -1854,6 +1863,298 @@ class _OCTranslator:
         return _stop_reason(self.finish or "stop")
 
 
+# ---- anthropic-messages -------------------------------------------------------
+# Anthropic and the Anthropic-compatible providers (Kimi for Coding, MiniMax, ZenMux,
+# Umans). Named SSE events; blocks are addressed by the API's own index.
+
+_AM_VERSION = "2023-06-01"
+_AM_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 16384, "xhigh": 32768}
+_AM_ADAPTIVE = ("opus-4-6", "opus-4.6", "opus-4-7", "opus-4-8", "opus-5", "sonnet-4-6", "sonnet-4.6", "sonnet-5")
+_AM_OAUTH_SYSTEM = "You are Claude Code, Anthropic's official CLI for Claude."
+
+
+def _am_url(base: str) -> str:
+    """{base}/v1/messages, without doubling a /v1 or /v1/messages already there."""
+    base = base.rstrip("/")
+    if base.endswith("/messages"):
+        return base
+    return base + ("/messages" if base.endswith("/v1") else "/v1/messages")
+
+
+def _am_image(block: dict) -> dict:
+    return {"type": "image", "source": {"type": "base64", "media_type": block.get("mimeType") or "image/png",
+                                        "data": block.get("data") or ""}}
+
+
+def _am_user_blocks(content, images: bool) -> list:
+    blocks: list = []
+    for part in _user_parts(content):
+        if part.get("type") == "text" and (part.get("text") or "").strip():
+            blocks.append({"type": "text", "text": part["text"]})
+        elif part.get("type") == "image" and images:
+            blocks.append(_am_image(part))
+    return blocks
+
+
+def _am_assistant_blocks(m: dict) -> list:
+    blocks: list = []
+    for b in m.get("content") or ():
+        kind = b.get("type")
+        if kind == "text" and (b.get("text") or "").strip():
+            blocks.append({"type": "text", "text": b["text"]})
+        elif kind == "thinking":
+            # transform_messages kept signed or redacted thinking only for the model that
+            # made it; an unsigned one (MiniMax's empty signatures) goes back as neither
+            # text nor an empty signature: it is left out
+            sig = b.get("thinkingSignature")
+            if b.get("redacted") and sig:
+                blocks.append({"type": "redacted_thinking", "data": sig})
+            elif sig and not sig.startswith("{"):  # "{": foreign reasoning JSON, never Anthropic's
+                blocks.append({"type": "thinking", "thinking": b.get("thinking") or "", "signature": sig})
+        elif kind == "toolCall":
+            args = b.get("arguments")
+            blocks.append({"type": "tool_use", "id": b.get("id") or "", "name": b.get("name") or "",
+                           "input": args if isinstance(args, dict) else {}})
+    return blocks
+
+
+def _am_tool_result(m: dict, images: bool) -> dict:
+    content: list = []
+    for part in _user_parts(m.get("content")):
+        if part.get("type") == "text":
+            content.append({"type": "text", "text": part.get("text") or ""})
+        elif part.get("type") == "image" and images:
+            content.append(_am_image(part))
+    if content and all(c["type"] == "image" for c in content):
+        content.insert(0, {"type": "text", "text": "(see attached image)"})
+    block: dict = {"type": "tool_result", "tool_use_id": m.get("toolCallId") or "", "content": content}
+    if m.get("isError"):
+        block["is_error"] = True
+    return block
+
+
+def _am_messages(model: dict, ctx: dict) -> list:
+    """Context messages -> Anthropic messages: tool results merged into one user turn
+    in order, ids rewritten to [A-Za-z0-9_-]{1,64}, turns with nothing left dropped."""
+    images = "image" in (model.get("input") or ("text",))
+    out: list = []
+    for m in transform_messages(ctx.get("messages") or [], model, lambda i: _sanitize_id(i, 64)):
+        role = m.get("role")
+        if role == "user":
+            blocks, role_out = _am_user_blocks(m.get("content"), images), "user"
+        elif role == "assistant":
+            blocks, role_out = _am_assistant_blocks(m), "assistant"
+        else:
+            blocks, role_out = [_am_tool_result(m, images)], "user"
+            if out and out[-1]["role"] == "user" and out[-1]["content"][-1]["type"] == "tool_result":
+                out[-1]["content"].extend(blocks)
+                continue
+        if blocks:
+            out.append({"role": role_out, "content": blocks})
+    return out
+
+
+def _am_tool_choice(choice):
+    if isinstance(choice, dict):
+        fn = choice.get("function")
+        return {"type": "tool", "name": fn["name"]} if isinstance(fn, dict) and fn.get("name") else choice
+    return {"auto": {"type": "auto"}, "none": {"type": "none"}, "any": {"type": "any"},
+            "required": {"type": "any"}}.get(choice) or {"type": "tool", "name": choice}
+
+
+def _am_thinking(body: dict, model: dict, o: "_Options") -> None:
+    """reasoning= -> adaptive thinking with an effort (the 4.6 generation on), or a
+    token budget with max_tokens raised to fit it; "off" or unasked: nothing."""
+    level = o.reasoning
+    if level is None or level == "off" or not model.get("reasoning"):
+        if o.temperature is not None:
+            body["temperature"] = o.temperature
+        return
+    compat = model.get("compat") or {}
+    if compat.get("forceAdaptiveThinking") or any(s in model["id"] for s in _AM_ADAPTIVE):
+        effort = _effort(level, model["id"])
+        body["thinking"] = {"type": "adaptive"}
+        body["output_config"] = {"effort": {"minimal": "low", "xhigh": "max"}.get(effort, effort)}
+        return
+    limit = int(model.get("maxTokens") or 0) or body["max_tokens"]
+    budget = _AM_BUDGETS[_effort(level, model["id"])]
+    body["max_tokens"] = min(body["max_tokens"] + budget, max(limit, body["max_tokens"]))
+    if body["max_tokens"] <= budget:
+        budget = max(1024, body["max_tokens"] - 1024)
+        body["max_tokens"] = max(body["max_tokens"], budget + 1024)
+    body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+
+
+def _am_build(model: dict, ctx: dict, o: "_Options"):
+    mark = _cache_mark(o)
+    if mark and mark.get("ttl") and "api.anthropic.com" not in o.url:
+        mark = {"type": "ephemeral"}  # compatible servers know the 5-minute cache only
+    body: dict = {"model": model["id"], "messages": _am_messages(model, ctx),
+                  "max_tokens": o.max_tokens or int(model.get("maxTokens") or 4096), "stream": True}
+    system: list = [{"type": "text", "text": _AM_OAUTH_SYSTEM}] if o.oauth else []
+    if ctx.get("systemPrompt"):
+        system.append({"type": "text", "text": ctx["systemPrompt"]})
+    if system:
+        body["system"] = system
+    tools = ctx.get("tools")
+    if tools:
+        body["tools"] = [{"name": t.get("name"), "description": t.get("description") or "",
+                          "input_schema": t.get("parameters") or {"type": "object", "properties": {}}}
+                         for t in tools]
+        if o.tool_choice is not None:
+            body["tool_choice"] = _am_tool_choice(o.tool_choice)
+    _am_thinking(body, model, o)
+    if mark:  # cache up to the system prompt and up to the last user block
+        for block in system[-1:]:
+            block["cache_control"] = mark
+        for msg in reversed(body["messages"]):
+            if msg["role"] == "user":
+                msg["content"][-1]["cache_control"] = mark
+                break
+    betas = []
+    if o.oauth:
+        betas += ["claude-code-20250219", "oauth-2025-04-20"]
+    if body.get("thinking", {}).get("type") == "enabled" and tools:
+        betas.append("interleaved-thinking-2025-05-14")
+    if mark and mark.get("ttl"):
+        betas.append("extended-cache-ttl-2025-04-11")
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream",
+               "anthropic-version": _AM_VERSION}
+    if betas:
+        headers["anthropic-beta"] = ",".join(betas)
+    return _am_url(o.url), headers, body
+
+
+class _AMTranslator:
+    """anthropic-messages events -> builder calls. The API numbers its blocks;
+    ``blocks`` maps that index to ("text" | "thinking", content index) or
+    ("tool", builder key)."""
+
+    __slots__ = ("b", "blocks", "stop", "details", "ended")
+
+    def __init__(self, b: _Builder, o: "_Options"):
+        self.b = b
+        self.blocks: dict = {}
+        self.stop: str | None = None
+        self.details = ""
+        self.ended = False
+
+    def event(self, kind: str, data: str) -> bool:
+        if data[:6] == "[DONE]":  # OpenRouter's trailer after message_stop
+            return self.ended
+        try:
+            ev = json.loads(data)
+        except ValueError:
+            if kind == "error":
+                raise PiError(data[:2000] or "the server sent an error event", "server") from None
+            raise PiError(f"invalid JSON in the stream: {data[:200]!r}", "protocol") from None
+        if not isinstance(ev, dict):
+            return False
+        etype = ev.get("type") or kind
+        if etype == "content_block_delta":
+            self.delta(ev.get("index"), ev.get("delta") or {})
+        elif etype == "content_block_start":
+            self.start(ev.get("index"), ev.get("content_block") or {})
+        elif etype == "content_block_stop":
+            self.block_stop(ev.get("index"))
+        elif etype == "message_start":
+            self.usage((ev.get("message") or {}).get("usage"))
+        elif etype == "message_delta":
+            delta = ev.get("delta") or {}
+            self.stop = delta.get("stop_reason") or self.stop
+            self.details = _am_details(delta.get("stop_details")) or self.details
+            self.usage(ev.get("usage"))
+        elif etype == "message_stop":
+            self.ended = True
+            return True
+        elif etype == "error":
+            raise _am_error(ev.get("error") or ev)
+        return False  # ping and event types added later are ignored
+
+    def start(self, index, block: dict) -> None:
+        kind, b = block.get("type"), self.b
+        if kind in ("text", "thinking"):
+            self.blocks[index] = (kind, b.begin(kind))
+            b.text(block.get("text") or "") if kind == "text" else b.thinking(block.get("thinking") or "")
+            b.sign(block.get("signature") or "")
+        elif kind == "redacted_thinking":
+            b.redacted_thinking(block.get("data") or "")
+        elif kind == "tool_use":
+            b.tool_start(("am", index), block.get("id"), block.get("name"))
+            self.blocks[index] = ("tool", ("am", index))
+            if block.get("input"):  # whole input up front (a non-streamed answer)
+                b.tool_delta(("am", index), json.dumps(block["input"]))
+
+    def delta(self, index, delta: dict) -> None:
+        entry = self.blocks.get(index)
+        if entry is None:
+            return  # a block type we do not know (server tools, ...): skipped
+        dtype, b = delta.get("type"), self.b
+        if dtype == "text_delta" and entry[0] == "text":
+            b.text(delta.get("text") or "")
+        elif dtype == "thinking_delta" and entry[0] == "thinking":
+            b.thinking(delta.get("thinking") or "")
+        elif dtype == "signature_delta" and entry[0] == "thinking":
+            b.sign(delta.get("signature") or "", entry[1], append=True)
+        elif dtype == "input_json_delta" and entry[0] == "tool":
+            b.tool_delta(entry[1], delta.get("partial_json") or "")
+
+    def block_stop(self, index) -> None:
+        entry = self.blocks.pop(index, None)
+        if entry is None:
+            return
+        if entry[0] == "tool":
+            self.b.tool_end(entry[1])
+        elif self.b.cur == entry[1]:
+            self.b.close_current()
+
+    def usage(self, usage) -> None:
+        """message_start's counts, then message_delta's cumulative ones (each only
+        when present: proxies leave some out)."""
+        if not isinstance(usage, dict):
+            return
+        names = (("input_tokens", "input"), ("output_tokens", "output"),
+                 ("cache_read_input_tokens", "cacheRead"), ("cache_creation_input_tokens", "cacheWrite"))
+        counts = {ours: _count(usage[theirs]) for theirs, ours in names if usage.get(theirs) is not None}
+        if counts:
+            self.b.update_usage(**counts)
+
+    def whole(self, obj) -> None:
+        """A complete (non-streamed) message body."""
+        if not isinstance(obj, dict) or obj.get("type") not in ("message", None) or "content" not in obj:
+            raise PiError("the server answered with JSON that is not an Anthropic message", "protocol")
+        self.usage(obj.get("usage"))
+        for n, block in enumerate(obj.get("content") or ()):
+            if isinstance(block, dict):
+                self.start(n, block)
+                self.block_stop(n)
+        self.stop = obj.get("stop_reason") or "end_turn"
+        self.details = _am_details(obj.get("stop_details"))
+        self.ended = True
+
+    def end(self, cut: bool) -> str:
+        if not self.ended:
+            raise PiError("the stream ended before message_stop (cut off?)", "protocol")
+        return _stop_reason(self.stop or "end_turn", self.details)
+
+
+def _am_details(details) -> str:
+    """stop_details (a refusal's category and explanation) as text for the error."""
+    if not isinstance(details, dict):
+        return ""
+    text = " ".join(str(details[k]) for k in ("explanation", "message") if details.get(k))
+    category = details.get("category")
+    return (f"{text} (category: {category})" if category else text) or json.dumps(details)[:500]
+
+
+def _am_error(err) -> PiError:
+    """An in-band error event; an overload is worth retrying while nothing was shown."""
+    e = _in_band_error(err)
+    if isinstance(err, dict) and err.get("type") in ("overloaded_error", "api_error"):
+        e.kind, e.no_retry, e.transient = "server", False, True
+    return e
+
+
 # ---- faux (offline) -------------------------------------------------------------
 
 def _faux_script(model: dict, ctx: dict, o: "_Options") -> dict:
@@ -1960,6 +2261,7 @@ def _faux_open(model: dict, ctx: dict, o: "_Options"):
 # api name -> its _Family (see the API families section for what a row holds)
 _FAMILIES = {
     "openai-completions": _Family(_oc_build, _OCTranslator, relax=_oc_relax),
+    "anthropic-messages": _Family(_am_build, _AMTranslator),
     "faux": _Family(_faux_build, _OCTranslator, open=_faux_open),
 }
 
@@ -2280,7 +2582,8 @@ class _Options:
 
     __slots__ = ("api_key", "base_url", "headers", "temperature", "max_tokens", "reasoning", "tool_choice",
                  "session_id", "cache_retention", "signal", "timeout", "max_retries", "on_payload", "extra",
-                 "url", "host_row", "compat", "auth_headers", "secrets", "credential", "auth_step")
+                 "url", "host_row", "compat", "auth_headers", "secrets", "credential", "auth_step",
+                 "oauth")
 
     def __init__(self, api_key=None, base_url=None, headers=None, temperature=None, max_tokens=None,
                  reasoning=None, tool_choice=None, session_id=None, cache_retention=None, signal=None,
@@ -2307,6 +2610,7 @@ class _Options:
         self.secrets: list = []             # values redacted from every message
         self.credential: str | None = None  # the key, for an auth step (token exchange, signing)
         self.auth_step: "Callable | None" = None  # run before every attempt (_AUTH_STEPS)
+        self.oauth = False                  # the credential is a subscription (OAuth) token
         self._validate()
 
     def _validate(self) -> None:
@@ -2517,7 +2821,7 @@ def _retry_delay(e: PiError, attempt: int, o: _Options):
     """Seconds to wait before retrying after e, or None when not retryable."""
     if attempt >= o.max_retries or e.no_retry:
         return None
-    if e.status in _RETRY_STATUSES or (e.kind == "network" and e.status is None):
+    if e.status in _RETRY_STATUSES or e.transient or (e.kind == "network" and e.status is None):
         return e.retry_after if e.retry_after is not None else min(8.0, 0.5 * 2 ** attempt)
     return None
 

@@ -162,7 +162,6 @@ def test_model_strings_split_at_the_first_slash(server):
 
 
 @pytest.mark.parametrize("provider, env, what", [
-    ("anthropic", "ANTHROPIC_API_KEY", "the anthropic-messages API family"),
     ("google", "GOOGLE_API_KEY", "the google-generative-ai API family"),
     ("cohere", "COHERE_API_KEY", "the cohere-chat API family"),
     ("amazon-bedrock", "AWS_ACCESS_KEY_ID", "the bedrock-converse-stream API family"),
@@ -180,11 +179,11 @@ def test_families_not_built_yet_resolve_but_stream_raises_config_error(provider,
 
 
 def test_models_json_provider_of_a_family_not_built_yet(isolated_env):
-    (isolated_env / "models.json").write_bytes(b'{"providers": {"my-claude": {"api": "anthropic-messages", '
-                                               b'"baseUrl": "http://127.0.0.1:9/v1", "models": [{"id": "c1"}]}}}')
-    assert pi_min.get_model("my-claude")["api"] == "anthropic-messages"
-    with pytest.raises(pi_min.ConfigError, match="my-claude: the anthropic-messages API family is not built"):
-        pi_min.stream("my-claude", "hi")
+    (isolated_env / "models.json").write_bytes(b'{"providers": {"my-cohere": {"api": "cohere-chat", '
+                                               b'"baseUrl": "http://127.0.0.1:9/v2", "models": [{"id": "c1"}]}}}')
+    assert pi_min.get_model("my-cohere")["api"] == "cohere-chat"
+    with pytest.raises(pi_min.ConfigError, match="my-cohere: the cohere-chat API family is not built"):
+        pi_min.stream("my-cohere", "hi")
 
 
 def test_templated_base_url_names_the_missing_variable(monkeypatch):
