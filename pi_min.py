@@ -2517,28 +2517,117 @@ def _auth_style(model: dict, row, pconf: dict) -> str:
             "faux": "none"}.get(api, "bearer")
 
 
+def _auth_json_entry(pid: str):
+    """-> (the key auth.json stores pid under, its entry), or (None, None)."""
+    data = _read_config("auth.json")
+    found = (None, None)
+    for key, value in data.items():
+        if key.lower() == pid:
+            return key, value
+        if _canonical(key) == pid:
+            found = (key, value)
+    return found
+
+
+def _oauth_expired(entry) -> bool:
+    expires = entry.get("expires") if isinstance(entry, dict) else None
+    return isinstance(expires, (int, float)) and expires <= _now_ms()
+
+
 def _auth_json_key(pid: str):
     """An API key or unexpired OAuth access token for pid from auth.json."""
-    data = _read_config("auth.json")
-    entry = None
-    for key, value in data.items():
-        if key.lower() == pid or _canonical(key) == pid:
-            entry = value
-            if key.lower() == pid:
-                break
+    entry = _auth_json_entry(pid)[1]
     if isinstance(entry, str):
         return entry.strip() or None
     if not isinstance(entry, dict):
         return None
     kind = entry.get("type")
     if kind in ("oauth", "o_auth"):
-        expires = entry.get("expires")
-        if isinstance(expires, (int, float)) and expires <= _now_ms():
+        if _oauth_expired(entry):
             return None
         return entry.get("access") or entry.get("access_token") or None
     if kind == "bearer_token":
         return entry.get("token") or None
     return entry.get("key") or entry.get("api_key") or None
+
+
+# OAuth refresh of subscription tokens stored by pi: provider -> (token URL, client id).
+# An auth.json entry may name its own "token_url" and "client_id" (pi_agent_rust's form).
+_OAUTH_REFRESH = {"anthropic": ("https://console.anthropic.com/v1/oauth/token",
+                                "9d1c250a-e61b-44d9-88ed-5944d1962f5e")}
+
+
+def _is_oauth_key(pid: str, key: str) -> bool:
+    """key is the access token of pid's OAuth entry in auth.json."""
+    entry = _auth_json_entry(pid)[1]
+    return (isinstance(entry, dict) and entry.get("type") in ("oauth", "o_auth")
+            and key in (entry.get("access"), entry.get("access_token")))
+
+
+def _refreshable(pid: str) -> bool:
+    """pid's auth.json entry is an expired OAuth token that can be refreshed."""
+    entry = _auth_json_entry(pid)[1]
+    return (pid in _OAUTH_REFRESH and isinstance(entry, dict) and entry.get("type") in ("oauth", "o_auth")
+            and _oauth_expired(entry) and bool(entry.get("refresh") or entry.get("refresh_token")))
+
+
+def _write_auth_entry(name: str, entry: dict) -> None:
+    """Replace one entry of auth.json, keeping the others: written to a temporary
+    file of mode 0600 beside it, then renamed over it (atomic)."""
+    import tempfile
+    path = os.path.join(_agent_dir(), "auth.json")
+    data = _read_config("auth.json")
+    data[name] = entry
+    fd, tmp = tempfile.mkstemp(prefix=".auth.json.", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _oauth_refresh_step(o: "_Options", method: str, url: str, headers: dict, data: bytes, watch) -> None:
+    """Auth step for an expired auth.json OAuth entry: refresh it once per process
+    (written back to auth.json), then send the access token as a bearer token."""
+    pid = o.oauth_provider
+
+    def fetch():
+        name, entry = _auth_json_entry(pid)
+        if not isinstance(entry, dict) or name is None:
+            raise PiError(f"{pid}: the OAuth entry left auth.json", "auth")
+        ts = "refresh" in entry or "access" in entry  # pi (TS) names; pi_agent_rust's have _token
+        if not _oauth_expired(entry):  # another process refreshed it meanwhile
+            access = entry.get("access") or entry.get("access_token") or ""
+            return access, float(entry.get("expires") or 0) / 1000.0
+        token_url, client_id = _OAUTH_REFRESH[pid]
+        refresh = entry.get("refresh") or entry.get("refresh_token")
+        o.secrets.append(str(refresh))
+        request = {"grant_type": "refresh_token", "refresh_token": refresh,
+                   "client_id": entry.get("client_id") or client_id}
+        obj = _fetch_json("POST", entry.get("token_url") or token_url, {"Content-Type": "application/json"},
+                          _json_body(request), o, watch, f"the {pid} OAuth token endpoint")
+        access = obj.get("access_token")
+        if not isinstance(access, str) or not access:
+            raise PiError(f"the {pid} OAuth token endpoint answered without an access_token", "auth")
+        expires = time.time() + float(_count(obj.get("expires_in")) or 3600)
+        new = dict(entry, expires=int(expires * 1000))
+        new["access" if ts else "access_token"] = access
+        if obj.get("refresh_token"):
+            new["refresh" if ts else "refresh_token"] = obj["refresh_token"]
+        _write_auth_entry(name, new)
+        return access, expires
+
+    token = _cached_token(("oauth", pid, _agent_dir()), fetch, margin=300.0)
+    o.secrets.append(token)
+    for name in [k for k in headers if k.lower() in ("x-api-key", "authorization")]:
+        del headers[name]
+    headers["Authorization"] = "Bearer " + token
 
 
 def _quote(value: str) -> str:
@@ -2583,7 +2672,7 @@ class _Options:
     __slots__ = ("api_key", "base_url", "headers", "temperature", "max_tokens", "reasoning", "tool_choice",
                  "session_id", "cache_retention", "signal", "timeout", "max_retries", "on_payload", "extra",
                  "url", "host_row", "compat", "auth_headers", "secrets", "credential", "auth_step",
-                 "oauth")
+                 "oauth", "oauth_provider")
 
     def __init__(self, api_key=None, base_url=None, headers=None, temperature=None, max_tokens=None,
                  reasoning=None, tool_choice=None, session_id=None, cache_retention=None, signal=None,
@@ -2611,6 +2700,7 @@ class _Options:
         self.credential: str | None = None  # the key, for an auth step (token exchange, signing)
         self.auth_step: "Callable | None" = None  # run before every attempt (_AUTH_STEPS)
         self.oauth = False                  # the credential is a subscription (OAuth) token
+        self.oauth_provider = ""            # whose auth.json OAuth entry the auth step refreshes
         self._validate()
 
     def _validate(self) -> None:
@@ -2714,18 +2804,28 @@ def _prepare(model: dict, o: _Options) -> None:
     # a stored key goes only to its provider's own host; an explicit one anywhere
     if key is None and trusted:
         key = _stored_key(pid, row, pconf)
+        if key is None and _refreshable(pid):  # refreshed by the auth step, inside the stream
+            o.oauth, o.oauth_provider, o.auth_step = True, pid, _oauth_refresh_step
+            return _model_headers(model, o)
         if key is None and env_keys and style not in ("none", "off") and not _is_local(row):
             raise ConfigError(f"no API key for {pid}: set {' or '.join(env_keys)}, add it to "
                               f"{os.path.join(_agent_dir(), 'auth.json')}, or pass api_key= (--api-key)")
-    headers = o.auth_headers
     if key and key.strip():
         key = key.strip()
         o.secrets.append(key)
         o.credential = key
+        if pid == "anthropic" and (key.startswith("sk-ant-oat") or _is_oauth_key(pid, key)):
+            o.oauth, style = True, "bearer"  # a Claude subscription token, not an API key
         header = _AUTH_HEADERS.get(style)
         if header:
-            headers[header[0]] = header[1] + key
+            o.auth_headers[header[0]] = header[1] + key
     o.auth_step = _AUTH_STEPS.get(style)
+    _model_headers(model, o)
+
+
+def _model_headers(model: dict, o: _Options) -> None:
+    """The model's own headers (models.json), values resolved like keys."""
+    headers = o.auth_headers
     for name, value in (model.get("headers") or {}).items():
         if isinstance(value, str) and value.startswith(("!", "env:", "file:")):
             value = _resolve_value(value, _agent_dir(), f"header {name}")
