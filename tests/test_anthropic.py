@@ -52,7 +52,8 @@ def test_each_preset_streams_through_models_json(provider, isolated_env, server,
 
 
 @pytest.mark.parametrize("base, path", [("", "/v1/messages"), ("/v1", "/v1/messages"),
-                                        ("/v1/messages", "/v1/messages"), ("/api/anthropic", "/api/anthropic/v1/messages")])
+                                        ("/v1/messages", "/v1/messages"),
+                                        ("/api/anthropic", "/api/anthropic/v1/messages")])
 def test_base_urls_are_not_doubled(server, base, path):
     server.script([sse_reply()])
     msg = pi_min.complete("anthropic", "hi", base_url=server.url + base, api_key="k")
@@ -152,7 +153,8 @@ def test_an_expired_oauth_entry_is_refreshed_and_written_back(ts_form, isolated_
     assert pi_min.complete("anthropic", "again")["stopReason"] == "stop"  # the refreshed token, not refreshed again
     refresh_req, first, second = server.requests
     assert refresh_req.path == "/v1/oauth/token"
-    assert refresh_req.json["grant_type"] == "refresh_token" and refresh_req.json["refresh_token"] == "the-refresh-token"
+    assert refresh_req.json["grant_type"] == "refresh_token"
+    assert refresh_req.json["refresh_token"] == "the-refresh-token"
     assert first.headers["authorization"] == second.headers["authorization"] == "Bearer new-access-token"
     path = isolated_env / "auth.json"
     saved = json.loads(path.read_text())
@@ -171,7 +173,8 @@ def test_a_failing_refresh_is_an_auth_error_event(isolated_env, server, monkeypa
     write(isolated_env, "auth.json", {"anthropic": oauth_entry(True, 1000, server.url + "/v1/oauth/token")})
     write(isolated_env, "models.json", {"providers": {"anthropic": {"baseUrl": server.url + "/v1/messages"}}})
     server.script([Reply(400, {"Content-Type": "application/json"},
-                         b'{"error": "invalid_grant", "error_description": "Refresh token the-refresh-token revoked"}')])
+                         b'{"error": "invalid_grant", '
+                         b'"error_description": "Refresh token the-refresh-token revoked"}')])
     events = list(pi_min.stream("anthropic", "hi"))
     assert events[0]["type"] == "start" and events[-1]["type"] == "error"
     msg = events[-1]["error"]
