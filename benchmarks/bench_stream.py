@@ -1,9 +1,10 @@
 """Throughput of pi_min.stream against the stdlib floor, on loopback.
 
-    python benchmarks/bench_stream.py [--deltas 20000] [--runs 7]
+    python benchmarks/bench_stream.py [--deltas 20000] [--runs 7] [--family openai|anthropic|all]
 
-The server sends one recorded-style OpenAI chat-completions stream (N text
-deltas, then a tool call of N/10 argument fragments). "floor" is the least work
+The server sends one recorded-style stream of the family (N text deltas, then a
+tool call of N/10 argument fragments): OpenAI chat completions or Anthropic
+Messages (named events). "floor" is the least work
 any stdlib client must do for it: http.client reads the body, splits lines and
 json.loads each data line. "pi_min" runs the full stream(): SSE parser,
 translator, event builder and partial-JSON on tool arguments. Medians of the
@@ -43,6 +44,38 @@ def make_body(deltas: int) -> bytes:
     lines.append(env % json.dumps({"index": 0, "delta": {}, "finish_reason": "tool_calls"}))
     body = "".join("data: %s\n\n" % line for line in lines) + "data: [DONE]\n\n"
     return body.encode()
+
+
+def make_am_body(deltas: int) -> bytes:
+    """The same answer as make_body, as Anthropic Messages events."""
+    def ev(name, data):
+        return "event: %s\ndata: %s\n\n" % (name, json.dumps(data, separators=(",", ":")))
+    out = [ev("message_start", {"type": "message_start", "message": {
+        "id": "msg_b", "type": "message", "role": "assistant", "content": [], "model": "m", "stop_reason": None,
+        "usage": {"input_tokens": 10, "output_tokens": 1}}}),
+        ev("content_block_start", {"type": "content_block_start", "index": 0,
+                                   "content_block": {"type": "text", "text": ""}})]
+    for i in range(deltas):
+        out.append(ev("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                              "delta": {"type": "text_delta", "text": "tok%d " % i}}))
+    out.append(ev("content_block_stop", {"type": "content_block_stop", "index": 0}))
+    out.append(ev("content_block_start", {"type": "content_block_start", "index": 1, "content_block": {
+        "type": "tool_use", "id": "toolu_1", "name": "write", "input": {}}}))
+    pieces = ['{"content":"'] + ["line %d\\n" % i for i in range(deltas // 10)] + ['"}']
+    for piece in pieces:
+        out.append(ev("content_block_delta", {"type": "content_block_delta", "index": 1,
+                                              "delta": {"type": "input_json_delta", "partial_json": piece}}))
+    out.append(ev("content_block_stop", {"type": "content_block_stop", "index": 1}))
+    out.append(ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use"},
+                                    "usage": {"output_tokens": deltas}}))
+    out.append(ev("message_stop", {"type": "message_stop"}))
+    return "".join(out).encode()
+
+
+FAMILIES = {  # name -> (body maker, provider, base path)
+    "openai": (make_body, "groq", "/v1"),
+    "anthropic": (make_am_body, "anthropic", ""),
+}
 
 
 def serve(body: bytes):
@@ -91,20 +124,21 @@ def floor(port: int) -> int:
     return n
 
 
-def run_pi_min(port: int) -> int:
+def run_pi_min(port: int, family: str = "openai") -> int:
+    _, provider, path = FAMILIES[family]
     n = 0
-    for event in pi_min.stream("groq", "hi", base_url="http://127.0.0.1:%d/v1" % port, api_key="k"):
+    for event in pi_min.stream(provider, "hi", base_url="http://127.0.0.1:%d%s" % (port, path), api_key="k"):
         n += 1
         if event["type"] == "error":
             raise SystemExit(event["error"]["errorMessage"])
     return n
 
 
-def timed(fn, port, runs):
+def timed(fn, port, runs, *args):
     samples = []
     for _ in range(runs):
         t = time.perf_counter()
-        fn(port)
+        fn(port, *args)
         samples.append(time.perf_counter() - t)
     return statistics.median(samples)
 
@@ -123,32 +157,40 @@ def import_time(runs: int) -> float:
     return statistics.median(samples)
 
 
+def bench(family: str, deltas: int, runs: int, scales) -> None:
+    make = FAMILIES[family][0]
+    body = make(deltas)
+    port = serve(body)
+    run_pi_min(port, family)  # warm up (table load, pooled connection)
+    f = timed(floor, port, runs)
+    p = timed(run_pi_min, port, runs, family)
+    frames = body.count(b"\n\n")
+    print("[%s] body %.1f KiB, %d frames, %d runs (medians)" % (family, len(body) / 1024, frames, runs))
+    print("floor  (http.client + json.loads per line): %7.1f ms  %6.2f us/frame" % (f * 1e3, f / frames * 1e6))
+    print("pi_min (stream(), all events)             : %7.1f ms  %6.2f us/frame  ratio %.2fx"
+          % (p * 1e3, p / frames * 1e6, p / f))
+    for scale in scales:
+        big = make(int(deltas * scale))
+        port2 = serve(big)
+        run_pi_min(port2, family)  # the server builds its payload outside the traced run
+        tracemalloc.start()
+        run_pi_min(port2, family)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        t = timed(run_pi_min, port2, 3, family)
+        print("x%g deltas (%d frames): %.1f ms, %.2f us/frame, peak traced memory %.1f MiB"
+              % (scale, big.count(b"\n\n"), t * 1e3, t / big.count(b"\n\n") * 1e6, peak / 2**20))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--deltas", type=int, default=20000)
     ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--family", choices=sorted(FAMILIES) + ["all"], default="all")
     args = ap.parse_args()
-    body = make_body(args.deltas)
-    port = serve(body)
-    run_pi_min(port)  # warm up (table load, pooled connection)
-    f = timed(floor, port, args.runs)
-    p = timed(run_pi_min, port, args.runs)
-    frames = body.count(b"\n\n")
-    print("body %.1f KiB, %d frames, %d runs (medians)" % (len(body) / 1024, frames, args.runs))
-    print("floor  (http.client + json.loads per line): %7.1f ms  %6.2f us/frame" % (f * 1e3, f / frames * 1e6))
-    print("pi_min (stream(), all events)             : %7.1f ms  %6.2f us/frame  ratio %.2fx"
-          % (p * 1e3, p / frames * 1e6, p / f))
-    for scale in (1, 4):
-        big = make_body(args.deltas * scale)
-        port2 = serve(big)
-        run_pi_min(port2)  # the server builds its payload outside the traced run
-        tracemalloc.start()
-        run_pi_min(port2)
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-        t = timed(run_pi_min, port2, 3)
-        print("x%d deltas: %.1f ms, %.2f us/frame, peak traced memory %.1f MiB"
-              % (scale, t * 1e3, t / big.count(b"\n\n") * 1e6, peak / 2**20))
+    for family in sorted(FAMILIES) if args.family == "all" else [args.family]:
+        scales = (0.1, 1, 10) if family == "anthropic" else (1, 4)  # anthropic: 2k to 200k events
+        bench(family, args.deltas, args.runs, scales)
     print("import pi_min (cumulative, -X importtime, median): %.1f ms" % (import_time(max(5, args.runs)) / 1e3))
 
 
