@@ -1075,7 +1075,27 @@ class _Builder:
                 self.tool_end(key)
 
     def tool_block(self, key) -> dict:
+        """The call block of key, to read (changes go through tool_update)."""
         return self.content[self.tools[key][0]]
+
+    def tool_update(self, key, call_id: str | None = None, name: str | None = None,
+                    signature: str | None = None) -> None:
+        """What a started call is known by, arriving late: its id, its whole name
+        so far, a signature (Gemini's on the OpenAI endpoint)."""
+        block = self.content[self.tools[key][0]]
+        if call_id:
+            block["id"] = call_id
+        if name:
+            block["name"] = name
+        if signature:
+            block["thoughtSignature"] = signature
+
+    def sign_calls(self, signatures: dict) -> None:
+        """Signatures that name the calls they sign by id (OpenRouter's encrypted
+        reasoning details, which may come before or after the calls)."""
+        for block in self.content:
+            if block["type"] == "toolCall" and block["id"] in signatures:
+                block["thoughtSignature"] = signatures[block["id"]]
 
     def tool_delta(self, key, fragment: str) -> None:
         if not fragment:
@@ -1782,16 +1802,11 @@ class _OCTranslator:
             kind = d.get("type")
             if kind == "reasoning.encrypted" and d.get("id") and d.get("data"):
                 self.signatures[d["id"]] = json.dumps(d)
-                self.sign_tools()
+                self.b.sign_calls(self.signatures)
             elif not have_text and kind in ("reasoning.text", "reasoning.summary"):
                 text = d.get("text") if kind == "reasoning.text" else d.get("summary")
                 if isinstance(text, str):
                     self.b.thinking(text, "reasoning_details")
-
-    def sign_tools(self) -> None:
-        for block in self.b.content:
-            if block["type"] == "toolCall" and block["id"] in self.signatures:
-                block["thoughtSignature"] = self.signatures[block["id"]]
 
     def tool(self, index, call: dict) -> None:
         """One tool-call fragment for slot ``index`` (tool_calls[].index; None for
@@ -1820,22 +1835,23 @@ class _OCTranslator:
                                       f"JSON object was complete: {args[:200]!r}", "protocol")
                     return
                 if call_id and slot[1] is None:  # the id came after the arguments began
-                    block["id"] = slot[1] = call_id
+                    b.tool_update(slot[0], call_id=call_id)
+                    slot[1] = call_id
                     if self.signatures:
-                        self.sign_tools()
+                        self.b.sign_calls(self.signatures)
                 if name:
-                    block["name"] = _oc_name(block["name"], name)
+                    b.tool_update(slot[0], name=_oc_name(block["name"], name))
                 b.tool_delta(slot[0], args)
                 return
         b.end_finished_tools()
         key = len(b.tools)
-        block = b.tool_start(key, call_id, name)
+        b.tool_start(key, call_id, name)
         self.slots[index] = [key, call_id]
         if self.signatures:
-            self.sign_tools()
+            self.b.sign_calls(self.signatures)
         extra = call.get("extra_content")
         if isinstance(extra, dict) and extra:  # Gemini's thought signature on its OpenAI endpoint
-            block["thoughtSignature"] = json.dumps({"extra_content": extra})
+            b.tool_update(key, signature=json.dumps({"extra_content": extra}))
         b.tool_delta(key, args)
 
     def whole(self, obj) -> None:
