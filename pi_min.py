@@ -2003,7 +2003,7 @@ def _am_thinking(body: dict, model: dict, o: "_Options") -> None:
 
 def _am_build(model: dict, ctx: dict, o: "_Options"):
     mark = _cache_mark(o)
-    if mark and mark.get("ttl") and "api.anthropic.com" not in o.url:
+    if mark and mark.get("ttl") and model["provider"] != "anthropic":
         mark = {"type": "ephemeral"}  # compatible servers know the 5-minute cache only
     body: dict = {"model": model["id"], "messages": _am_messages(model, ctx),
                   "max_tokens": o.max_tokens or int(model.get("maxTokens") or 4096), "stream": True}

@@ -47,10 +47,14 @@ def _cases():
 
 # -- matching -------------------------------------------------------------------------------
 
+ABSENT = "$absent"
+
+
 def match(expected: Any, actual: Any, path: str = "$") -> List[str]:
     """Subset match: dict keys recursively, lists element-wise with equal length, floats
     approximately. A JSON string in `actual` where `expected` is a dict/list is parsed first
-    (tool-call `function.arguments` in request bodies)."""
+    (tool-call `function.arguments` in request bodies). The value "$absent" asserts that
+    a key is not there at all."""
     if isinstance(expected, (dict, list)) and isinstance(actual, str):
         try:
             actual = json.loads(actual)
@@ -61,7 +65,10 @@ def match(expected: Any, actual: Any, path: str = "$") -> List[str]:
             return ["%s: expected an object, got %r" % (path, actual)]
         errors = []
         for key, value in expected.items():
-            if key not in actual:
+            if value == ABSENT:
+                if key in actual:
+                    errors.append("%s.%s: expected no such key, got %r" % (path, key, actual[key]))
+            elif key not in actual:
                 errors.append("%s.%s: missing (expected %r)" % (path, key, value))
             else:
                 errors.extend(match(value, actual[key], "%s.%s" % (path, key)))
