@@ -24,7 +24,7 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs nothing at run time
-    from typing import Callable, Generator, Iterator
+    from typing import Any, Callable, Generator, Iterator
 
 __version__ = "0.1.0"
 __all__ = ["get_model", "stream", "complete", "list_providers", "PiError", "ConfigError"]
@@ -132,7 +132,8 @@ def _classify(status: int | None, message: str = "", code=None) -> str:
     return "server" if status is None else "invalid_request"
 
 
-_STATUS_KINDS = {401: "auth", 403: "auth", 404: "not_found", 408: "timeout", 402: "rate_limit", 429: "rate_limit"}
+_STATUS_KINDS = {401: "auth", 403: "auth", 404: "not_found", 408: "timeout", 402: "rate_limit", 429: "rate_limit",
+                 424: "server"}  # 424: Bedrock's model errors
 
 
 # ==== SSE parser (sans-IO) =====================================================
@@ -253,6 +254,113 @@ class SSEParser:
             if "\0" not in value:
                 self.last_event_id = value
         # "retry" and unknown fields are ignored: nothing here reconnects
+
+
+# ==== AWS event-stream decoder (sans-IO) ========================================
+
+_ES_PRELUDE = 12  # total length, headers length, prelude CRC
+_ES_FIXED = {2: 1, 3: 2, 4: 4, 5: 8, 8: 8, 9: 16}  # header value type -> its size in bytes
+
+
+class _EventStream:
+    """Incremental decoder of application/vnd.amazon.eventstream frames (Bedrock).
+
+    ``feed(bytes)`` returns the complete frames as ``(kind, payload text)``: kind is
+    the ``:event-type`` of an event, ``"!exception:<type>"`` for an exception frame
+    and ``"!error:<code>"`` for an error frame. Both CRC-32s are checked; a frame's
+    declared length is bounded by MAX_FRAME before anything is buffered for it, so
+    an untrusted length never makes us allocate; any corruption is a ``protocol``
+    PiError. Frames may be split anywhere and several may share one read.
+    """
+
+    __slots__ = ("_buf", "_crc")
+    CONTENT_TYPE = "vnd.amazon.eventstream"
+
+    def __init__(self) -> None:
+        import zlib
+        self._buf = bytearray()
+        self._crc = zlib.crc32
+
+    @staticmethod
+    def looks_like(head: bytes) -> bool:
+        """A frame under another content type: its prelude checksum holds."""
+        import zlib
+        return len(head) >= _ES_PRELUDE and zlib.crc32(head[:8]) == int.from_bytes(head[8:12], "big")
+
+    def feed(self, data: bytes) -> "list[tuple[str, str]]":
+        buf = self._buf
+        buf += data
+        out: list = []
+        pos, end = 0, len(buf)
+        while end - pos >= _ES_PRELUDE:
+            total = int.from_bytes(buf[pos:pos + 4], "big")
+            hlen = int.from_bytes(buf[pos + 4:pos + 8], "big")
+            if self._crc(buf[pos:pos + 8]) != int.from_bytes(buf[pos + 8:pos + 12], "big"):
+                raise PiError("event stream: bad prelude checksum (corrupt frame)", "protocol")
+            if total < 16 or hlen > total - 16 or total > MAX_FRAME:
+                raise PiError(f"event stream: impossible frame lengths ({total}, headers {hlen})", "protocol")
+            if end - pos < total:
+                break
+            frame = bytes(buf[pos:pos + total])
+            pos += total
+            if self._crc(frame[:-4]) != int.from_bytes(frame[-4:], "big"):
+                raise PiError("event stream: bad message checksum (corrupt frame)", "protocol")
+            out.append(self._frame(frame, hlen))
+        if pos:
+            del buf[:pos]
+        return out
+
+    def close(self) -> "list[tuple[str, str]]":
+        if self._buf:
+            raise PiError(f"event stream: the body ended inside a frame ({len(self._buf)} bytes left)", "protocol")
+        return []
+
+    @staticmethod
+    def _headers(raw: bytes) -> "dict[str, Any]":
+        headers: dict = {}
+        pos = 0
+        try:
+            while pos < len(raw):
+                n = raw[pos]
+                name = raw[pos + 1:pos + 1 + n].decode("utf-8")
+                kind = raw[pos + 1 + n]
+                pos += 2 + n
+                if kind in (0, 1):
+                    value: Any = kind == 0
+                elif kind in (6, 7):
+                    size = int.from_bytes(raw[pos:pos + 2], "big")
+                    value = raw[pos + 2:pos + 2 + size]
+                    if len(value) != size:
+                        raise IndexError
+                    value = value.decode("utf-8") if kind == 7 else value
+                    pos += 2 + size
+                elif kind in _ES_FIXED:
+                    size = _ES_FIXED[kind]
+                    if pos + size > len(raw):
+                        raise IndexError
+                    value = raw[pos:pos + size]
+                    value = value.hex() if kind == 9 else int.from_bytes(value, "big", signed=True)
+                    pos += size
+                else:
+                    raise PiError(f"event stream: unknown header value type {kind}", "protocol")
+                headers[name] = value
+        except (IndexError, UnicodeDecodeError):
+            raise PiError("event stream: malformed frame headers", "protocol") from None
+        return headers
+
+    def _frame(self, frame: bytes, hlen: int) -> "tuple[str, str]":
+        headers = self._headers(frame[_ES_PRELUDE:_ES_PRELUDE + hlen])
+        try:
+            payload = frame[_ES_PRELUDE + hlen:-4].decode("utf-8")
+        except UnicodeDecodeError:
+            raise PiError("event stream: a payload is not valid UTF-8", "protocol") from None
+        mtype = headers.get(":message-type", "event")
+        if mtype == "exception":
+            return "!exception:" + str(headers.get(":exception-type") or ""), payload
+        if mtype == "error":
+            message = headers.get(":error-message") or payload
+            return "!error:" + str(headers.get(":error-code") or ""), json.dumps({"message": message})
+        return str(headers.get(":event-type") or ""), payload
 
 
 # ==== transport ================================================================
@@ -1347,6 +1455,8 @@ _STOP_ERRORS = {
     "PROHIBITED_CONTENT": ("the answer was blocked as prohibited content", "invalid_request"),
     "SPII": ("the answer was blocked for personal information", "invalid_request"),
     "MALFORMED_FUNCTION_CALL": ("the model produced a malformed function call", "server"),
+    "malformed_tool_use": ("the model produced a malformed tool call", "server"),
+    "malformed_model_output": ("the model produced malformed output", "server"),
     "error": ("the provider ended the stream with an error", "server"),
     "pause_turn": ("the server paused the turn (a long-running server tool); send the conversation again "
                    "to let it continue", "server"),
@@ -2089,10 +2199,13 @@ class _AMTranslator:
 
     def start(self, index, block: dict) -> None:
         kind, b = block.get("type"), self.b
-        if kind in ("text", "thinking"):
+        if kind == "thinking":  # opened at once: an empty one may still carry a signature
             self.blocks[index] = (kind, b.begin(kind))
-            b.text(block.get("text") or "") if kind == "text" else b.thinking(block.get("thinking") or "")
+            b.thinking(block.get("thinking") or "")
             b.sign(block.get("signature") or "")
+        elif kind == "text":  # opened by its first text: gateways send empty ones
+            self.blocks[index] = (kind, None)
+            self.delta(index, {"type": "text_delta", "text": block.get("text") or ""})
         elif kind == "redacted_thinking":
             b.redacted_thinking(block.get("data") or "")
         elif kind == "tool_use":
@@ -2107,7 +2220,10 @@ class _AMTranslator:
             return  # a block type we do not know (server tools, ...): skipped
         dtype, b = delta.get("type"), self.b
         if dtype == "text_delta" and entry[0] == "text":
-            b.text(delta.get("text") or "")
+            text = delta.get("text") or ""
+            if text and entry[1] != b.cur:
+                self.blocks[index] = ("text", b.begin("text"))
+            b.text(text)
         elif dtype == "thinking_delta" and entry[0] == "thinking":
             b.thinking(delta.get("thinking") or "")
         elif dtype == "signature_delta" and entry[0] == "thinking":
@@ -2169,6 +2285,299 @@ def _am_error(err) -> PiError:
     if isinstance(err, dict) and err.get("type") in ("overloaded_error", "api_error"):
         e.kind, e.no_retry, e.transient = "server", False, True
     return e
+
+
+# ---- bedrock-converse-stream ----------------------------------------------------
+# Amazon Bedrock's ConverseStream: a JSON request, AWS event-stream frames back.
+# Credentials: a bearer token (AWS_BEARER_TOKEN_BEDROCK, no botocore needed) or
+# SigV4 with botocore's signer and credential chain, signed on every attempt.
+
+_BR_IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/gif": "gif",
+                     "image/webp": "webp"}
+_BR_EXCEPTIONS = {  # in-stream exception -> (kind, worth retrying before any content)
+    "throttlingException": ("rate_limit", True), "serviceUnavailableException": ("server", True),
+    "internalServerException": ("server", True), "modelStreamErrorException": ("server", False),
+    "validationException": ("invalid_request", False), "modelTimeoutException": ("timeout", True),
+}
+
+
+def _br_image(block: "dict[str, Any]") -> "dict[str, Any]":
+    fmt = _BR_IMAGE_FORMATS.get(str(block.get("mimeType") or "").lower(), "png")
+    return {"image": {"format": fmt, "source": {"bytes": block.get("data") or ""}}}
+
+
+def _br_user(content: Any, images: bool) -> "list[dict[str, Any]]":
+    out: list = []
+    for part in _user_parts(content):
+        if part.get("type") == "text" and (part.get("text") or "").strip():
+            out.append({"text": part["text"]})
+        elif part.get("type") == "image" and images:
+            out.append(_br_image(part))
+    return out
+
+
+def _br_assistant(m: "dict[str, Any]") -> "list[dict[str, Any]]":
+    out: list = []
+    for b in m.get("content") or ():
+        kind = b.get("type")
+        if kind == "text" and (b.get("text") or "").strip():
+            out.append({"text": b["text"]})
+        elif kind == "thinking":  # signed (or redacted) reasoning of this very model only
+            sig = b.get("thinkingSignature")
+            if b.get("redacted") and sig:
+                out.append({"reasoningContent": {"redactedContent": sig}})
+            elif sig and not sig.startswith("{"):
+                out.append({"reasoningContent": {"reasoningText": {"text": b.get("thinking") or "",
+                                                                   "signature": sig}}})
+        elif kind == "toolCall":
+            args = b.get("arguments")
+            out.append({"toolUse": {"toolUseId": b.get("id") or "", "name": b.get("name") or "",
+                                    "input": args if isinstance(args, dict) else {}}})
+    return out
+
+
+def _br_tool_result(m: "dict[str, Any]", images: bool) -> "dict[str, Any]":
+    content = _br_user(m.get("content"), images) or [{"text": "(no output)"}]
+    return {"toolResult": {"toolUseId": m.get("toolCallId") or "", "content": content,
+                           "status": "error" if m.get("isError") else "success"}}
+
+
+def _br_messages(model: "dict[str, Any]", ctx: "dict[str, Any]") -> "list[dict[str, Any]]":
+    images = "image" in (model.get("input") or ("text",))
+    out: list = []
+    for m in transform_messages(ctx.get("messages") or [], model, lambda i: _sanitize_id(i, 64)):
+        role = m.get("role")
+        if role == "assistant":
+            blocks, who = _br_assistant(m), "assistant"
+        elif role == "user":
+            blocks, who = _br_user(m.get("content"), images), "user"
+        else:
+            blocks, who = [_br_tool_result(m, images)], "user"
+            if out and out[-1]["role"] == "user" and "toolResult" in out[-1]["content"][-1]:
+                out[-1]["content"].extend(blocks)  # results of one turn go back in one user turn
+                continue
+        if blocks:
+            out.append({"role": who, "content": blocks})
+    return out
+
+
+def _br_tool_choice(choice: Any) -> "dict[str, Any] | None":
+    if isinstance(choice, dict):
+        fn = choice.get("function")
+        return {"tool": {"name": fn["name"]}} if isinstance(fn, dict) and fn.get("name") else choice
+    return {"auto": {"auto": {}}, "any": {"any": {}}, "required": {"any": {}}, "none": None}.get(
+        choice, {"tool": {"name": choice}})
+
+
+def _br_build(model: "dict[str, Any]", ctx: "dict[str, Any]",
+              o: "_Options") -> "tuple[str, dict[str, str], dict[str, Any]]":
+    claude = "claude" in model["id"].lower()
+    body: dict = {"messages": _br_messages(model, ctx)}
+    if ctx.get("systemPrompt"):
+        body["system"] = [{"text": ctx["systemPrompt"]}]
+    # thinking, max tokens and temperature as for Anthropic itself, then moved to Converse's fields
+    am: dict = {"max_tokens": o.max_tokens or int(model.get("maxTokens") or 4096)}
+    if claude:
+        _am_thinking(am, model, o)
+    elif o.temperature is not None:
+        am["temperature"] = o.temperature
+    body["inferenceConfig"] = {"maxTokens": am["max_tokens"]}
+    if "temperature" in am:
+        body["inferenceConfig"]["temperature"] = am["temperature"]
+    extra = {k: am[k] for k in ("thinking", "output_config") if k in am}
+    if extra:
+        body["additionalModelRequestFields"] = extra
+    tools = ctx.get("tools")
+    choice = _br_tool_choice(o.tool_choice) if o.tool_choice is not None else None
+    if tools and not (o.tool_choice == "none"):
+        body["toolConfig"] = {"tools": [{"toolSpec": {
+            "name": t.get("name"), "description": t.get("description") or t.get("name"),
+            "inputSchema": {"json": t.get("parameters") or {"type": "object", "properties": {}}}}} for t in tools]}
+        if choice:
+            body["toolConfig"]["toolChoice"] = choice
+    if _cache_mark(o) and (claude or "nova" in model["id"].lower()):  # models with prompt caching
+        if "system" in body:
+            body["system"].append({"cachePoint": {"type": "default"}})
+        for msg in reversed(body["messages"]):
+            if msg["role"] == "user":
+                msg["content"].append({"cachePoint": {"type": "default"}})
+                break
+    url = o.url.rstrip("/")
+    for suffix in ("/converse-stream", "/converse"):
+        if url.endswith(suffix):  # a full endpoint URL given as the base
+            url = url[:-len(suffix)].rpartition("/model/")[0]
+    url += "/model/" + _quote(model["id"]) + "/converse-stream"
+    headers = {"Content-Type": "application/json", "Accept": "application/vnd.amazon.eventstream"}
+    return url, headers, body
+
+
+class _BRTranslator:
+    """ConverseStream events -> builder calls; blocks are addressed by
+    contentBlockIndex. messageStop says the turn is over; metadata (usage) follows."""
+
+    __slots__ = ("b", "blocks", "stop")
+
+    def __init__(self, b: _Builder, o: "_Options") -> None:
+        self.b = b
+        self.blocks: dict = {}  # contentBlockIndex -> ("text" | "thinking", content index) or ("tool", key)
+        self.stop: "str | None" = None
+
+    def event(self, kind: str, data: str) -> bool:
+        if kind.startswith("!"):
+            raise _br_exception(kind, data)
+        try:
+            ev = json.loads(data) if data else {}
+        except ValueError:
+            raise PiError(f"invalid JSON in a {kind or 'Bedrock'} event: {data[:200]!r}", "protocol") from None
+        if not isinstance(ev, dict):
+            return False
+        if kind == "contentBlockDelta":
+            self.delta(ev.get("contentBlockIndex"), ev.get("delta") or {})
+        elif kind == "contentBlockStart":
+            use = (ev.get("start") or {}).get("toolUse")
+            if isinstance(use, dict):
+                key = ("br", ev.get("contentBlockIndex"))
+                self.b.tool_start(key, use.get("toolUseId"), use.get("name"))
+                self.blocks[ev.get("contentBlockIndex")] = ("tool", key)
+        elif kind == "contentBlockStop":
+            self.block_stop(ev.get("contentBlockIndex"))
+        elif kind == "messageStop":
+            self.stop = ev.get("stopReason") or "end_turn"
+        elif kind == "metadata":
+            self.usage(ev.get("usage"))
+            return self.stop is not None
+        return False  # messageStart and event types added later
+
+    def delta(self, index: Any, delta: "dict[str, Any]") -> None:
+        b = self.b
+        entry = self.blocks.get(index)
+        if "text" in delta:
+            if entry is None or entry[1] != b.cur or entry[0] != "text":
+                entry = self.blocks[index] = ("text", b.begin("text"))
+            b.text(delta.get("text") or "")
+        elif isinstance(delta.get("toolUse"), dict) and entry is not None and entry[0] == "tool":
+            b.tool_delta(entry[1], delta["toolUse"].get("input") or "")
+        elif isinstance(delta.get("reasoningContent"), dict):
+            rc = delta["reasoningContent"]
+            if rc.get("redactedContent"):
+                b.redacted_thinking(rc["redactedContent"])
+                self.blocks.pop(index, None)
+                return
+            if entry is None or entry[1] != b.cur or entry[0] != "thinking":
+                entry = self.blocks[index] = ("thinking", b.begin("thinking"))
+            b.thinking(rc.get("text") or "")
+            b.sign(rc.get("signature") or "", entry[1], append=True)
+        # citations, images and block types added later: skipped
+
+    def block_stop(self, index: Any) -> None:
+        entry = self.blocks.pop(index, None)
+        if entry is None:
+            return
+        if entry[0] == "tool":
+            self.b.tool_end(entry[1])
+        elif self.b.cur == entry[1]:
+            self.b.close_current()
+
+    def usage(self, usage: Any) -> None:
+        if isinstance(usage, dict):
+            self.b.set_usage(_count(usage.get("inputTokens")), _count(usage.get("outputTokens")),
+                             _count(usage.get("cacheReadInputTokens")), _count(usage.get("cacheWriteInputTokens")))
+
+    def whole(self, obj: Any) -> None:
+        """A non-streamed Converse answer."""
+        message = ((obj.get("output") or {}).get("message") or {}) if isinstance(obj, dict) else {}
+        if not isinstance(message.get("content"), list):
+            raise PiError("the server answered with JSON that is not a Converse response", "protocol")
+        for n, block in enumerate(message["content"]):
+            if isinstance(block, dict) and isinstance(block.get("toolUse"), dict):
+                use = block["toolUse"]
+                self.event("contentBlockStart", json.dumps({"contentBlockIndex": n, "start": {"toolUse": use}}))
+                self.b.tool_delta(("br", n), json.dumps(use.get("input") or {}))
+            elif isinstance(block, dict):
+                self.delta(n, {k: v for k, v in block.items() if k in ("text", "reasoningContent")})
+            self.block_stop(n)
+        self.stop = obj.get("stopReason") or "end_turn"
+        self.usage(obj.get("usage"))
+
+    def end(self, cut: bool) -> str:
+        if self.stop is None:
+            raise PiError("the stream ended before messageStop (cut off?)", "protocol")
+        return _stop_reason(self.stop)
+
+
+def _br_exception(kind: str, data: str) -> PiError:
+    """An exception or error frame in the stream."""
+    name = kind.partition(":")[2]
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        payload = {"message": data}
+    message = _error_message(payload) if isinstance(payload, dict) else str(payload)
+    what, retry = _BR_EXCEPTIONS.get(name, ("server", False))
+    if what == "invalid_request" and _is_overflow(message):
+        what = "context_overflow"
+    e = PiError(f"{name or 'error'}: {message}", what)
+    e.transient = retry
+    return e
+
+
+# SigV4 and the bearer token: the credential chain is resolved by stream(), the
+# signature made on every attempt over the final bytes (a retry is signed again).
+
+def _br_credentials(model: "dict[str, Any]", o: "_Options", pid: str, trusted: bool) -> None:
+    """Resolve Bedrock's credentials into o (ConfigError when there are none)."""
+    token = o.api_key or (os.environ.get("AWS_BEARER_TOKEN_BEDROCK", "").strip() if trusted else "")
+    entry = _auth_json_entry(pid)[1] if trusted and not token else None
+    if not token and isinstance(entry, dict) and entry.get("type") in ("bearer_token", "api_key"):
+        token = entry.get("token") or entry.get("key") or ""
+    if token:
+        o.secrets.append(token)
+        o.auth_headers["Authorization"] = "Bearer " + token
+        return
+    if not trusted:
+        return  # a base URL elsewhere gets no stored credentials
+    try:
+        import botocore.session
+    except ImportError:
+        raise ConfigError("amazon-bedrock: set AWS_BEARER_TOKEN_BEDROCK, or install botocore for SigV4 "
+                          "(pip install 'pi-min[bedrock]') and configure AWS credentials") from None
+    session = botocore.session.get_session()
+    if isinstance(entry, dict) and entry.get("type") == "aws_credentials":
+        from botocore.credentials import Credentials
+        creds: Any = Credentials(entry.get("access_key_id"), entry.get("secret_access_key"),
+                                 entry.get("session_token"))
+        region = entry.get("region")
+    else:
+        creds = session.get_credentials()
+        region = session.get_config_variable("region")
+    if creds is None:
+        raise ConfigError("amazon-bedrock: no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                          "AWS_PROFILE, or AWS_BEARER_TOKEN_BEDROCK")
+    if region and not o.base_url and not _br_env_region():
+        o.url = f"https://bedrock-runtime.{region}.amazonaws.com"
+    o.credential = creds
+    o.auth_step = _sigv4_step
+
+
+def _br_env_region() -> str:
+    return (os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "").strip()
+
+
+def _sigv4_step(o: "_Options", method: str, url: str, headers: "dict[str, str]", data: bytes, watch: Any) -> None:
+    """Sign the request as it will be sent, with credentials fresh for this attempt."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    creds = o.credential.get_frozen_credentials() if hasattr(o.credential, "get_frozen_credentials") \
+        else o.credential
+    o.secrets.extend(s for s in (creds.secret_key, creds.token) if s)
+    host = _split_url(url)[1]
+    region = host.split(".")[1] if host.startswith("bedrock-runtime.") else (_br_env_region() or "us-east-1")
+    request = AWSRequest(method=method, url=url, data=data,
+                         headers={k: v for k, v in headers.items() if k.lower() != "user-agent"})
+    SigV4Auth(creds, "bedrock", region).add_auth(request)
+    for name in ("Authorization", "X-Amz-Date", "X-Amz-Security-Token"):
+        if name in request.headers:
+            headers[name] = request.headers[name]
 
 
 # ---- faux (offline) -------------------------------------------------------------
@@ -2278,6 +2687,7 @@ def _faux_open(model: dict, ctx: dict, o: "_Options"):
 _FAMILIES = {
     "openai-completions": _Family(_oc_build, _OCTranslator, relax=_oc_relax),
     "anthropic-messages": _Family(_am_build, _AMTranslator),
+    "bedrock-converse-stream": _Family(_br_build, _BRTranslator, decoder=_EventStream),
     "faux": _Family(_faux_build, _OCTranslator, open=_faux_open),
 }
 
@@ -2296,6 +2706,9 @@ _AUTH_HEADERS = {"bearer": ("Authorization", "Bearer "), "x-api-key": ("x-api-ke
                  "api-key": ("api-key", ""), "x-goog-api-key": ("x-goog-api-key", ""),
                  "none": ("Authorization", "Bearer "), "off": None}
 _AUTH_STEPS: dict = {}  # style -> step(o, method, url, headers, data, watch), editing headers
+# A style with a credential chain of its own resolves it here, in stream(), instead of
+# the key lookup: resolve(model, o, provider id, trusted) sets o.auth_headers/o.auth_step.
+_AUTH_RESOLVERS: dict = {"sigv4": _br_credentials}
 _MODEL_FIELDS = ("id", "name", "api", "provider", "baseUrl", "reasoning", "input", "cost",
                  "contextWindow", "maxTokens", "headers", "compat", "faux")
 
@@ -2516,7 +2929,7 @@ def _resolve_value(value: str, base_dir: str, what: str, required: bool = False)
 
 
 def _auth_built(style: str) -> bool:
-    return style in _AUTH_HEADERS or style in _AUTH_STEPS
+    return style in _AUTH_HEADERS or style in _AUTH_STEPS or style in _AUTH_RESOLVERS
 
 
 def _auth_style(model: dict, row, pconf: dict) -> str:
@@ -2713,7 +3126,7 @@ class _Options:
         self.compat: dict | None = None     # the family's resolved compat flags
         self.auth_headers: dict = {}        # credentials and model headers
         self.secrets: list = []             # values redacted from every message
-        self.credential: str | None = None  # the key, for an auth step (token exchange, signing)
+        self.credential: Any = None         # the key or credentials object, for an auth step
         self.auth_step: "Callable | None" = None  # run before every attempt (_AUTH_STEPS)
         self.oauth = False                  # the credential is a subscription (OAuth) token
         self.oauth_provider = ""            # whose auth.json OAuth entry the auth step refreshes
@@ -2760,8 +3173,11 @@ def _own_origins(row, pconf: dict, model: dict) -> set:
     caller passes it."""
     origins = set()
     for url in (row and row.get("baseUrl"), pconf.get("baseUrl")):
-        if url and "{" not in url.partition("://")[2].partition("/")[0]:
-            origins.add(_origin(_fill_url(url, row, model)))
+        try:
+            origins.add(_origin(_fill_url(url, row, model)) if url else None)
+        except ConfigError:  # a templated host whose variables are not set: no origin of ours
+            pass
+    origins.discard(None)
     return origins
 
 
@@ -2816,6 +3232,10 @@ def _prepare(model: dict, o: _Options) -> None:
     origin = _split_url(o.url)[:3]
     trusted = origin in _own_origins(row, pconf, model)
     o.host_row = _rows_by_host().get(origin[1])
+    resolve = _AUTH_RESOLVERS.get(style)
+    if resolve is not None:  # a credential chain of its own (SigV4)
+        resolve(model, o, pid, trusted)
+        return _model_headers(model, o)
     key = o.api_key
     # a stored key goes only to its provider's own host; an explicit one anywhere
     if key is None and trusted:

@@ -164,7 +164,6 @@ def test_model_strings_split_at_the_first_slash(server):
 @pytest.mark.parametrize("provider, env, what", [
     ("google", "GOOGLE_API_KEY", "the google-generative-ai API family"),
     ("cohere", "COHERE_API_KEY", "the cohere-chat API family"),
-    ("amazon-bedrock", "AWS_ACCESS_KEY_ID", "the bedrock-converse-stream API family"),
     ("github-copilot", "GITHUB_TOKEN", "copilot authentication"),
     ("openai-codex", None, "the openai-codex-responses API family")])
 def test_families_not_built_yet_resolve_but_stream_raises_config_error(provider, env, what, monkeypatch):
