@@ -273,13 +273,17 @@ class _EventStream:
     PiError. Frames may be split anywhere and several may share one read.
     """
 
-    __slots__ = ("_buf", "_crc")
+    __slots__ = ("_buf", "_need", "_crc", "_unpack", "_kinds")
     CONTENT_TYPE = "vnd.amazon.eventstream"
 
     def __init__(self) -> None:
+        import struct
         import zlib
-        self._buf = bytearray()
+        self._unpack = struct.Struct(">III").unpack_from  # the prelude
+        self._buf = bytearray()  # an incomplete frame, waiting for _need bytes
+        self._need = 0
         self._crc = zlib.crc32
+        self._kinds: dict = {}  # header bytes -> frame kind (a stream repeats a few header blocks)
 
     @staticmethod
     def looks_like(head: bytes) -> bool:
@@ -289,25 +293,32 @@ class _EventStream:
 
     def feed(self, data: bytes) -> "list[tuple[str, str]]":
         buf = self._buf
-        buf += data
+        if buf:  # complete the pending frame first; nothing is parsed twice
+            buf += data
+            if len(buf) < self._need:
+                return []
+            data = bytes(buf)
+            buf.clear()
         out: list = []
-        pos, end = 0, len(buf)
+        view, crc = memoryview(data), self._crc
+        pos, end = 0, len(data)
         while end - pos >= _ES_PRELUDE:
-            total = int.from_bytes(buf[pos:pos + 4], "big")
-            hlen = int.from_bytes(buf[pos + 4:pos + 8], "big")
-            if self._crc(buf[pos:pos + 8]) != int.from_bytes(buf[pos + 8:pos + 12], "big"):
+            total, hlen, prelude_crc = self._unpack(data, pos)
+            if crc(view[pos:pos + 8]) != prelude_crc:
                 raise PiError("event stream: bad prelude checksum (corrupt frame)", "protocol")
             if total < 16 or hlen > total - 16 or total > MAX_FRAME:
                 raise PiError(f"event stream: impossible frame lengths ({total}, headers {hlen})", "protocol")
-            if end - pos < total:
+            stop = pos + total
+            if stop > end:
                 break
-            frame = bytes(buf[pos:pos + total])
-            pos += total
-            if self._crc(frame[:-4]) != int.from_bytes(frame[-4:], "big"):
+            if crc(view[pos:stop - 4]) != int.from_bytes(data[stop - 4:stop], "big"):
                 raise PiError("event stream: bad message checksum (corrupt frame)", "protocol")
-            out.append(self._frame(frame, hlen))
-        if pos:
-            del buf[:pos]
+            out.append(self._frame(data[pos + _ES_PRELUDE:pos + _ES_PRELUDE + hlen],
+                                   data[pos + _ES_PRELUDE + hlen:stop - 4]))
+            pos = stop
+        if pos < end:
+            buf += view[pos:]
+            self._need = self._unpack(data, pos)[0] if end - pos >= _ES_PRELUDE else _ES_PRELUDE
         return out
 
     def close(self) -> "list[tuple[str, str]]":
@@ -348,19 +359,26 @@ class _EventStream:
             raise PiError("event stream: malformed frame headers", "protocol") from None
         return headers
 
-    def _frame(self, frame: bytes, hlen: int) -> "tuple[str, str]":
-        headers = self._headers(frame[_ES_PRELUDE:_ES_PRELUDE + hlen])
+    def _frame(self, head: bytes, body: bytes) -> "tuple[str, str]":
         try:
-            payload = frame[_ES_PRELUDE + hlen:-4].decode("utf-8")
+            payload = body.decode("utf-8")
         except UnicodeDecodeError:
             raise PiError("event stream: a payload is not valid UTF-8", "protocol") from None
+        kind = self._kinds.get(head)
+        if kind is not None:
+            return kind, payload
+        headers = self._headers(head)
         mtype = headers.get(":message-type", "event")
-        if mtype == "exception":
-            return "!exception:" + str(headers.get(":exception-type") or ""), payload
-        if mtype == "error":
+        if mtype == "error":  # its message lives in the headers
             message = headers.get(":error-message") or payload
             return "!error:" + str(headers.get(":error-code") or ""), json.dumps({"message": message})
-        return str(headers.get(":event-type") or ""), payload
+        if mtype == "exception":
+            kind = "!exception:" + str(headers.get(":exception-type") or "")
+        else:
+            kind = str(headers.get(":event-type") or "")
+        if len(self._kinds) < 64:
+            self._kinds[head] = kind
+        return kind, payload
 
 
 # ==== transport ================================================================

@@ -246,7 +246,7 @@ def test_license_spdx_lines_and_the_test_extra():
     assert pi_min.__doc__.startswith("pi_min: ")  # the comment line does not hide the docstring
     with open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8") as f:
         pyproject = f.read()
-    assert '\ntest = ["pytest>=7"]\n' in pyproject and '\ndev = ["pytest>=7", "ruff", "mypy"]\n' in pyproject
+    assert '\ntest = ["pytest>=7"]\n' in pyproject and '\ndev = ["pytest>=7", "ruff", "mypy"' in pyproject
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         assert "python -m pip install -e '.[test]' && python -m pytest -q" in f.read()
 
