@@ -651,35 +651,56 @@ def _http_client():
 
 
 def _connect(scheme: str, host: str, port: int, proxy, timeout: float, watch):
-    """The one function that opens connections: TCP (through the proxy's CONNECT
-    tunnel for https), then TLS. -> a connected http.client connection."""
+    """The one function that opens connections: TCP to the host or the proxy (with
+    a CONNECT tunnel for https), then TLS. -> a connected http.client connection."""
     client, response_class = _http_client()
     if proxy:
         _, chost, cport, _ = _split_url(proxy)
         where = f"proxy {chost}:{cport}"
     else:
         chost, cport, where = host, port, f"{host}:{port}"
-    if scheme == "https":
-        conn = client.HTTPSConnection(chost, cport, timeout=timeout, context=_tls_context(), blocksize=_PIECE)
-        if proxy:
-            conn.set_tunnel(host, port, headers=_proxy_auth(proxy))
-    else:
+    if scheme == "https":  # TLS to the host itself, also through a tunnel (SNI and checks use host)
+        conn = client.HTTPSConnection(host, port, timeout=timeout, context=_tls_context(), blocksize=_PIECE)
+    else:  # plain http goes to the proxy, when there is one, as a whole URL
         conn = client.HTTPConnection(chost, cport, timeout=timeout, blocksize=_PIECE)
     conn.response_class = response_class
 
     def open_tcp(address, _timeout=None, _source=None):
-        sock = _open_socket(address[0], address[1], min(timeout, _CONNECT_TIMEOUT), watch, where)
-        sock.settimeout(timeout)
-        if watch is not None:
-            watch.track(sock)
+        sock = _open_socket(chost, cport, min(timeout, _CONNECT_TIMEOUT), watch, where)
+        try:
+            sock.settimeout(timeout)
+            if watch is not None:
+                watch.track(sock)
+            if proxy and scheme == "https":
+                _tunnel(sock, host, port, proxy, response_class)
+        except BaseException:
+            sock.close()
+            raise
         return sock
-    conn._create_connection = open_tcp  # our connect; http.client does CONNECT and TLS on it
+    conn._create_connection = open_tcp  # ours; http.client then does TLS on it
     try:
         conn.connect()
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _tunnel(sock, host: str, port: int, proxy: str, response_class) -> None:
+    """CONNECT host:port through the proxy on sock; the proxy's answer is read by
+    http.client (its status line and headers), then the socket is the tunnel."""
+    hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    head = f"CONNECT {hostport} HTTP/1.1\r\nHost: {hostport}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in _proxy_auth(proxy).items())
+    sock.sendall((head + "\r\n").encode("latin-1"))
+    resp = response_class(sock, method="CONNECT")
+    try:
+        resp.begin()
+    finally:
+        resp.close()  # the tunnel keeps the socket; only the reader goes
+    if resp.status != 200:
+        raise PiError(f"the proxy refused the tunnel to {hostport}: HTTP {resp.status} {resp.reason}",
+                      "auth" if resp.status == 407 else "network", resp.status)
 
 
 def _net_error(e: BaseException, host: str, timeout: float) -> PiError:

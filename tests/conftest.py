@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -45,3 +46,11 @@ def server():
         yield srv
     finally:
         srv.close()
+
+
+@pytest.fixture(autouse=True)
+def collect_garbage():
+    """Collect after every test, so a socket left open fails the test that leaked it
+    (ResourceWarnings are errors) and not whichever test the collector ran in."""
+    yield
+    gc.collect()

@@ -327,7 +327,7 @@ def test_a_refusing_proxy_never_shows_its_credentials(server, monkeypatch):
     server.script([Reply(407, {"Content-Type": "text/plain"}, b"who are you")])
     monkeypatch.setenv("HTTPS_PROXY", "http://user:hunter2@127.0.0.1:%d" % server.port)
     msg = call("https://api.example.test")
-    assert msg["errorKind"] == "network" and "407" in msg["errorMessage"] and "hunter2" not in msg["errorMessage"]
+    assert msg["errorKind"] == "auth" and "407" in msg["errorMessage"] and "hunter2" not in msg["errorMessage"]
     assert "hunter2" not in pi_min._redact("proxy http://user:hunter2@10.0.0.1:8080 failed")
 
 
