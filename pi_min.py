@@ -24,7 +24,178 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs nothing at run time
-    from typing import Callable, Generator, Iterator
+    from typing import Any, Callable, Generator, Iterator, Literal, Optional, Protocol, TypedDict, Union
+
+    # The data shapes of CONTRACT §2 and §4, for type checkers only: at run time they
+    # are plain dicts. Optional keys sit in a total=False subclass of the required ones.
+
+    class _TextContent(TypedDict):
+        type: Literal["text"]
+        text: str
+
+    class TextContent(_TextContent, total=False):
+        textSignature: str
+
+    class _ThinkingContent(TypedDict):
+        type: Literal["thinking"]
+        thinking: str
+
+    class ThinkingContent(_ThinkingContent, total=False):
+        thinkingSignature: str
+        redacted: bool
+
+    class ImageContent(TypedDict):
+        type: Literal["image"]
+        data: str  # base64
+        mimeType: str
+
+    class _ToolCall(TypedDict):
+        type: Literal["toolCall"]
+        id: str
+        name: str
+        arguments: dict[str, Any]
+
+    class ToolCall(_ToolCall, total=False):
+        thoughtSignature: str
+
+    class Cost(TypedDict):  # dollars
+        input: float
+        output: float
+        cacheRead: float
+        cacheWrite: float
+        total: float
+
+    class Usage(TypedDict):
+        input: int  # prompt tokens not served from cache
+        output: int
+        cacheRead: int
+        cacheWrite: int
+        totalTokens: int
+        cost: Cost
+
+    StopReason = Literal["stop", "length", "toolUse", "error", "aborted"]
+    _DoneReason = Literal["stop", "length", "toolUse"]
+    _ErrorReason = Literal["error", "aborted"]
+
+    class _UserMessage(TypedDict):
+        role: Literal["user"]
+        content: Union[str, list[Union[TextContent, ImageContent]]]
+
+    class UserMessage(_UserMessage, total=False):
+        timestamp: int  # ms
+
+    class _AssistantMessage(TypedDict):
+        role: Literal["assistant"]
+        content: list[Union[TextContent, ThinkingContent, ToolCall]]
+        api: str
+        provider: str
+        model: str
+        usage: Usage
+        stopReason: StopReason
+        timestamp: int  # ms
+
+    class AssistantMessage(_AssistantMessage, total=False):
+        errorMessage: str
+        errorKind: str  # one of ERROR_KINDS
+        errorStatus: int
+
+    class _ToolResultMessage(TypedDict):
+        role: Literal["toolResult"]
+        toolCallId: str
+        toolName: str
+        content: list[Union[TextContent, ImageContent]]
+        isError: bool
+
+    class ToolResultMessage(_ToolResultMessage, total=False):
+        timestamp: int  # ms
+
+    Message = Union[UserMessage, AssistantMessage, ToolResultMessage]
+
+    class Tool(TypedDict):
+        name: str
+        description: str
+        parameters: dict[str, Any]  # a JSON Schema object
+
+    class _Context(TypedDict):
+        messages: list[Message]
+
+    class Context(_Context, total=False):
+        systemPrompt: str
+        tools: list[Tool]
+
+    class ModelCost(TypedDict):  # dollars per million tokens
+        input: float
+        output: float
+        cacheRead: float
+        cacheWrite: float
+
+    class _Model(TypedDict):
+        id: str
+        name: str
+        api: str
+        provider: str
+        baseUrl: str
+        reasoning: bool
+        input: list[Literal["text", "image"]]
+        cost: ModelCost
+        contextWindow: int
+        maxTokens: int
+
+    class Model(_Model, total=False):
+        headers: dict[str, Any]
+        compat: dict[str, Any]
+        faux: Any  # the offline provider's script
+
+    class StartEvent(TypedDict):
+        type: Literal["start"]
+        partial: AssistantMessage
+
+    class ContentStartEvent(TypedDict):
+        type: Literal["text_start", "thinking_start", "toolcall_start"]
+        contentIndex: int
+        partial: AssistantMessage
+
+    class ContentDeltaEvent(TypedDict):
+        type: Literal["text_delta", "thinking_delta", "toolcall_delta"]
+        contentIndex: int
+        delta: str
+        partial: AssistantMessage
+
+    class ContentEndEvent(TypedDict):
+        type: Literal["text_end", "thinking_end"]
+        contentIndex: int
+        content: str
+        partial: AssistantMessage
+
+    class ToolCallEndEvent(TypedDict):
+        type: Literal["toolcall_end"]
+        contentIndex: int
+        toolCall: ToolCall
+        partial: AssistantMessage
+
+    class DoneEvent(TypedDict):
+        type: Literal["done"]
+        reason: _DoneReason
+        message: AssistantMessage
+
+    class ErrorEvent(TypedDict):
+        type: Literal["error"]
+        reason: _ErrorReason
+        error: AssistantMessage
+
+    Event = Union[StartEvent, ContentStartEvent, ContentDeltaEvent, ContentEndEvent, ToolCallEndEvent,
+                  DoneEvent, ErrorEvent]
+
+    # Options of stream() and complete()
+    ThinkingLevel = Literal["off", "minimal", "low", "medium", "high", "xhigh"]  # reasoning=
+    CacheRetention = Literal["none", "short", "long"]  # cache_retention=
+
+    class _Signal(Protocol):  # signal=: a threading.Event, or anything with is_set() and wait()
+        def is_set(self) -> bool: ...
+        def wait(self, timeout: Optional[float] = None) -> bool: ...
+
+    # on_payload(body, model) -> a replacement body, or None to keep it
+    _PayloadHook = Callable[[dict[str, Any], Model], Optional[dict[str, Any]]]
 
 __version__ = "0.1.0"
 __all__ = ["get_model", "stream", "complete", "list_providers", "PiError", "ConfigError"]
