@@ -24,7 +24,12 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs nothing at run time
-    from typing import Any, Callable, Generator, Iterator, Literal, Optional, Protocol, TypedDict, Union
+    import re
+    import socket
+    import ssl
+    from http.client import HTTPConnection, HTTPResponse
+    from types import ModuleType
+    from typing import Any, Callable, Generator, Iterable, Iterator, Literal, Optional, Protocol, TypedDict, Union
 
     # The data shapes of CONTRACT §2 and §4, for type checkers only: at run time they
     # are plain dicts. Optional keys sit in a total=False subclass of the required ones.
@@ -197,6 +202,9 @@ if TYPE_CHECKING:  # typing costs nothing at run time
     # on_payload(body, model) -> a replacement body, or None to keep it
     _PayloadHook = Callable[[dict[str, Any], Model], Optional[dict[str, Any]]]
 
+    # Internal shapes
+    _PoolKey = tuple[str, str, int, Optional[str]]  # scheme, host, port, proxy
+
 __version__ = "0.1.0"
 __all__ = ["get_model", "stream", "complete", "list_providers", "PiError", "ConfigError"]
 
@@ -218,7 +226,7 @@ class PiError(Exception):
     """Every failure pi_min reports. ``kind`` is one of ERROR_KINDS (or "config"),
     ``status`` the HTTP status when there was one."""
 
-    def __init__(self, message: str, kind: str = "protocol", status: int | None = None):
+    def __init__(self, message: str, kind: str = "protocol", status: int | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.status = status
@@ -229,14 +237,14 @@ class PiError(Exception):
 class ConfigError(PiError):
     """Something the user must fix: unknown provider, missing key, bad option."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str) -> None:
         super().__init__(message, "config")
 
 
-_SECRET_PATTERNS = None
+_SECRET_PATTERNS: list[tuple[re.Pattern[str], str]] | None = None
 
 
-def _redact(text: str, secrets=()) -> str:
+def _redact(text: str, secrets: Iterable[str] = ()) -> str:
     """Replace known secrets, and anything shaped like a credential, by ***."""
     global _SECRET_PATTERNS
     for s in secrets:
@@ -258,7 +266,7 @@ def _redact(text: str, secrets=()) -> str:
     return text
 
 
-_OVERFLOW_RE = None
+_OVERFLOW_RE: re.Pattern[str] | None = None
 
 
 def _is_overflow(message: str) -> bool:
@@ -279,7 +287,7 @@ def _is_overflow(message: str) -> bool:
     return bool(_OVERFLOW_RE.search(message))
 
 
-def _classify(status: int | None, message: str = "", code=None) -> str:
+def _classify(status: int | None, message: str = "", code: object = None) -> str:
     """Map an HTTP status, a provider error code and message to an errorKind. The
     status decides first (a 429 is rate_limit whatever its message says); the
     code and the message decide only for a generic 4xx or an in-band error."""
@@ -326,17 +334,17 @@ class SSEParser:
         """An event stream under another content type (a proxy mislabelled it)?"""
         return head.lstrip().startswith((b"data:", b"event:", b":", b"id:"))
 
-    def __init__(self):
-        self._parts: list = []      # pieces of the line not yet terminated
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []  # pieces of the line not yet terminated
         self._size = 0
-        self._data: list = []       # data lines of the event being built
+        self._data: list[str] = []  # data lines of the event being built
         self._data_size = 0
         self._event = ""
         self._cr = False            # previous chunk ended in CR: a leading LF is part of it
         self._started = False
         self.last_event_id = ""
 
-    def feed(self, chunk: bytes) -> list:
+    def feed(self, chunk: bytes) -> list[tuple[str, str]]:
         if self._cr and chunk:
             self._cr = False
             if chunk[:1] == b"\n":
@@ -364,7 +372,7 @@ class SSEParser:
             self._parts.append(rest)
         return self._lines(lines)
 
-    def close(self) -> list:
+    def close(self) -> list[tuple[str, str]]:
         """End of stream: take a last unterminated line, then act as if the
         missing blank line came (dispatching a pending event)."""
         raw = b"".join(self._parts)
@@ -372,8 +380,8 @@ class SSEParser:
         self._size = 0
         return self._lines([raw, b""] if raw else [b""])
 
-    def _lines(self, lines: list) -> list:
-        out: list = []
+    def _lines(self, lines: list[bytes]) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
         if not self._started and lines:
             self._started = True
             if lines[0][:3] == b"\xef\xbb\xbf":  # one BOM, at the very start only
@@ -442,13 +450,13 @@ class SSEParser:
 # shuts the socket in use down, so whatever blocking call is running returns at
 # once. Without a signal no thread is started.
 
-_POOL: dict = {}  # (scheme, host, port, proxy) -> [(HTTPConnection, idle since)]
+_POOL: dict[_PoolKey, list[tuple[HTTPConnection, float]]] = {}  # (scheme, host, port, proxy) -> [(conn, idle since)]
 _POOL_PID = [0]  # the process the pool belongs to: a forked child starts empty
 _POOL_MAX = 8
 _POOL_IDLE = 50.0  # seconds an idle connection is trusted to still be open
-_TLS: dict = {}  # CA file (or None: the system store) -> ssl.SSLContext
-_CERTIFI: list = []  # [path or None] once looked up
-_HTTP: list = []  # [http.client, its response class] once imported
+_TLS: dict[str | None, ssl.SSLContext] = {}  # CA file (or None: the system store) -> ssl.SSLContext
+_CERTIFI: list[str | None] = []  # [path or None] once looked up
+_HTTP: list[Any] = []  # [http.client, its response class] once imported
 _LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
 _CONNECT_TIMEOUT = 10.0  # per resolved address
 _POLL = 0.05  # how often an abort signal is looked at
@@ -465,7 +473,7 @@ def _bad_chars(text: str) -> bool:
     return any(c < " " or c == "\x7f" for c in text)
 
 
-def _tls_context():
+def _tls_context() -> ssl.SSLContext:
     """A verifying client context: $SSL_CERT_FILE, else certifi's bundle when
     installed, else the system store (one context per CA file, reused)."""
     cafile = os.environ.get("SSL_CERT_FILE") or os.environ.get("REQUESTS_CA_BUNDLE") or None
@@ -495,7 +503,7 @@ def _safe_url(url: str) -> str:
     return scheme + sep + authority.rpartition("@")[2] + slash + path
 
 
-def _split_url(url: str):
+def _split_url(url: str) -> tuple[str, str, int, str]:
     """-> (scheme, host, port, target) for an http(s) URL; ConfigError otherwise."""
     if _bad_chars(url) or " " in url:
         raise ConfigError(f"URL contains spaces or control characters: {_safe_url(url)!r}")
@@ -522,7 +530,7 @@ def _split_url(url: str):
     return scheme, host.lower(), port, target
 
 
-def _origin(url: str):
+def _origin(url: str) -> tuple[str, str, int] | None:
     """(scheme, host, port) of a URL, or None."""
     try:
         return _split_url(url)[:3]
@@ -535,7 +543,7 @@ def _host_of(url: str) -> str:
     return origin[1] if origin else ""
 
 
-def _proxy_for(scheme: str, host: str):
+def _proxy_for(scheme: str, host: str) -> str | None:
     """The proxy URL from the environment for this host, or None (curl's rules).
     Raises ConfigError for a proxy URL pi_min cannot use; never shows its password."""
     env = os.environ
@@ -572,7 +580,7 @@ def _proxy_for(scheme: str, host: str):
     return proxy
 
 
-def _proxy_auth(proxy: str) -> dict:
+def _proxy_auth(proxy: str) -> dict[str, str]:
     authority = proxy.partition("://")[2].partition("/")[0]
     if "@" not in authority:
         return {}
@@ -582,7 +590,7 @@ def _proxy_auth(proxy: str) -> dict:
     return {"Proxy-Authorization": "Basic " + base64.b64encode(cred.encode()).decode()}
 
 
-def _shutdown(sock) -> None:
+def _shutdown(sock: socket.socket) -> None:
     import socket
     try:
         sock.shutdown(socket.SHUT_RDWR)
@@ -597,11 +605,11 @@ class _Watch:
     cannot touch a descriptor that was closed and reused meanwhile; shutting the
     duplicate down ends the connection for the original too (TLS included)."""
 
-    def __init__(self, signal):
+    def __init__(self, signal: _Signal) -> None:
         import threading
         self.signal = signal
         self.fired = False
-        self._dup = None
+        self._dup: socket.socket | None = None
         self._lock = threading.Lock()
         self._stopped = False
         threading.Thread(target=self._watch, name="pi_min-abort", daemon=True).start()
@@ -615,7 +623,7 @@ class _Watch:
                         _shutdown(self._dup)
                 return
 
-    def track(self, sock) -> None:
+    def track(self, sock: socket.socket | None) -> None:
         """Watch sock (None: nothing) from now on."""
         import socket
         with self._lock:
@@ -636,7 +644,7 @@ def _aborted() -> PiError:
     return PiError("Request was aborted", "aborted")
 
 
-def _open_socket(host: str, port: int, timeout: float, watch, where: str):
+def _open_socket(host: str, port: int, timeout: float, watch: _Watch | None, where: str) -> socket.socket:
     """TCP connect trying each resolved address in turn, each for up to ``timeout``
     seconds, noticing the abort signal while waiting."""
     import errno
@@ -677,13 +685,13 @@ def _open_socket(host: str, port: int, timeout: float, watch, where: str):
     raise PiError(f"cannot connect to {where}: {error}", "network")
 
 
-def _http_client():
+def _http_client() -> tuple[ModuleType, type[HTTPResponse]]:
     """http.client and its response class, imported on first use."""
     if not _HTTP:
         import http.client
 
         class Response(http.client.HTTPResponse):
-            def _read_status(self):
+            def _read_status(self) -> tuple[str, int, str]:
                 # http.client skips 100 Continue only: skip every interim 1xx (102, 103) alike
                 while True:
                     version, status, reason = super()._read_status()  # type: ignore[misc]
@@ -694,7 +702,8 @@ def _http_client():
     return _HTTP[0], _HTTP[1]
 
 
-def _connect(scheme: str, host: str, port: int, proxy, timeout: float, watch):
+def _connect(scheme: str, host: str, port: int, proxy: str | None, timeout: float,
+             watch: _Watch | None) -> HTTPConnection:
     """The one function that opens connections: TCP (through the proxy's CONNECT
     tunnel for https), then TLS. -> a connected http.client connection."""
     client, response_class = _http_client()
@@ -703,6 +712,7 @@ def _connect(scheme: str, host: str, port: int, proxy, timeout: float, watch):
         where = f"proxy {chost}:{cport}"
     else:
         chost, cport, where = host, port, f"{host}:{port}"
+    conn: HTTPConnection
     if scheme == "https":
         conn = client.HTTPSConnection(chost, cport, timeout=timeout, context=_tls_context(), blocksize=_PIECE)
         if proxy:
@@ -711,13 +721,13 @@ def _connect(scheme: str, host: str, port: int, proxy, timeout: float, watch):
         conn = client.HTTPConnection(chost, cport, timeout=timeout, blocksize=_PIECE)
     conn.response_class = response_class
 
-    def open_tcp(address, _timeout=None, _source=None):
+    def open_tcp(address: tuple[str, int], _timeout: object = None, _source: object = None) -> socket.socket:
         sock = _open_socket(address[0], address[1], min(timeout, _CONNECT_TIMEOUT), watch, where)
         sock.settimeout(timeout)
         if watch is not None:
             watch.track(sock)
         return sock
-    conn._create_connection = open_tcp  # our connect; http.client does CONNECT and TLS on it
+    conn._create_connection = open_tcp  # type: ignore[attr-defined]  # our connect; http.client does CONNECT and TLS on it
     try:
         conn.connect()
     except BaseException:
@@ -754,8 +764,9 @@ def _net_error(e: BaseException, host: str, timeout: float) -> PiError:
     return PiError(f"connection to {host} failed: {type(e).__name__}: {e}", "network")
 
 
-def _pooled(key):
+def _pooled(key: _PoolKey) -> HTTPConnection | None:
     pid = os.getpid()
+    idle: list[tuple[HTTPConnection, float]] | None
     if _POOL_PID[0] != pid:  # a forked child: the parent's connections are not ours to use
         for idle in list(_POOL.values()):
             for conn, _ in idle:
@@ -775,11 +786,11 @@ def _pooled(key):
     return None
 
 
-def _still_open(sock) -> bool:
+def _still_open(sock: socket.socket) -> bool:
     """An idle keep-alive socket is usable when nothing is readable on it."""
     import select
     try:
-        if getattr(sock, "pending", None) and sock.pending():
+        if getattr(sock, "pending", None) and sock.pending():  # type: ignore[attr-defined]  # an SSLSocket
             return False
         readable, _, _ = select.select([sock], [], [], 0)
         return not readable
@@ -787,7 +798,8 @@ def _still_open(sock) -> bool:
         return False
 
 
-def _request(method: str, url: str, headers: dict, body: bytes, timeout: float, watch=None) -> "_Response":
+def _request(method: str, url: str, headers: dict[str, str], body: bytes, timeout: float,
+             watch: _Watch | None = None) -> "_Response":
     """Send one request; -> _Response once its head arrived. Raises PiError."""
     import socket
     scheme, host, port, target = _split_url(url)
@@ -838,13 +850,15 @@ class _Response:
 
     __slots__ = ("status", "reason", "headers", "_conn", "_resp", "_key", "_watch", "_host", "_timeout",
                  "_body")
+    _conn: HTTPConnection | None  # None once released or closed
 
-    def __init__(self, conn, resp, key, watch, host: str, timeout: float):
+    def __init__(self, conn: HTTPConnection, resp: HTTPResponse, key: _PoolKey, watch: _Watch | None, host: str,
+                 timeout: float) -> None:
         self.status, self.reason = resp.status, resp.reason
         self._conn, self._resp, self._key, self._watch = conn, resp, key, watch
         self._host, self._timeout = host, timeout
         self._body: "Iterator[bytes] | None" = None
-        headers: dict = {}
+        headers: dict[str, str] = {}
         for name, value in resp.msg.items():
             name = name.lower()
             headers[name] = headers[name] + ", " + value if name in headers else value
@@ -961,7 +975,7 @@ class _Response:
             conn.close()
 
 
-def _inflate(pieces):
+def _inflate(pieces: Iterable[bytes]) -> Iterator[bytes]:
     """Inflate a gzip/zlib body in steps of at most 64 KiB of output (a few MB
     that inflate to GBs never sit in memory at once)."""
     import zlib
@@ -982,7 +996,7 @@ def _inflate(pieces):
         raise PiError("compressed response body ended early", "network")
 
 
-def _parse_retry_after(headers: dict):
+def _parse_retry_after(headers: dict[str, str]) -> float | None:
     """Seconds the server asked us to wait, or None."""
     ms = headers.get("retry-after-ms")
     if ms:
@@ -1018,9 +1032,9 @@ class _JSONPrefix:
 
     __slots__ = ("text", "stack", "in_str", "is_key", "esc_at", "scalar", "last", "safe", "_parsed_len")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.text = ""
-        self.stack: list = []   # open "{" / "["
+        self.stack: list[str] = []  # open "{" / "["
         self.in_str = False
         self.is_key = False     # the open string is an object key
         self.esc_at = -1        # index of a backslash whose escape is incomplete
@@ -1091,14 +1105,14 @@ class _JSONPrefix:
                 self.scalar = True
             i += 1
 
-    def value(self):
+    def value(self) -> dict[str, Any] | None:
         """Best-effort parse of the text so far: a dict, or None if not closable."""
         t = self.text
         self._parsed_len = len(t)
         if not self.stack:
             if not t.strip():
                 return {}
-            candidates: tuple = (t,)
+            candidates: tuple[str, ...] = (t,)
         else:
             closers = "".join("}" if c == "{" else "]" for c in reversed(self.stack))
             if self.in_str and not self.is_key:
@@ -1123,7 +1137,7 @@ class _JSONPrefix:
         return n < 8192 or n - self._parsed_len >= n >> 3
 
 
-def parse_partial_json(text: str) -> dict:
+def parse_partial_json(text: str) -> dict[str, Any]:
     """Best-effort parse of a (possibly truncated) JSON object; ``{}`` at worst."""
     p = _JSONPrefix()
     p.feed(text)
