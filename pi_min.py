@@ -24,12 +24,15 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs nothing at run time
+    import argparse
     import re
     import socket
     import ssl
+    import threading
     from http.client import HTTPConnection, HTTPResponse
     from types import ModuleType
-    from typing import Any, Callable, Generator, Iterable, Iterator, Literal, Optional, Protocol, TypedDict, Union
+    from typing import (Any, Callable, Generator, Hashable, Iterable, Iterator, Literal, Mapping,
+                        Optional, Protocol, Sequence, TypedDict, Union)
 
     # The data shapes of CONTRACT §2 and §4, for type checkers only: at run time they
     # are plain dicts. Optional keys sit in a total=False subclass of the required ones.
@@ -204,6 +207,60 @@ if TYPE_CHECKING:  # typing costs nothing at run time
 
     # Internal shapes
     _PoolKey = tuple[str, str, int, Optional[str]]  # scheme, host, port, proxy
+
+    # The parts of an API family (see the API families section)
+    class _Decoder(Protocol):  # a body's framing: SSEParser, or a family's own
+        CONTENT_TYPE: str  # a body of this type is parsed without looking at it first
+
+        @staticmethod
+        def looks_like(head: bytes) -> bool: ...
+        def feed(self, chunk: bytes) -> list[tuple[str, str]]: ...
+        def close(self) -> list[tuple[str, str]]: ...
+
+    class _Translator(Protocol):
+        def event(self, kind: str, data: str) -> bool: ...
+        def end(self, eof: bool) -> _DoneReason: ...
+        def whole(self, obj: Any) -> None: ...
+
+    class _Reply(Protocol):  # an answer whose body is read in pieces: _Response, _FauxResponse
+        status: int
+        reason: str
+        headers: dict[str, str]
+
+        def iter_body(self) -> Iterator[bytes]: ...
+        def read_all(self, limit: int = ...) -> bytes: ...
+        def finish(self) -> None: ...
+        def release(self) -> None: ...
+        def close(self) -> None: ...
+
+    _RequestParts = tuple[str, dict[str, str], dict[str, Any]]  # url, headers, body
+    _Build = Callable[[Model, Context, "_Options"], _RequestParts]
+    _Relax = Callable[[dict[str, Any], "PiError"], Optional[dict[str, Any]]]
+    _Open = Callable[[Model, Context, "_Options"], _Reply]
+    # step(o, method, url, headers, data, watch), editing headers
+    _AuthStep = Callable[["_Options", str, str, dict[str, str], bytes, Optional["_Watch"]], None]
+
+    class _Row(TypedDict, total=False):  # a provider of providers_table.py (read with .get)
+        name: str
+        api: str
+        baseUrl: str
+        envKeys: list[str]
+        auth: str
+        defaultModel: str
+        reasoning: bool
+        input: list[str]
+        contextWindow: int
+        maxTokens: int
+        baseline: bool
+        urlVars: dict[str, list[str]]
+        urlDefaults: dict[str, str]
+        compat: dict[str, Any]
+        headers: dict[str, str]
+
+    class _Table(Protocol):  # providers_table.py
+        PROVIDERS: dict[str, _Row]  # canonical id -> row
+        ALIASES: dict[str, str]
+        MODELS: dict[str, str]  # canonical id -> JSON lines
 
 __version__ = "0.1.0"
 __all__ = ["get_model", "stream", "complete", "list_providers", "PiError", "ConfigError"]
@@ -1147,12 +1204,12 @@ def parse_partial_json(text: str) -> dict[str, Any]:
 
 # ==== message builder ==========================================================
 
-def _zero_usage() -> dict:
+def _zero_usage() -> Usage:
     return {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0, "totalTokens": 0,
             "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0.0, "cacheWrite": 0.0, "total": 0.0}}
 
 
-_DELTA = {"text": "text_delta", "thinking": "thinking_delta"}
+_DELTA: dict[str, Literal["text_delta", "thinking_delta"]] = {"text": "text_delta", "thinking": "thinking_delta"}
 
 
 class _Builder:
@@ -1164,20 +1221,20 @@ class _Builder:
 
     __slots__ = ("msg", "content", "out", "model", "cur", "cur_type", "tools", "open_tools")
 
-    def __init__(self, model: dict):
+    def __init__(self, model: Model) -> None:
         self.model = model
-        self.content: list = []
-        self.msg = {"role": "assistant", "content": self.content, "api": model["api"],
+        self.content: list[Any] = []  # msg["content"]: dicts grown in place, key by key
+        self.msg: AssistantMessage = {"role": "assistant", "content": self.content, "api": model["api"],
                     "provider": model["provider"], "model": model["id"], "usage": _zero_usage(),
                     "stopReason": "stop", "timestamp": _now_ms()}
-        self.out: list = []
+        self.out: list[Event] = []
         self.cur = -1           # index of the open text/thinking block, -1 if none
         self.cur_type = ""
-        self.tools: dict = {}   # family key -> [content index, _JSONPrefix]
-        self.open_tools: list = []
+        self.tools: dict[Hashable, list[Any]] = {}  # family key -> [content index, _JSONPrefix]
+        self.open_tools: list[Hashable] = []
 
     # -- text and thinking ------------------------------------------------------
-    def _open(self, kind: str, signature=None) -> dict:
+    def _open(self, kind: str, signature: str | None = None) -> dict[str, Any]:
         self.close_current()
         block = {"type": kind, kind: ""}
         if signature is not None:
@@ -1185,16 +1242,16 @@ class _Builder:
         self.content.append(block)
         self.cur = len(self.content) - 1
         self.cur_type = kind
-        self.out.append({"type": kind + "_start", "contentIndex": self.cur, "partial": self.msg})
+        self.out.append({"type": kind + "_start", "contentIndex": self.cur, "partial": self.msg})  # type: ignore[typeddict-item]  # text_start | thinking_start
         return block
 
-    def text(self, delta: str, signature=None) -> None:
+    def text(self, delta: str, signature: str | None = None) -> None:
         self._grow("text", delta, signature)
 
-    def thinking(self, delta: str, signature=None) -> None:
+    def thinking(self, delta: str, signature: str | None = None) -> None:
         self._grow("thinking", delta, signature)
 
-    def _grow(self, kind: str, delta: str, signature) -> None:
+    def _grow(self, kind: str, delta: str, signature: str | None) -> None:
         """Append to the open block of this kind (the block's field is named like
         the kind), opening one first when the kind changes."""
         if not delta:
@@ -1228,14 +1285,14 @@ class _Builder:
         if self.cur_type:
             block = self.content[self.cur]
             kind = self.cur_type
-            self.out.append({"type": kind + "_end", "contentIndex": self.cur, "content": block[kind],
+            self.out.append({"type": kind + "_end", "contentIndex": self.cur, "content": block[kind],  # type: ignore[typeddict-item]  # text_end | thinking_end
                              "partial": self.msg})
             self.cur, self.cur_type = -1, ""
 
     # -- tool calls -------------------------------------------------------------
-    def tool_start(self, key, call_id: str | None, name: str | None) -> dict:
+    def tool_start(self, key: Hashable, call_id: str | None, name: str | None) -> ToolCall:
         self.close_current()
-        block = {"type": "toolCall", "id": call_id or _new_call_id(), "name": name or "", "arguments": {}}
+        block: ToolCall = {"type": "toolCall", "id": call_id or _new_call_id(), "name": name or "", "arguments": {}}
         self.content.append(block)
         index = len(self.content) - 1
         self.tools[key] = [index, _JSONPrefix()]
@@ -1252,10 +1309,10 @@ class _Builder:
             if not prefix.stack and not prefix.in_str and prefix.text.strip()[:1] == "{":
                 self.tool_end(key)
 
-    def tool_block(self, key) -> dict:
+    def tool_block(self, key: Hashable) -> Any:
         return self.content[self.tools[key][0]]
 
-    def tool_delta(self, key, fragment: str) -> None:
+    def tool_delta(self, key: Hashable, fragment: str) -> None:
         if not fragment:
             return
         index, prefix = self.tools[key]
@@ -1266,7 +1323,7 @@ class _Builder:
                 self.content[index]["arguments"] = value
         self.out.append({"type": "toolcall_delta", "contentIndex": index, "delta": fragment, "partial": self.msg})
 
-    def tool_end(self, key, cut: bool = False) -> None:
+    def tool_end(self, key: Hashable, cut: bool = False) -> None:
         """cut: the provider ended the turn for length, so unfinished arguments keep
         their best-effort parse instead of failing the stream."""
         index, prefix = self.tools[key]
@@ -1301,7 +1358,7 @@ class _Builder:
         for name, value in counts.items():
             if name not in ("input", "output", "cacheRead", "cacheWrite"):
                 raise TypeError(f"update_usage: unknown count {name!r}")
-            u[name] = value
+            u[name] = value  # type: ignore[literal-required]  # one of the four, checked above
         inp, out, cache_read, cache_write = u["input"], u["output"], u["cacheRead"], u["cacheWrite"]
         u["totalTokens"] = inp + out + cache_read + cache_write
         cost = self.model.get("cost") or {}
@@ -1315,7 +1372,7 @@ class _Builder:
     def has_content(self) -> bool:
         return bool(self.content)
 
-    def done(self, reason: str) -> None:
+    def done(self, reason: _DoneReason) -> None:
         """Close every open block and emit done. reason: stop | length | toolUse.
         A turn cut for length stays "length" even with tool calls: its last call
         may be unfinished and more may have been due, so none is to be run."""
@@ -1329,8 +1386,8 @@ class _Builder:
         self.msg["stopReason"] = reason
         self.out.append({"type": "done", "reason": reason, "message": self.msg})
 
-    def fail(self, kind: str, message: str, status: int | None = None) -> dict:
-        reason = "aborted" if kind == "aborted" else "error"
+    def fail(self, kind: str, message: str, status: int | None = None) -> ErrorEvent:
+        reason: _ErrorReason = "aborted" if kind == "aborted" else "error"
         msg = self.msg
         msg["stopReason"] = reason
         msg["errorMessage"] = message
@@ -1350,20 +1407,21 @@ def _new_call_id() -> str:
 
 # ==== message transforms =======================================================
 
-def _same_model(msg: dict, model: dict) -> bool:
+def _same_model(msg: Mapping[str, Any], model: Model) -> bool:
     return (msg.get("provider") == model["provider"] and msg.get("api") == model["api"]
             and msg.get("model") == model["id"])
 
 
-def transform_messages(messages: list, model: dict, normalize_id=None) -> list:
+def transform_messages(messages: Sequence[Mapping[str, Any]], model: Model,
+                       normalize_id: Callable[[str], str] | None = None) -> list[Mapping[str, Any]]:
     """Make a conversation from any provider acceptable to ``model`` (pi-ai's
     transformMessages): thinking of other models becomes text, signatures go back
     only to the model that made them, tool-call ids are rewritten by
     ``normalize_id``, errored/aborted assistant turns are dropped and tool calls
     left without a result get a synthetic error result."""
-    id_map: dict = {}  # original tool-call id -> the id sent
-    taken: dict = {}   # id sent -> original id
-    kept: list = []
+    id_map: dict[str, str] = {}  # original tool-call id -> the id sent
+    taken: dict[str, str] = {}   # id sent -> original id
+    kept: list[Mapping[str, Any]] = []
     for m in messages:
         role = m.get("role")
         if role == "assistant":
@@ -1404,8 +1462,8 @@ def transform_messages(messages: list, model: dict, normalize_id=None) -> list:
             kept.append(dict(m, toolCallId=id_map[old]) if old in id_map else m)
         else:
             kept.append(m)
-    result: list = []
-    pending: dict = {}  # tool-call id -> name, calls still waiting for a result
+    result: list[Mapping[str, Any]] = []
+    pending: dict[str | None, str | None] = {}  # tool-call id -> name, calls still waiting for a result
     for m in kept:
         role = m.get("role")
         if role in ("assistant", "user") and pending:
@@ -1429,18 +1487,18 @@ def _sanitize_id(call_id: str, limit: int) -> str:
     return out[:limit] or "call"
 
 
-def _user_parts(content) -> list:
+def _user_parts(content: str | list[Any] | None) -> list[dict[str, Any]]:
     """A user/tool content (str or list of blocks) -> list of blocks."""
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
     return [b for b in content or () if isinstance(b, dict)]
 
 
-def _text_of(blocks: list) -> str:
+def _text_of(blocks: list[dict[str, Any]]) -> str:
     return "\n".join(b.get("text") or "" for b in blocks if b.get("type") == "text")
 
 
-def _json_body(body) -> bytes:
+def _json_body(body: object) -> bytes:
     """Serialise a request body as UTF-8 JSON, dropping lone surrogates (which
     providers reject) and joining surrogate pairs that came from escapes."""
     text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
@@ -1478,14 +1536,16 @@ def _json_body(body) -> bytes:
 class _Family:
     __slots__ = ("build", "translator", "decoder", "relax", "open")
 
-    def __init__(self, build, translator, decoder=SSEParser, relax=None, open=None):
+    def __init__(self, build: _Build, translator: Callable[[_Builder, _Options], _Translator],
+                 decoder: type[_Decoder] | None = SSEParser, relax: _Relax | None = None,
+                 open: _Open | None = None) -> None:
         self.build, self.translator, self.decoder = build, translator, decoder
         self.relax, self.open = relax, open
 
 
 # Stop words of every family -> the done reason. Words that end the turn as an
 # error are in _STOP_ERRORS; anything else is an error that names the word.
-_STOP_WORDS = {
+_STOP_WORDS: dict[str, _DoneReason] = {
     "stop": "stop", "end_turn": "stop", "stop_sequence": "stop", "end": "stop", "eos": "stop",
     "STOP": "stop", "COMPLETE": "stop", "STOP_SEQUENCE": "stop",
     "length": "length", "max_tokens": "length", "MAX_TOKENS": "length", "max_output_tokens": "length",
@@ -1510,7 +1570,7 @@ _STOP_ERRORS = {
 }
 
 
-def _stop_reason(word, details: str = "") -> str:
+def _stop_reason(word: object, details: str = "") -> _DoneReason:
     """The done reason for a provider's stop word, or raise the PiError it means
     (a refusal or filter keeps the provider's details in the message)."""
     reason = _STOP_WORDS.get(word) if isinstance(word, str) else None
@@ -1527,7 +1587,7 @@ def _join_url(base: str, suffix: str) -> str:
 
 # ---- shared by the families ----------------------------------------------------
 
-def _count(value) -> int:
+def _count(value: Any) -> int:
     """A token count from a usage field: ints, floats or numeric strings; 0 otherwise."""
     try:
         return max(0, int(value or 0))
@@ -1535,7 +1595,7 @@ def _count(value) -> int:
         return 0
 
 
-def _error_message(err) -> str:
+def _error_message(err: object) -> str:
     if isinstance(err, list) and err and all(isinstance(e, dict) for e in err):
         # FastAPI / pydantic validation details: [{"loc": [...], "msg": ...}, ...]
         return "; ".join(f"{e.get('msg') or e.get('message') or e}"
@@ -1552,7 +1612,7 @@ def _error_message(err) -> str:
     return str(err)
 
 
-def _in_band_error(err) -> PiError:
+def _in_band_error(err: object) -> PiError:
     code = err.get("code") if isinstance(err, dict) else None
     etype = err.get("type") if isinstance(err, dict) else None
     message = _error_message(err)
@@ -1570,7 +1630,7 @@ def _effort(level: str, model_id: str) -> str:
     return "high" if level == "xhigh" and not xhigh else level
 
 
-def _cache_mark(o: "_Options") -> "dict | None":
+def _cache_mark(o: "_Options") -> "dict[str, str] | None":
     """The cache_control mark for cache_retention: short (the default) 5 minutes,
     long 1 hour, none no mark."""
     retention = o.cache_retention or "short"
@@ -1581,7 +1641,7 @@ def _cache_mark(o: "_Options") -> "dict | None":
 
 # ---- openai-completions -------------------------------------------------------
 
-_OC_COMPAT = {
+_OC_COMPAT: dict[str, Any] = {
     "supportsStore": False,             # send "store": false
     "supportsDeveloperRole": False,     # system prompt as "developer" for reasoning models
     "supportsUsageInStreaming": True,   # stream_options.include_usage
@@ -1600,7 +1660,7 @@ _OC_COMPAT = {
     "cacheControlFor": None,            # model-id prefix whose prompts get cache_control marks
 }
 
-def _oc_compat(model: dict, o: "_Options | None" = None) -> dict:
+def _oc_compat(model: Model, o: "_Options | None" = None) -> dict[str, Any]:
     """Defaults, then the compat of the table row serving the request's host (so
     a custom provider pointed at a known service inherits its quirks), then the
     model's own compat (from the table, models.json or overrides)."""
@@ -1612,7 +1672,7 @@ def _oc_compat(model: dict, o: "_Options | None" = None) -> dict:
     return compat
 
 
-def _oc_normalizer(compat: dict):
+def _oc_normalizer(compat: dict[str, Any]) -> Callable[[str], str]:
     if compat.get("toolIdFormat") == "mistral":
         import hashlib
 
@@ -1626,27 +1686,27 @@ def _oc_normalizer(compat: dict):
     return lambda call_id: _sanitize_id(call_id.split("|", 1)[0], 40)
 
 
-def _json_or_none(text):
+def _json_or_none(text: object) -> Any:
     try:
         return json.loads(text) if isinstance(text, str) and text[:1] == "{" else None
     except ValueError:
         return None
 
 
-def _image_url(block: dict) -> dict:
+def _image_url(block: dict[str, Any]) -> dict[str, Any]:
     return {"type": "image_url",
             "image_url": {"url": f"data:{block.get('mimeType') or 'image/png'};base64,{block.get('data') or ''}"}}
 
 
-def _oc_messages(model: dict, ctx: dict, compat: dict) -> list:
-    out: list = []
+def _oc_messages(model: Model, ctx: Context, compat: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
     system = ctx.get("systemPrompt")
     if system:
-        role = "developer" if model.get("reasoning") and compat["supportsDeveloperRole"] else "system"
+        role: str | None = "developer" if model.get("reasoning") and compat["supportsDeveloperRole"] else "system"
         out.append({"role": role, "content": system})
     images_ok = "image" in (model.get("input") or ())
     bridge = {"role": "assistant", "content": "I have processed the tool results."}
-    pending_images: list = []  # images of a run of tool results, sent after it as a user message
+    pending_images: list[dict[str, Any]] = []  # images of a run of tool results, sent after it as a user message
     after_tool = False
     messages = transform_messages(ctx.get("messages") or [], model, _oc_normalizer(compat))
     for m in messages + [{"role": None}]:  # the sentinel flushes a trailing run of tool results
@@ -1675,7 +1735,7 @@ def _oc_messages(model: dict, ctx: dict, compat: dict) -> list:
         elif role == "assistant":
             blocks = m.get("content") or []
             text = "\n\n".join(b["text"] for b in blocks if b.get("type") == "text" and (b.get("text") or "").strip())
-            msg: dict = {"role": "assistant", "content": None}
+            msg: dict[str, Any] = {"role": "assistant", "content": None}
             thinking = [b for b in blocks if b.get("type") == "thinking" and not b.get("redacted")]
             if thinking:
                 joined = "\n".join(b.get("thinking") or "" for b in thinking)
@@ -1720,7 +1780,7 @@ def _oc_messages(model: dict, ctx: dict, compat: dict) -> list:
     return out
 
 
-def _oc_reasoning(body: dict, model: dict, compat: dict, level: str | None) -> None:
+def _oc_reasoning(body: dict[str, Any], model: Model, compat: dict[str, Any], level: str | None) -> None:
     # Only when the caller asked (a level, "off" included: it switches thinking off
     # where a dialect can) and the model is known to reason: servers reject these
     # fields for other models, and unasked they would override the model's default.
@@ -1749,14 +1809,14 @@ def _oc_reasoning(body: dict, model: dict, compat: dict, level: str | None) -> N
             body["reasoning_effort"] = "max" if level == "xhigh" else "high"
 
 
-def _oc_fixed_temperature(model: dict, url: str) -> bool:
+def _oc_fixed_temperature(model: Model, url: str) -> bool:
     """OpenAI's own reasoning models (o1, o3, o4-mini, the gpt-5 family) reject any
     temperature but the default, so none is sent to them."""
     return (bool(model.get("reasoning")) and "api.openai.com" in url
             and model["id"].startswith(("o1", "o3", "o4", "gpt-5")))
 
 
-def _oc_tool_choice(choice):
+def _oc_tool_choice(choice: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
     if choice is None or isinstance(choice, dict):
         return choice
     if choice in ("auto", "none", "required"):
@@ -1766,9 +1826,9 @@ def _oc_tool_choice(choice):
     return {"type": "function", "function": {"name": choice}}
 
 
-def _oc_build(model: dict, ctx: dict, o: "_Options"):
+def _oc_build(model: Model, ctx: Context, o: "_Options") -> _RequestParts:
     compat = o.compat = _oc_compat(model, o)
-    body: dict = {"model": model["id"], "messages": _oc_messages(model, ctx, compat), "stream": True}
+    body: dict[str, Any] = {"model": model["id"], "messages": _oc_messages(model, ctx, compat), "stream": True}
     if compat["supportsUsageInStreaming"]:
         body["stream_options"] = {"include_usage": True}
     if compat["supportsStore"]:
@@ -1781,7 +1841,7 @@ def _oc_build(model: dict, ctx: dict, o: "_Options"):
     if tools:
         body["tools"] = []
         for t in tools:
-            fn = {"name": t.get("name"), "description": t.get("description") or "",
+            fn: dict[str, Any] = {"name": t.get("name"), "description": t.get("description") or "",
                   "parameters": t.get("parameters") or {"type": "object", "properties": {}}}
             if compat["supportsStrictMode"]:
                 fn["strict"] = False
@@ -1806,7 +1866,7 @@ def _oc_build(model: dict, ctx: dict, o: "_Options"):
     return _join_url(o.url, "chat/completions"), headers, body
 
 
-def _mark_cache(messages: list, mark: dict) -> None:
+def _mark_cache(messages: list[dict[str, Any]], mark: dict[str, str]) -> None:
     """Anthropic models behind an OpenAI-style gateway cache up to a marked block:
     mark the last text of the last user or assistant message."""
     for msg in reversed(messages):
@@ -1823,7 +1883,7 @@ def _mark_cache(messages: list, mark: dict) -> None:
                     return
 
 
-def _oc_relax(body: dict, error: PiError):
+def _oc_relax(body: dict[str, Any], error: PiError) -> dict[str, Any] | None:
     """A 400/422 that names stream_options (servers that reject the field):
     the same body without it, else None."""
     if "stream_options" in body and error.status in (400, 422) and "stream_options" in str(error):
@@ -1831,7 +1891,7 @@ def _oc_relax(body: dict, error: PiError):
     return None
 
 
-def _oc_usage(b: _Builder, usage: dict) -> None:
+def _oc_usage(b: _Builder, usage: dict[str, Any]) -> None:
     prompt = _count(usage.get("prompt_tokens") or usage.get("input_tokens"))
     completion = _count(usage.get("completion_tokens") or usage.get("output_tokens"))
     details = usage.get("prompt_tokens_details")
@@ -1863,12 +1923,12 @@ class _OCTranslator:
 
     __slots__ = ("b", "finish", "ended", "slots", "signatures", "refusal", "rid")
 
-    def __init__(self, b: _Builder, o: "_Options"):
+    def __init__(self, b: _Builder, o: "_Options") -> None:
         self.b = b
         self.finish: str | None = None
         self.ended = False
-        self.slots: dict = {}   # tool_calls[].index -> [builder key, the call's id from the wire or None]
-        self.signatures: dict = {}  # tool-call id -> encrypted reasoning detail (JSON)
+        self.slots: dict[int | str | None, list[Any]] = {}  # tool_calls[].index -> [builder key, the call's id or None]
+        self.signatures: dict[str, str] = {}  # tool-call id -> encrypted reasoning detail (JSON)
         self.refusal = ""       # delta.refusal pieces: never text, the message of the error at the end
         self.rid = ""           # the response id of the chunks, for the id of a legacy function_call
 
@@ -1888,7 +1948,7 @@ class _OCTranslator:
             self.chunk(chunk)
         return False
 
-    def chunk(self, chunk: dict) -> None:
+    def chunk(self, chunk: dict[str, Any]) -> None:
         err = chunk.get("error")
         if err:
             raise _in_band_error(err)
@@ -1910,7 +1970,7 @@ class _OCTranslator:
         if isinstance(usage, dict):
             _oc_usage(self.b, usage)
 
-    def delta(self, delta: dict) -> None:
+    def delta(self, delta: dict[str, Any]) -> None:
         b = self.b
         for field in ("reasoning_content", "reasoning", "reasoning_text"):
             value = delta.get(field)
@@ -1948,7 +2008,7 @@ class _OCTranslator:
             call_id = "call_" + _sanitize_id(self.rid, 35) if self.rid else None  # else the builder makes one
             self.tool(None, {"id": call_id, "function": legacy})
 
-    def details(self, details: list, have_text: bool) -> None:
+    def details(self, details: list[Any], have_text: bool) -> None:
         """OpenRouter-style reasoning_details: readable ones become thinking when
         no plain reasoning field carried it; encrypted ones are the signature of
         the tool call with the same id, echoed back with it next turn."""
@@ -1969,7 +2029,7 @@ class _OCTranslator:
             if block["type"] == "toolCall" and block["id"] in self.signatures:
                 block["thoughtSignature"] = self.signatures[block["id"]]
 
-    def tool(self, index, call: dict) -> None:
+    def tool(self, index: int | str | None, call: dict[str, Any]) -> None:
         """One tool-call fragment for slot ``index`` (tool_calls[].index; None for
         the legacy function_call). One call per index: a new id starts another call
         only when it also brings a name (servers that reuse index 0 for parallel
@@ -2014,7 +2074,7 @@ class _OCTranslator:
             block["thoughtSignature"] = json.dumps({"extra_content": extra})
         b.tool_delta(key, args)
 
-    def whole(self, obj) -> None:
+    def whole(self, obj: Any) -> None:
         """A complete (non-streamed) chat.completion body."""
         if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list):
             raise PiError("the server answered with JSON that is not a chat completion", "protocol")
@@ -2026,7 +2086,7 @@ class _OCTranslator:
         self.chunk(obj)
         self.ended = True
 
-    def end(self, eof: bool):
+    def end(self, eof: bool) -> _DoneReason:
         """-> the done reason, or raise when the stream did not complete."""
         # finish_reason is the provider's word that the turn is over; [DONE] after it
         # only closes the stream, and the SDK (and CONTRACT §6) do not wait for it.
@@ -2041,7 +2101,7 @@ class _OCTranslator:
 
 # ---- faux (offline) -------------------------------------------------------------
 
-def _faux_script(model: dict, ctx: dict, o: "_Options") -> dict:
+def _faux_script(model: Model, ctx: Context, o: "_Options") -> dict[str, Any]:
     script = o.extra.get("faux", model.get("faux"))
     if isinstance(script, list):  # one reply per assistant turn so far
         turn = sum(1 for m in ctx.get("messages") or () if m.get("role") == "assistant")
@@ -2059,14 +2119,14 @@ def _faux_script(model: dict, ctx: dict, o: "_Options") -> dict:
     return script
 
 
-def _faux_sse(model: dict, ctx: dict, o: "_Options", script: dict) -> list:
+def _faux_sse(model: Model, ctx: Context, o: "_Options", script: dict[str, Any]) -> list[bytes]:
     """Canned OpenAI chat-completions SSE bytes for a scripted reply."""
     size = int(script.get("chunkSize") or 8)
     env = {"id": "chatcmpl-faux", "object": "chat.completion.chunk", "created": int(time.time()),
            "model": model["id"]}
     frames = []
 
-    def frame(choice_delta=None, finish=None, **extra):
+    def frame(choice_delta: dict[str, Any] | None = None, finish: str | None = None, **extra: Any) -> None:
         obj = dict(env, choices=[{"index": 0, "delta": choice_delta or {}, "finish_reason": finish}], **extra)
         frames.append(b"data: " + json.dumps(obj).encode() + b"\n\n")
 
@@ -2084,7 +2144,7 @@ def _faux_sse(model: dict, ctx: dict, o: "_Options", script: dict) -> list:
         for i in range(0, len(raw), size):
             frame({"tool_calls": [{"index": n, "function": {"arguments": raw[i:i + size]}}]})
     if script.get("error"):
-        err: dict = {"message": str(script["error"]), "type": "server_error"}
+        err: dict[str, Any] = {"message": str(script["error"]), "type": "server_error"}
         if script.get("errorStatus"):
             err["code"] = int(script["errorStatus"])
         frames.append(b"data: " + json.dumps({"error": err}).encode() + b"\n\n")
@@ -2105,10 +2165,10 @@ class _FauxResponse:
     status = 200
     reason = "OK"
 
-    def __init__(self, frames: list, delay: float, signal):
+    def __init__(self, frames: list[bytes], delay: float, signal: _Signal | None) -> None:
         self.frames, self.delay, self.signal = frames, delay, signal
 
-    def iter_body(self):
+    def iter_body(self) -> Iterator[bytes]:
         for piece in self.frames:
             if self.delay:
                 if self.signal is not None:
@@ -2127,11 +2187,11 @@ class _FauxResponse:
     finish = close = release
 
 
-def _faux_build(model: dict, ctx: dict, o: "_Options"):
+def _faux_build(model: Model, ctx: Context, o: "_Options") -> _RequestParts:
     return "faux://local", {}, {"model": model["id"], "messages": ctx.get("messages") or []}
 
 
-def _faux_open(model: dict, ctx: dict, o: "_Options"):
+def _faux_open(model: Model, ctx: Context, o: "_Options") -> _FauxResponse:
     script = _faux_script(model, ctx, o)
     if script.get("errorStatus") and not script.get("error"):
         raise PiError(f"faux: scripted HTTP {script['errorStatus']}", _classify(int(script["errorStatus"])),
@@ -2151,8 +2211,8 @@ _FAMILIES = {
 
 # ==== providers, credentials, config ===========================================
 
-_TABLE = None
-_BY_HOST: "dict | None" = None
+_TABLE: _Table | None = None
+_BY_HOST: "dict[str, _Row] | None" = None
 # Auth styles: how a provider's credential reaches the request. A header style is
 # one header made once per stream; a step style runs before every attempt, on the
 # final bytes (SigV4 signs body and time; token exchanges and OAuth refreshes use
@@ -2162,12 +2222,12 @@ _BY_HOST: "dict | None" = None
 _AUTH_HEADERS = {"bearer": ("Authorization", "Bearer "), "x-api-key": ("x-api-key", ""),
                  "api-key": ("api-key", ""), "x-goog-api-key": ("x-goog-api-key", ""),
                  "none": ("Authorization", "Bearer "), "off": None}
-_AUTH_STEPS: dict = {}  # style -> step(o, method, url, headers, data, watch), editing headers
+_AUTH_STEPS: dict[str, _AuthStep] = {}  # style -> step(o, method, url, headers, data, watch), editing headers
 _MODEL_FIELDS = ("id", "name", "api", "provider", "baseUrl", "reasoning", "input", "cost",
                  "contextWindow", "maxTokens", "headers", "compat", "faux")
 
 
-def _table():
+def _table() -> _Table:
     """This module's own providers_table, loaded on first use: the package's
     ``.providers_table`` when pi_min is vendored into a package, else the file
     next to this one. A top-level ``providers_table`` that belongs to someone
@@ -2175,7 +2235,7 @@ def _table():
     global _TABLE
     if _TABLE is None:
         import importlib
-        mod = None
+        mod: Any = None  # the providers_table module
         if __package__:  # e.g. myapp/_vendor/pi_min.py -> myapp._vendor.providers_table
             try:
                 mod = importlib.import_module(".providers_table", __package__)
@@ -2200,10 +2260,10 @@ def _table():
     return _TABLE
 
 
-_MODELS: dict = {}
+_MODELS: dict[str, dict[str, dict[str, Any]]] = {}
 
 
-def _known_models(pid: str) -> dict:
+def _known_models(pid: str) -> dict[str, dict[str, Any]]:
     """The table's models of one provider (parsed from its JSON lines on first use)."""
     models = _MODELS.get(pid)
     if models is None:
@@ -2216,7 +2276,7 @@ def _known_models(pid: str) -> dict:
     return models
 
 
-def _rows_by_host() -> dict:
+def _rows_by_host() -> dict[str, _Row]:
     global _BY_HOST
     if _BY_HOST is None:
         _BY_HOST = {}
@@ -2231,7 +2291,7 @@ def _agent_dir() -> str:
     return os.path.expanduser(os.environ.get("PI_CODING_AGENT_DIR") or os.path.join("~", ".pi", "agent"))
 
 
-def _read_config(name: str) -> dict:
+def _read_config(name: str) -> dict[str, Any]:
     path = os.path.join(_agent_dir(), name)
     try:
         with open(path, "rb") as f:
@@ -2246,7 +2306,7 @@ def _read_config(name: str) -> dict:
     return data
 
 
-def _canonical(name: str):
+def _canonical(name: str) -> str | None:
     """Canonical table id for a provider name or alias, or None."""
     key = name.strip().lower()
     t = _table()
@@ -2255,19 +2315,19 @@ def _canonical(name: str):
     return t.ALIASES.get(key)
 
 
-def _provider_config(pid: str, cfg: dict) -> dict:
+def _provider_config(pid: str, cfg: dict[str, Any]) -> dict[str, Any]:
     """The models.json entry for a provider (matched through its aliases)."""
     providers = cfg.get("providers") or {}
     if not isinstance(providers, dict):
         raise ConfigError("models.json: 'providers' must be an object")
-    merged: dict = {}
+    merged: dict[str, Any] = {}
     for key, value in providers.items():
         if isinstance(value, dict) and (key.lower() == pid or _canonical(key) == pid):
             merged.update(value)
     return merged
 
 
-def _resolve_provider(name: str, cfg: dict):
+def _resolve_provider(name: str, cfg: dict[str, Any]) -> tuple[str, _Row | None, dict[str, Any]]:
     """-> (canonical id, table row or None, models.json entry)."""
     if not isinstance(name, str) or not name.strip():
         raise ConfigError("no provider given")
@@ -2288,7 +2348,7 @@ def _resolve_provider(name: str, cfg: dict):
     return pid, _table().PROVIDERS.get(pid), _provider_config(pid, cfg)
 
 
-def _merge(model: dict, source: dict) -> None:
+def _merge(model: dict[str, Any], source: Mapping[str, Any]) -> None:
     for k in _MODEL_FIELDS:
         if k in source and source[k] is not None and k not in ("id", "provider"):
             v = source[k]
@@ -2300,7 +2360,7 @@ def _merge(model: dict, source: dict) -> None:
                 model[k] = v
 
 
-def get_model(provider: str, model_id: str | None = None, **overrides) -> dict:
+def get_model(provider: str, model_id: str | None = None, **overrides: Any) -> Model:
     """A Model dict for ``provider`` (any alias, any case) and ``model_id``
     (default: the first model models.json lists for the provider, else the
     table's default model; "provider/model-id" works too). Filled from the provider table,
@@ -2321,7 +2381,7 @@ def get_model(provider: str, model_id: str | None = None, **overrides) -> dict:
     mid = model_id or next(iter(listed), None) or (row["defaultModel"] if row else None)
     if not mid:
         raise ConfigError(f"no model given for {pid!r} and models.json lists none")
-    model = {"id": mid, "name": mid, "api": "openai-completions", "provider": pid, "baseUrl": "",
+    model: dict[str, Any] = {"id": mid, "name": mid, "api": "openai-completions", "provider": pid, "baseUrl": "",
              "reasoning": False, "input": ["text"],
              "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0},
              "contextWindow": 128000, "maxTokens": 16384}
@@ -2336,10 +2396,10 @@ def get_model(provider: str, model_id: str | None = None, **overrides) -> dict:
     if mid in listed:
         _merge(model, listed[mid])
     _merge(model, overrides)
-    return model
+    return model  # type: ignore[return-value]  # a dict of every Model field, filled above
 
 
-def list_providers() -> list:
+def list_providers() -> list[str]:
     """Canonical provider ids (built in and from models.json), sorted."""
     ids = set(_table().PROVIDERS)
     for key in (_read_config("models.json").get("providers") or {}):
@@ -2347,7 +2407,7 @@ def list_providers() -> list:
     return sorted(ids)
 
 
-def _resolve_value(value: str, base_dir: str, what: str, required: bool = False):
+def _resolve_value(value: object, base_dir: str, what: str, required: bool = False) -> str | None:
     """models.json value sources: "!command", "env:NAME", "file:PATH", else a bare
     value: the env var of that name when it is set and non-empty, else the value
     itself (as both pis do: "K_MODELS" with no such variable is the key K_MODELS).
@@ -2386,13 +2446,13 @@ def _auth_built(style: str) -> bool:
     return style in _AUTH_HEADERS or style in _AUTH_STEPS
 
 
-def _auth_style(model: dict, row, pconf: dict) -> str:
+def _auth_style(model: Model, row: _Row | None, pconf: dict[str, Any]) -> str:
     """The provider's auth style: models.json "auth" (or "authHeader": false), else
     the table row's, else the family's usual one."""
     if pconf.get("authHeader") is False:
         return "off"
     if isinstance(pconf.get("auth"), str):
-        return pconf["auth"]
+        return pconf["auth"]  # type: ignore[no-any-return]  # a str, as checked
     if row and row.get("auth") and (not pconf.get("api") or pconf.get("api") == row.get("api")):
         return row["auth"]
     api = str(model.get("api") or "")
@@ -2400,7 +2460,7 @@ def _auth_style(model: dict, row, pconf: dict) -> str:
             "faux": "none"}.get(api, "bearer")
 
 
-def _auth_json_key(pid: str):
+def _auth_json_key(pid: str) -> str | None:
     """An API key or unexpired OAuth access token for pid from auth.json."""
     data = _read_config("auth.json")
     entry = None
@@ -2431,7 +2491,7 @@ def _quote(value: str) -> str:
     return quote(value, safe="")
 
 
-def _fill_url(url: str, row, model: dict) -> str:
+def _fill_url(url: str, row: _Row | None, model: Model) -> str:
     """Fill {placeholders} of a templated base URL from env vars / defaults; the
     values are percent-encoded, except whole URLs ({service_url}), which are
     checked like any URL."""
@@ -2454,7 +2514,7 @@ def _fill_url(url: str, row, model: dict) -> str:
         names = " or ".join(env_map.get(name, ())) or "a baseUrl in models.json"
         raise ConfigError(f"{model['provider']}: the base URL needs {{{name}}}: set {names}")
 
-    def fill(m):
+    def fill(m: re.Match[str]) -> str:
         value = value_of(m.group(1))
         return value.rstrip("/") if m.group(1).endswith("_url") else _quote(value)
     return re.sub(r"\{([A-Za-z_]+)\}", fill, url)
@@ -2467,12 +2527,15 @@ class _Options:
                  "session_id", "cache_retention", "signal", "timeout", "max_retries", "on_payload", "extra",
                  "url", "host_row", "compat", "auth_headers", "secrets", "credential", "auth_step")
 
-    def __init__(self, api_key=None, base_url=None, headers=None, temperature=None, max_tokens=None,
-                 reasoning=None, tool_choice=None, session_id=None, cache_retention=None, signal=None,
-                 timeout=120.0, max_retries=2, on_payload=None, extra=None):
+    def __init__(self, api_key: str | None = None, base_url: str | None = None, headers: dict[str, Any] | None = None,
+                 temperature: float | None = None, max_tokens: int | None = None,
+                 reasoning: ThinkingLevel | None = None, tool_choice: str | dict[str, Any] | None = None,
+                 session_id: str | None = None, cache_retention: CacheRetention | None = None,
+                 signal: _Signal | None = None, timeout: float | None = 120.0, max_retries: int | None = 2,
+                 on_payload: _PayloadHook | None = None, extra: dict[str, Any] | None = None) -> None:
         self.api_key: str | None = api_key
         self.base_url: str | None = base_url
-        self.headers: dict | None = headers
+        self.headers: dict[str, Any] | None = headers
         self.temperature: float | None = temperature
         self.max_tokens: int | None = max_tokens
         self.reasoning: str | None = reasoning
@@ -2483,15 +2546,15 @@ class _Options:
         self.timeout: float = 120.0 if timeout is None else timeout
         self.max_retries: int = 2 if max_retries is None else max_retries
         self.on_payload = on_payload
-        self.extra: dict = extra or {}
+        self.extra: dict[str, Any] = extra or {}
         # resolved by _prepare() / the family's request builder
         self.url = ""
-        self.host_row: dict | None = None   # table row serving the request's host
-        self.compat: dict | None = None     # the family's resolved compat flags
-        self.auth_headers: dict = {}        # credentials and model headers
-        self.secrets: list = []             # values redacted from every message
+        self.host_row: _Row | None = None   # table row serving the request's host
+        self.compat: dict[str, Any] | None = None  # the family's resolved compat flags
+        self.auth_headers: dict[str, str] = {}  # credentials and model headers
+        self.secrets: list[str] = []        # values redacted from every message
         self.credential: str | None = None  # the key, for an auth step (token exchange, signing)
-        self.auth_step: "Callable | None" = None  # run before every attempt (_AUTH_STEPS)
+        self.auth_step: "_AuthStep | None" = None  # run before every attempt (_AUTH_STEPS)
         self._validate()
 
     def _validate(self) -> None:
@@ -2528,7 +2591,7 @@ class _Options:
                 raise ConfigError("faux must be a reply dict, a text, or a list of them (one per turn)")
 
 
-def _own_origins(row, pconf: dict, model: dict) -> set:
+def _own_origins(row: _Row | None, pconf: dict[str, Any], model: Model) -> set[tuple[str, str, int] | None]:
     """(scheme, host, port) a provider's stored key may be sent to: those of its
     table and models.json base URLs. Any other origin (a base_url= override, a
     local proxy, plain http to the provider's host) gets a key only when the
@@ -2540,7 +2603,7 @@ def _own_origins(row, pconf: dict, model: dict) -> set:
     return origins
 
 
-def _stored_key(pid: str, row, pconf: dict):
+def _stored_key(pid: str, row: _Row | None, pconf: dict[str, Any]) -> str | None:
     """The provider's key from, in order, its env vars, auth.json, models.json."""
     for name in (row.get("envKeys") or ()) if row else ():
         value = os.environ.get(name, "").strip()
@@ -2552,7 +2615,7 @@ def _stored_key(pid: str, row, pconf: dict):
     return key
 
 
-def _built_provider(model: dict) -> tuple:
+def _built_provider(model: Model) -> tuple[str, _Row | None, dict[str, Any], str]:
     """-> (canonical id, table row or None, models.json entry, auth style) of a
     Model dict; ConfigError when its API family or auth style is not built yet."""
     pid = _canonical(model.get("provider") or "") or (model.get("provider") or "").lower()
@@ -2571,13 +2634,13 @@ def _built_provider(model: dict) -> tuple:
     return pid, row, pconf, style
 
 
-def _is_local(row) -> bool:
+def _is_local(row: _Row | None) -> bool:
     """A local server (its table base URL is on loopback: lmstudio, ollama, ...):
     its key is optional, sent when one is configured."""
-    return bool(row) and _is_loopback(_host_of(row.get("baseUrl") or ""))
+    return bool(row) and _is_loopback(_host_of(row.get("baseUrl") or ""))  # type: ignore[union-attr]  # row is set
 
 
-def _prepare(model: dict, o: _Options) -> None:
+def _prepare(model: Model, o: _Options) -> None:
     """Resolve URL, credentials and headers; ConfigError for what the user must
     fix, a family or auth style not built yet included."""
     pid, row, pconf, style = _built_provider(model)
@@ -2616,11 +2679,11 @@ def _prepare(model: dict, o: _Options) -> None:
                 o.secrets.append(str(value))
 
 
-_TOKENS: dict = {}  # cache key -> (token, expires at, epoch seconds)
-_TOKEN_LOCKS: dict = {}  # cache key -> lock: one fetch per key at a time
+_TOKENS: dict[Hashable, tuple[str, float]] = {}  # cache key -> (token, expires at, epoch seconds)
+_TOKEN_LOCKS: dict[Hashable, threading.Lock] = {}  # cache key -> lock: one fetch per key at a time
 
 
-def _cached_token(key, fetch, margin: float = 60.0) -> str:
+def _cached_token(key: Hashable, fetch: Callable[[], tuple[str, float]], margin: float = 60.0) -> str:
     """A short-lived token (Copilot, SAP AI Core, OAuth refresh) from the cache of
     this process, fetched again when missing or within ``margin`` seconds of
     expiring. fetch() -> (token, expires at in epoch seconds); it runs in one
@@ -2638,7 +2701,8 @@ def _cached_token(key, fetch, margin: float = 60.0) -> str:
         return token
 
 
-def _fetch_json(method: str, url: str, headers: dict, data: bytes, o: "_Options", watch, what: str) -> dict:
+def _fetch_json(method: str, url: str, headers: dict[str, str], data: bytes, o: "_Options", watch: _Watch | None,
+                what: str) -> dict[str, Any]:
     """A JSON request made on the way (token exchange, refresh): an HTTP failure is
     a PiError of the status's kind, as for the main request."""
     resp = _request(method, url, headers, data, o.timeout, watch)
@@ -2663,7 +2727,7 @@ def _fetch_json(method: str, url: str, headers: dict, data: bytes, o: "_Options"
 _RETRY_STATUSES = frozenset((408, 429, 500, 502, 503, 504, 529))
 
 
-def _http_error(resp, provider: str) -> PiError:
+def _http_error(resp: _Reply, provider: str) -> PiError:
     """A PiError from an HTTP error response (reads its body)."""
     try:
         raw = resp.read_all(1 << 20)
@@ -2698,7 +2762,7 @@ def _http_error(resp, provider: str) -> PiError:
     return e
 
 
-def _retry_delay(e: PiError, attempt: int, o: _Options):
+def _retry_delay(e: PiError, attempt: int, o: _Options) -> float | None:
     """Seconds to wait before retrying after e, or None when not retryable."""
     if attempt >= o.max_retries or e.no_retry:
         return None
@@ -2707,7 +2771,7 @@ def _retry_delay(e: PiError, attempt: int, o: _Options):
     return None
 
 
-def _merge_headers(headers: dict, extra: dict, what: str, secrets=None) -> None:
+def _merge_headers(headers: dict[str, str], extra: dict[str, Any], what: str, secrets: list[str] | None = None) -> None:
     """Merge extra into headers, names compared case-insensitively (one Authorization:
     the later one); a None value removes the header. Framing headers and control
     characters are ConfigErrors; with ``secrets``, the values are redacted like keys."""
@@ -2732,7 +2796,7 @@ def _merge_headers(headers: dict, extra: dict, what: str, secrets=None) -> None:
             secrets.append(value)
 
 
-def _build_request(model: dict, ctx: dict, o: _Options):
+def _build_request(model: Model, ctx: Context, o: _Options) -> _RequestParts:
     """The family's request with every header merged and checked, before a byte is
     sent: what is wrong here is a ConfigError raised by stream()."""
     family = _FAMILIES[model["api"]]
@@ -2748,7 +2812,7 @@ def _build_request(model: dict, ctx: dict, o: _Options):
     return url, headers, body
 
 
-def _run(model: dict, ctx: dict, o: _Options, request) -> "Generator[dict, None, None]":
+def _run(model: Model, ctx: Context, o: _Options, request: _RequestParts) -> "Generator[Event, None, None]":
     b = _Builder(model)
     yield {"type": "start", "partial": b.msg}
     watch = None
@@ -2786,7 +2850,8 @@ def _run(model: dict, ctx: dict, o: _Options, request) -> "Generator[dict, None,
             watch.stop()
 
 
-def _attempts(model: dict, ctx: dict, o: _Options, b: _Builder, url: str, headers: dict, body, watch):
+def _attempts(model: Model, ctx: Context, o: _Options, b: _Builder, url: str, headers: dict[str, str],
+              body: dict[str, Any], watch: _Watch | None) -> Generator[Event, None, None]:
     """The retry loop: one attempt after another until one ends the turn, a failure
     is not worth retrying, or content was already yielded."""
     relax = _FAMILIES[model["api"]].relax
@@ -2819,7 +2884,8 @@ def _attempts(model: dict, ctx: dict, o: _Options, b: _Builder, url: str, header
             b.set_usage(0, 0)
 
 
-def _attempt(model: dict, ctx: dict, o: _Options, b: _Builder, url: str, headers: dict, data: bytes, watch):
+def _attempt(model: Model, ctx: Context, o: _Options, b: _Builder, url: str, headers: dict[str, str], data: bytes,
+             watch: _Watch | None) -> Generator[Event, None, None]:
     """One HTTP exchange: authenticate, send, check the status, decode the body
     into the translator, and end the turn (b.done) once the provider said so."""
     family = _FAMILIES[model["api"]]
@@ -2840,7 +2906,7 @@ def _attempt(model: dict, ctx: dict, o: _Options, b: _Builder, url: str, headers
         head = b"" if streamed else _sniff(resp)
         if streamed or decoder is not None and decoder.looks_like(head):
             # a stream in the family's framing, also when a proxy mislabels it
-            ended = yield from _feed(decoder(), resp, head, tr, b, o.signal)
+            ended = yield from _feed(decoder(), resp, head, tr, b, o.signal)  # type: ignore[misc]  # streamed: not None
             reason = tr.end(not ended)
             resp.finish() if ended else resp.release()
         else:
@@ -2855,7 +2921,8 @@ def _attempt(model: dict, ctx: dict, o: _Options, b: _Builder, url: str, headers
         resp.close()
 
 
-def _feed(decoder, resp, head: bytes, tr, b: _Builder, signal):
+def _feed(decoder: _Decoder, resp: _Reply, head: bytes, tr: _Translator, b: _Builder,
+          signal: _Signal | None) -> Generator[Event, None, bool]:
     """Feed the body through the family's decoder into its translator, yielding
     the builder's events per frame. -> True when the translator saw the
     provider's terminator (nothing after it is waited for)."""
@@ -2877,7 +2944,7 @@ def _feed(decoder, resp, head: bytes, tr, b: _Builder, signal):
     return False
 
 
-def _whole_json(raw: bytes, ctype: str, provider: str):
+def _whole_json(raw: bytes, ctype: str, provider: str) -> Any:
     """A body that is not an event stream: the family's whole answer as JSON, or
     an error object (in-band error), or a protocol error."""
     text = raw.decode("utf-8", "replace").strip()
@@ -2894,7 +2961,7 @@ def _whole_json(raw: bytes, ctype: str, provider: str):
     return obj
 
 
-def _sniff(resp) -> bytes:
+def _sniff(resp: _Reply) -> bytes:
     """The first body bytes (at least a few non-blank ones, or all of a short body)."""
     head = b""
     for piece in resp.iter_body():
@@ -2904,12 +2971,12 @@ def _sniff(resp) -> bytes:
     return head
 
 
-def _chain(first: bytes, rest):
+def _chain(first: bytes, rest: Iterable[bytes]) -> Iterator[bytes]:
     yield first
     yield from rest
 
 
-def _context(context) -> dict:
+def _context(context: Context | str) -> Context:
     if isinstance(context, str):
         return {"messages": [{"role": "user", "content": context, "timestamp": _now_ms()}]}
     if not isinstance(context, dict) or not isinstance(context.get("messages"), list):
@@ -2930,11 +2997,12 @@ def _context(context) -> dict:
     return context
 
 
-def stream(model, context, *, api_key: str | None = None, base_url: str | None = None,
-           headers: dict | None = None, temperature: float | None = None, max_tokens: int | None = None,
-           reasoning: str | None = None, tool_choice=None, session_id: str | None = None,
-           cache_retention: str | None = None, signal=None, timeout: float = 120.0, max_retries: int = 2,
-           on_payload: "Callable | None" = None, **extra) -> "Generator[dict, None, None]":
+def stream(model: Model | str, context: Context | str, *, api_key: str | None = None, base_url: str | None = None,
+           headers: dict[str, Any] | None = None, temperature: float | None = None, max_tokens: int | None = None,
+           reasoning: ThinkingLevel | None = None, tool_choice: str | dict[str, Any] | None = None,
+           session_id: str | None = None, cache_retention: CacheRetention | None = None, signal: _Signal | None = None,
+           timeout: float = 120.0, max_retries: int = 2, on_payload: "_PayloadHook | None" = None,
+           **extra: Any) -> "Generator[Event, None, None]":
     """Stream one assistant turn as events (see the module docs and CONTRACT §4).
 
     ``model`` is a Model dict or "provider" / "provider/model-id"; ``context`` a
@@ -2959,9 +3027,9 @@ def stream(model, context, *, api_key: str | None = None, base_url: str | None =
     return _run(model, ctx, o, request)
 
 
-def complete(model, context, **options) -> dict:
+def complete(model: Model | str, context: Context | str, **options: Any) -> AssistantMessage:
     """Run stream() to the end and return the final AssistantMessage."""
-    message: dict = {}
+    message: AssistantMessage = {}  # type: ignore[typeddict-item]  # never returned empty: a stream ends with done or error
     events = stream(model, context, **options)
     for event in events:
         if event["type"] == "done":
@@ -2977,7 +3045,7 @@ _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif
          ".webp": "image/webp"}
 
 
-def _cli_parser():
+def _cli_parser() -> argparse.ArgumentParser:
     import argparse
     p = argparse.ArgumentParser(
         prog="pi-min", description="Stream an answer from any LLM provider (pi_min %s)." % __version__,
@@ -3002,7 +3070,7 @@ def _cli_parser():
     return p
 
 
-def _cli_target(args) -> tuple:
+def _cli_target(args: argparse.Namespace) -> tuple[str, str | None]:
     """(provider, model id or None) from flags, then env, then settings.json.
     A default model is only taken from the same place as the provider or a
     more specific one, so --provider groq never inherits another provider's model."""
@@ -3024,7 +3092,7 @@ def _cli_target(args) -> tuple:
     raise ConfigError("no provider: pass --provider (see --list-providers) or set PI_PROVIDER")
 
 
-def _cli_image(path: str) -> dict:
+def _cli_image(path: str) -> ImageContent:
     import base64
     mime = _MIME.get(os.path.splitext(path)[1].lower())
     if mime is None:
@@ -3054,7 +3122,7 @@ def _stdin_is_tty() -> bool:
         return False
 
 
-def _usage_line(msg: dict) -> str:
+def _usage_line(msg: AssistantMessage) -> str:
     u = msg.get("usage") or _zero_usage()
     cache = ""
     if u["cacheRead"] or u["cacheWrite"]:
@@ -3063,11 +3131,11 @@ def _usage_line(msg: dict) -> str:
             f"cost ${u['cost']['total']:.6f}")
 
 
-def _cli_turn(model: dict, ctx: dict, opts: dict, args) -> dict:
+def _cli_turn(model: Model, ctx: Context, opts: dict[str, Any], args: argparse.Namespace) -> AssistantMessage:
     """Run one turn, printing as it streams; -> the final message."""
     out, err = sys.stdout, sys.stderr
     dim = err.isatty() if hasattr(err, "isatty") else False
-    message: dict = {}
+    message: AssistantMessage = {}  # type: ignore[typeddict-item]  # set by the terminal event
     last = "\n"
     if args.no_stream and not args.json:
         message = complete(model, ctx, **opts)
@@ -3080,7 +3148,7 @@ def _cli_turn(model: dict, ctx: dict, opts: dict, args) -> dict:
             elif block["type"] == "toolCall":
                 err.write(f"[tool call] {block['name']}({json.dumps(block['arguments'])})\n")
     else:
-        events = stream(model, ctx, **opts)
+        events: Generator[Mapping[str, Any], None, None] = stream(model, ctx, **opts)  # dicts told apart by kind
         try:
             for ev in events:
                 kind = ev["type"]
@@ -3117,7 +3185,7 @@ def _cli_turn(model: dict, ctx: dict, opts: dict, args) -> dict:
 
 def _print_providers() -> None:
     t = _table()
-    aliases: dict = {}
+    aliases: dict[str, list[str]] = {}
     for alias, pid in t.ALIASES.items():
         aliases.setdefault(pid, []).append(alias)
     rows = [("PROVIDER", "FAMILY", "KEY ENV VARS", "DEFAULT MODEL")]
@@ -3142,13 +3210,13 @@ def _print_providers() -> None:
         sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3] + "\n")
 
 
-def _chat(model: dict, opts: dict, args) -> int:
+def _chat(model: Model, opts: dict[str, Any], args: argparse.Namespace) -> int:
     """Interactive multi-turn chat on a terminal."""
     try:
         import readline  # noqa: F401  (line editing for input())
     except ImportError:
         pass
-    ctx: dict = {"messages": []}
+    ctx: Context = {"messages": []}
     if args.system:
         ctx["systemPrompt"] = args.system
     sys.stderr.write(f"pi-min chat with {model['provider']}/{model['id']}. Ctrl-D quits, Ctrl-C stops an answer.\n")
@@ -3178,7 +3246,7 @@ def _chat(model: dict, opts: dict, args) -> int:
         ctx["messages"].append(message)
 
 
-def main(argv: list | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """The pi-min command. Exit codes: 0 ok, 1 provider/network failure,
     2 usage or configuration error, 130 interrupted."""
     for stream_ in (sys.stdout, sys.stderr):  # a non-UTF-8 console must not crash on an emoji
@@ -3220,7 +3288,7 @@ def main(argv: list | None = None) -> int:
             sys.stderr.write(f"pi-min: note: {model['provider']}/{model['id']} is not listed as accepting "
                              "images; sending them anyway\n")
             model["input"] = list(model["input"]) + ["image"]
-        ctx: dict = {"messages": [{"role": "user", "content": content, "timestamp": _now_ms()}]}
+        ctx: Context = {"messages": [{"role": "user", "content": content, "timestamp": _now_ms()}]}  # type: ignore[typeddict-item]  # text, then images
         if args.system:
             ctx["systemPrompt"] = args.system
         message = _cli_turn(model, ctx, opts, args)
