@@ -24,7 +24,243 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs nothing at run time
-    from typing import Any, Callable, Generator, Iterator
+    import argparse
+    import re
+    import socket
+    import ssl
+    import threading
+    from http.client import HTTPConnection, HTTPResponse
+    from types import ModuleType
+    from typing import (Any, Callable, Generator, Hashable, Iterable, Iterator, Literal, Mapping,
+                        Optional, Protocol, Sequence, TypedDict, Union)
+
+    # The data shapes of CONTRACT §2 and §4, for type checkers only: at run time they
+    # are plain dicts. Optional keys sit in a total=False subclass of the required ones.
+
+    class _TextContent(TypedDict):
+        type: Literal["text"]
+        text: str
+
+    class TextContent(_TextContent, total=False):
+        textSignature: str
+
+    class _ThinkingContent(TypedDict):
+        type: Literal["thinking"]
+        thinking: str
+
+    class ThinkingContent(_ThinkingContent, total=False):
+        thinkingSignature: str
+        redacted: bool
+
+    class ImageContent(TypedDict):
+        type: Literal["image"]
+        data: str  # base64
+        mimeType: str
+
+    class _ToolCall(TypedDict):
+        type: Literal["toolCall"]
+        id: str
+        name: str
+        arguments: dict[str, Any]
+
+    class ToolCall(_ToolCall, total=False):
+        thoughtSignature: str
+
+    class Cost(TypedDict):  # dollars
+        input: float
+        output: float
+        cacheRead: float
+        cacheWrite: float
+        total: float
+
+    class Usage(TypedDict):
+        input: int  # prompt tokens not served from cache
+        output: int
+        cacheRead: int
+        cacheWrite: int
+        totalTokens: int
+        cost: Cost
+
+    StopReason = Literal["stop", "length", "toolUse", "error", "aborted"]
+    _DoneReason = Literal["stop", "length", "toolUse"]
+    _ErrorReason = Literal["error", "aborted"]
+
+    class _UserMessage(TypedDict):
+        role: Literal["user"]
+        content: Union[str, list[Union[TextContent, ImageContent]]]
+
+    class UserMessage(_UserMessage, total=False):
+        timestamp: int  # ms
+
+    class _AssistantMessage(TypedDict):
+        role: Literal["assistant"]
+        content: list[Union[TextContent, ThinkingContent, ToolCall]]
+        api: str
+        provider: str
+        model: str
+        usage: Usage
+        stopReason: StopReason
+        timestamp: int  # ms
+
+    class AssistantMessage(_AssistantMessage, total=False):
+        errorMessage: str
+        errorKind: str  # one of ERROR_KINDS
+        errorStatus: int
+
+    class _ToolResultMessage(TypedDict):
+        role: Literal["toolResult"]
+        toolCallId: str
+        toolName: str
+        content: list[Union[TextContent, ImageContent]]
+        isError: bool
+
+    class ToolResultMessage(_ToolResultMessage, total=False):
+        timestamp: int  # ms
+
+    Message = Union[UserMessage, AssistantMessage, ToolResultMessage]
+
+    class Tool(TypedDict):
+        name: str
+        description: str
+        parameters: dict[str, Any]  # a JSON Schema object
+
+    class _Context(TypedDict):
+        messages: list[Message]
+
+    class Context(_Context, total=False):
+        systemPrompt: str
+        tools: list[Tool]
+
+    class ModelCost(TypedDict):  # dollars per million tokens
+        input: float
+        output: float
+        cacheRead: float
+        cacheWrite: float
+
+    class _Model(TypedDict):
+        id: str
+        name: str
+        api: str
+        provider: str
+        baseUrl: str
+        reasoning: bool
+        input: list[Literal["text", "image"]]
+        cost: ModelCost
+        contextWindow: int
+        maxTokens: int
+
+    class Model(_Model, total=False):
+        headers: dict[str, Any]
+        compat: dict[str, Any]
+        faux: Any  # the offline provider's script
+
+    class StartEvent(TypedDict):
+        type: Literal["start"]
+        partial: AssistantMessage
+
+    class ContentStartEvent(TypedDict):
+        type: Literal["text_start", "thinking_start", "toolcall_start"]
+        contentIndex: int
+        partial: AssistantMessage
+
+    class ContentDeltaEvent(TypedDict):
+        type: Literal["text_delta", "thinking_delta", "toolcall_delta"]
+        contentIndex: int
+        delta: str
+        partial: AssistantMessage
+
+    class ContentEndEvent(TypedDict):
+        type: Literal["text_end", "thinking_end"]
+        contentIndex: int
+        content: str
+        partial: AssistantMessage
+
+    class ToolCallEndEvent(TypedDict):
+        type: Literal["toolcall_end"]
+        contentIndex: int
+        toolCall: ToolCall
+        partial: AssistantMessage
+
+    class DoneEvent(TypedDict):
+        type: Literal["done"]
+        reason: _DoneReason
+        message: AssistantMessage
+
+    class ErrorEvent(TypedDict):
+        type: Literal["error"]
+        reason: _ErrorReason
+        error: AssistantMessage
+
+    Event = Union[StartEvent, ContentStartEvent, ContentDeltaEvent, ContentEndEvent, ToolCallEndEvent,
+                  DoneEvent, ErrorEvent]
+
+    # Options of stream() and complete()
+    ThinkingLevel = Literal["off", "minimal", "low", "medium", "high", "xhigh"]  # reasoning=
+    CacheRetention = Literal["none", "short", "long"]  # cache_retention=
+
+    class _Signal(Protocol):  # signal=: a threading.Event, or anything with is_set() and wait()
+        def is_set(self) -> bool: ...
+        def wait(self, timeout: Optional[float] = None) -> bool: ...
+
+    # on_payload(body, model) -> a replacement body, or None to keep it
+    _PayloadHook = Callable[[dict[str, Any], Model], Optional[dict[str, Any]]]
+
+    # Internal shapes
+    _PoolKey = tuple[str, str, int, Optional[str]]  # scheme, host, port, proxy
+
+    # The parts of an API family (see the API families section)
+    class _Decoder(Protocol):  # a body's framing: SSEParser, or a family's own
+        CONTENT_TYPE: str  # a body of this type is parsed without looking at it first
+
+        @staticmethod
+        def looks_like(head: bytes) -> bool: ...
+        def feed(self, chunk: bytes) -> list[tuple[str, str]]: ...
+        def close(self) -> list[tuple[str, str]]: ...
+
+    class _Translator(Protocol):
+        def event(self, kind: str, data: str) -> bool: ...
+        def end(self, eof: bool) -> _DoneReason: ...
+        def whole(self, obj: Any) -> None: ...
+
+    class _Reply(Protocol):  # an answer whose body is read in pieces: _Response, _FauxResponse
+        status: int
+        reason: str
+        headers: dict[str, str]
+
+        def iter_body(self) -> Iterator[bytes]: ...
+        def read_all(self, limit: int = ...) -> bytes: ...
+        def finish(self) -> None: ...
+        def release(self) -> None: ...
+        def close(self) -> None: ...
+
+    _RequestParts = tuple[str, dict[str, str], dict[str, Any]]  # url, headers, body
+    _Build = Callable[[Model, Context, "_Options"], _RequestParts]
+    _Relax = Callable[[dict[str, Any], "PiError"], Optional[dict[str, Any]]]
+    _Open = Callable[[Model, Context, "_Options"], _Reply]
+    # step(o, method, url, headers, data, watch), editing headers
+    _AuthStep = Callable[["_Options", str, str, dict[str, str], bytes, Optional["_Watch"]], None]
+
+    class _Row(TypedDict, total=False):  # a provider of providers_table.py (read with .get)
+        name: str
+        api: str
+        baseUrl: str
+        envKeys: list[str]
+        auth: str
+        defaultModel: str
+        reasoning: bool
+        input: list[str]
+        contextWindow: int
+        maxTokens: int
+        baseline: bool
+        urlVars: dict[str, list[str]]
+        urlDefaults: dict[str, str]
+        compat: dict[str, Any]
+        headers: dict[str, str]
+
+    class _Table(Protocol):  # providers_table.py
+        PROVIDERS: dict[str, _Row]  # canonical id -> row
+        ALIASES: dict[str, str]
+        MODELS: dict[str, str]  # canonical id -> JSON lines
 
 __version__ = "0.1.0"
 __all__ = ["get_model", "stream", "complete", "list_providers", "PiError", "ConfigError"]
@@ -47,7 +283,7 @@ class PiError(Exception):
     """Every failure pi_min reports. ``kind`` is one of ERROR_KINDS (or "config"),
     ``status`` the HTTP status when there was one."""
 
-    def __init__(self, message: str, kind: str = "protocol", status: int | None = None):
+    def __init__(self, message: str, kind: str = "protocol", status: int | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.status = status
@@ -59,14 +295,14 @@ class PiError(Exception):
 class ConfigError(PiError):
     """Something the user must fix: unknown provider, missing key, bad option."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str) -> None:
         super().__init__(message, "config")
 
 
-_SECRET_PATTERNS = None
+_SECRET_PATTERNS: list[tuple[re.Pattern[str], str]] | None = None
 
 
-def _redact(text: str, secrets=()) -> str:
+def _redact(text: str, secrets: Iterable[str] = ()) -> str:
     """Replace known secrets, and anything shaped like a credential, by ***."""
     global _SECRET_PATTERNS
     for s in secrets:
@@ -88,7 +324,7 @@ def _redact(text: str, secrets=()) -> str:
     return text
 
 
-_OVERFLOW_RE = None
+_OVERFLOW_RE: re.Pattern[str] | None = None
 
 
 def _is_overflow(message: str) -> bool:
@@ -109,7 +345,7 @@ def _is_overflow(message: str) -> bool:
     return bool(_OVERFLOW_RE.search(message))
 
 
-def _classify(status: int | None, message: str = "", code=None) -> str:
+def _classify(status: int | None, message: str = "", code: object = None) -> str:
     """Map an HTTP status, a provider error code and message to an errorKind. The
     status decides first (a 429 is rate_limit whatever its message says); the
     code and the message decide only for a generic 4xx or an in-band error."""
@@ -157,17 +393,17 @@ class SSEParser:
         """An event stream under another content type (a proxy mislabelled it)?"""
         return head.lstrip().startswith((b"data:", b"event:", b":", b"id:"))
 
-    def __init__(self):
-        self._parts: list = []      # pieces of the line not yet terminated
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []  # pieces of the line not yet terminated
         self._size = 0
-        self._data: list = []       # data lines of the event being built
+        self._data: list[str] = []  # data lines of the event being built
         self._data_size = 0
         self._event = ""
         self._cr = False            # previous chunk ended in CR: a leading LF is part of it
         self._started = False
         self.last_event_id = ""
 
-    def feed(self, chunk: bytes) -> list:
+    def feed(self, chunk: bytes) -> list[tuple[str, str]]:
         if self._cr and chunk:
             self._cr = False
             if chunk[:1] == b"\n":
@@ -195,7 +431,7 @@ class SSEParser:
             self._parts.append(rest)
         return self._lines(lines)
 
-    def close(self) -> list:
+    def close(self) -> list[tuple[str, str]]:
         """End of stream: take a last unterminated line, then act as if the
         missing blank line came (dispatching a pending event)."""
         raw = b"".join(self._parts)
@@ -203,8 +439,8 @@ class SSEParser:
         self._size = 0
         return self._lines([raw, b""] if raw else [b""])
 
-    def _lines(self, lines: list) -> list:
-        out: list = []
+    def _lines(self, lines: list[bytes]) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
         if not self._started and lines:
             self._started = True
             if lines[0][:3] == b"\xef\xbb\xbf":  # one BOM, at the very start only
@@ -283,7 +519,7 @@ class _EventStream:
         self._buf = bytearray()  # an incomplete frame, waiting for _need bytes
         self._need = 0
         self._crc = zlib.crc32
-        self._kinds: dict = {}  # header bytes -> frame kind (a stream repeats a few header blocks)
+        self._kinds: dict[bytes, str] = {}  # header bytes -> frame kind (a stream repeats a few header blocks)
 
     @staticmethod
     def looks_like(head: bytes) -> bool:
@@ -299,7 +535,7 @@ class _EventStream:
                 return []
             data = bytes(buf)
             buf.clear()
-        out: list = []
+        out: list[tuple[str, str]] = []
         view, crc = memoryview(data), self._crc
         pos, end = 0, len(data)
         while end - pos >= _ES_PRELUDE:
@@ -328,7 +564,7 @@ class _EventStream:
 
     @staticmethod
     def _headers(raw: bytes) -> "dict[str, Any]":
-        headers: dict = {}
+        headers: dict[str, Any] = {}
         pos = 0
         try:
             while pos < len(raw):
@@ -398,13 +634,13 @@ class _EventStream:
 # shuts the socket in use down, so whatever blocking call is running returns at
 # once. Without a signal no thread is started.
 
-_POOL: dict = {}  # (scheme, host, port, proxy) -> [(HTTPConnection, idle since)]
+_POOL: dict[_PoolKey, list[tuple[HTTPConnection, float]]] = {}  # (scheme, host, port, proxy) -> [(conn, idle since)]
 _POOL_PID = [0]  # the process the pool belongs to: a forked child starts empty
 _POOL_MAX = 8
 _POOL_IDLE = 50.0  # seconds an idle connection is trusted to still be open
-_TLS: dict = {}  # CA file (or None: the system store) -> ssl.SSLContext
-_CERTIFI: list = []  # [path or None] once looked up
-_HTTP: list = []  # [http.client, its response class] once imported
+_TLS: dict[str | None, ssl.SSLContext] = {}  # CA file (or None: the system store) -> ssl.SSLContext
+_CERTIFI: list[str | None] = []  # [path or None] once looked up
+_HTTP: list[Any] = []  # [http.client, its response class] once imported
 _LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
 _CONNECT_TIMEOUT = 10.0  # per resolved address
 _POLL = 0.05  # how often an abort signal is looked at
@@ -421,7 +657,7 @@ def _bad_chars(text: str) -> bool:
     return any(c < " " or c == "\x7f" for c in text)
 
 
-def _tls_context():
+def _tls_context() -> ssl.SSLContext:
     """A verifying client context: $SSL_CERT_FILE, else certifi's bundle when
     installed, else the system store (one context per CA file, reused)."""
     cafile = os.environ.get("SSL_CERT_FILE") or os.environ.get("REQUESTS_CA_BUNDLE") or None
@@ -451,7 +687,7 @@ def _safe_url(url: str) -> str:
     return scheme + sep + authority.rpartition("@")[2] + slash + path
 
 
-def _split_url(url: str):
+def _split_url(url: str) -> tuple[str, str, int, str]:
     """-> (scheme, host, port, target) for an http(s) URL; ConfigError otherwise."""
     if _bad_chars(url) or " " in url:
         raise ConfigError(f"URL contains spaces or control characters: {_safe_url(url)!r}")
@@ -478,7 +714,7 @@ def _split_url(url: str):
     return scheme, host.lower(), port, target
 
 
-def _origin(url: str):
+def _origin(url: str) -> tuple[str, str, int] | None:
     """(scheme, host, port) of a URL, or None."""
     try:
         return _split_url(url)[:3]
@@ -491,7 +727,7 @@ def _host_of(url: str) -> str:
     return origin[1] if origin else ""
 
 
-def _proxy_for(scheme: str, host: str):
+def _proxy_for(scheme: str, host: str) -> str | None:
     """The proxy URL from the environment for this host, or None (curl's rules).
     Raises ConfigError for a proxy URL pi_min cannot use; never shows its password."""
     env = os.environ
@@ -528,7 +764,7 @@ def _proxy_for(scheme: str, host: str):
     return proxy
 
 
-def _proxy_auth(proxy: str) -> dict:
+def _proxy_auth(proxy: str) -> dict[str, str]:
     authority = proxy.partition("://")[2].partition("/")[0]
     if "@" not in authority:
         return {}
@@ -538,7 +774,7 @@ def _proxy_auth(proxy: str) -> dict:
     return {"Proxy-Authorization": "Basic " + base64.b64encode(cred.encode()).decode()}
 
 
-def _shutdown(sock) -> None:
+def _shutdown(sock: socket.socket) -> None:
     import socket
     try:
         sock.shutdown(socket.SHUT_RDWR)
@@ -553,11 +789,11 @@ class _Watch:
     cannot touch a descriptor that was closed and reused meanwhile; shutting the
     duplicate down ends the connection for the original too (TLS included)."""
 
-    def __init__(self, signal):
+    def __init__(self, signal: _Signal) -> None:
         import threading
         self.signal = signal
         self.fired = False
-        self._dup = None
+        self._dup: socket.socket | None = None
         self._lock = threading.Lock()
         self._stopped = False
         threading.Thread(target=self._watch, name="pi_min-abort", daemon=True).start()
@@ -571,7 +807,7 @@ class _Watch:
                         _shutdown(self._dup)
                 return
 
-    def track(self, sock) -> None:
+    def track(self, sock: socket.socket | None) -> None:
         """Watch sock (None: nothing) from now on."""
         import socket
         with self._lock:
@@ -592,7 +828,7 @@ def _aborted() -> PiError:
     return PiError("Request was aborted", "aborted")
 
 
-def _open_socket(host: str, port: int, timeout: float, watch, where: str):
+def _open_socket(host: str, port: int, timeout: float, watch: _Watch | None, where: str) -> socket.socket:
     """TCP connect trying each resolved address in turn, each for up to ``timeout``
     seconds, noticing the abort signal while waiting."""
     import errno
@@ -633,13 +869,13 @@ def _open_socket(host: str, port: int, timeout: float, watch, where: str):
     raise PiError(f"cannot connect to {where}: {error}", "network")
 
 
-def _http_client():
+def _http_client() -> tuple[ModuleType, type[HTTPResponse]]:
     """http.client and its response class, imported on first use."""
     if not _HTTP:
         import http.client
 
         class Response(http.client.HTTPResponse):
-            def _read_status(self):
+            def _read_status(self) -> tuple[str, int, str]:
                 # http.client skips 100 Continue only: skip every interim 1xx (102, 103) alike
                 while True:
                     version, status, reason = super()._read_status()  # type: ignore[misc]
@@ -650,7 +886,8 @@ def _http_client():
     return _HTTP[0], _HTTP[1]
 
 
-def _connect(scheme: str, host: str, port: int, proxy, timeout: float, watch):
+def _connect(scheme: str, host: str, port: int, proxy: str | None, timeout: float,
+             watch: _Watch | None) -> HTTPConnection:
     """The one function that opens connections: TCP to the host or the proxy (with
     a CONNECT tunnel for https), then TLS. -> a connected http.client connection."""
     client, response_class = _http_client()
@@ -659,13 +896,14 @@ def _connect(scheme: str, host: str, port: int, proxy, timeout: float, watch):
         where = f"proxy {chost}:{cport}"
     else:
         chost, cport, where = host, port, f"{host}:{port}"
+    conn: HTTPConnection
     if scheme == "https":  # TLS to the host itself, also through a tunnel (SNI and checks use host)
         conn = client.HTTPSConnection(host, port, timeout=timeout, context=_tls_context(), blocksize=_PIECE)
     else:  # plain http goes to the proxy, when there is one, as a whole URL
         conn = client.HTTPConnection(chost, cport, timeout=timeout, blocksize=_PIECE)
     conn.response_class = response_class
 
-    def open_tcp(address, _timeout=None, _source=None):
+    def open_tcp(address: tuple[str, int], _timeout: object = None, _source: object = None) -> socket.socket:
         sock = _open_socket(chost, cport, min(timeout, _CONNECT_TIMEOUT), watch, where)
         try:
             sock.settimeout(timeout)
@@ -677,7 +915,7 @@ def _connect(scheme: str, host: str, port: int, proxy, timeout: float, watch):
             sock.close()
             raise
         return sock
-    conn._create_connection = open_tcp  # ours; http.client then does TLS on it
+    conn._create_connection = open_tcp  # type: ignore[attr-defined]  # ours; http.client then does TLS on it
     try:
         conn.connect()
     except BaseException:
@@ -686,7 +924,7 @@ def _connect(scheme: str, host: str, port: int, proxy, timeout: float, watch):
     return conn
 
 
-def _tunnel(sock, host: str, port: int, proxy: str, response_class) -> None:
+def _tunnel(sock: socket.socket, host: str, port: int, proxy: str, response_class: type[HTTPResponse]) -> None:
     """CONNECT host:port through the proxy on sock; the proxy's answer is read by
     http.client (its status line and headers), then the socket is the tunnel."""
     hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -731,8 +969,9 @@ def _net_error(e: BaseException, host: str, timeout: float) -> PiError:
     return PiError(f"connection to {host} failed: {type(e).__name__}: {e}", "network")
 
 
-def _pooled(key):
+def _pooled(key: _PoolKey) -> HTTPConnection | None:
     pid = os.getpid()
+    idle: list[tuple[HTTPConnection, float]] | None
     if _POOL_PID[0] != pid:  # a forked child: the parent's connections are not ours to use
         for idle in list(_POOL.values()):
             for conn, _ in idle:
@@ -752,11 +991,11 @@ def _pooled(key):
     return None
 
 
-def _still_open(sock) -> bool:
+def _still_open(sock: socket.socket) -> bool:
     """An idle keep-alive socket is usable when nothing is readable on it."""
     import select
     try:
-        if getattr(sock, "pending", None) and sock.pending():
+        if getattr(sock, "pending", None) and sock.pending():  # type: ignore[attr-defined]  # an SSLSocket
             return False
         readable, _, _ = select.select([sock], [], [], 0)
         return not readable
@@ -764,7 +1003,8 @@ def _still_open(sock) -> bool:
         return False
 
 
-def _request(method: str, url: str, headers: dict, body: bytes, timeout: float, watch=None) -> "_Response":
+def _request(method: str, url: str, headers: dict[str, str], body: bytes, timeout: float,
+             watch: _Watch | None = None) -> "_Response":
     """Send one request; -> _Response once its head arrived. Raises PiError."""
     import socket
     scheme, host, port, target = _split_url(url)
@@ -815,13 +1055,15 @@ class _Response:
 
     __slots__ = ("status", "reason", "headers", "_conn", "_resp", "_key", "_watch", "_host", "_timeout",
                  "_body")
+    _conn: HTTPConnection | None  # None once released or closed
 
-    def __init__(self, conn, resp, key, watch, host: str, timeout: float):
+    def __init__(self, conn: HTTPConnection, resp: HTTPResponse, key: _PoolKey, watch: _Watch | None, host: str,
+                 timeout: float) -> None:
         self.status, self.reason = resp.status, resp.reason
         self._conn, self._resp, self._key, self._watch = conn, resp, key, watch
         self._host, self._timeout = host, timeout
         self._body: "Iterator[bytes] | None" = None
-        headers: dict = {}
+        headers: dict[str, str] = {}
         for name, value in resp.msg.items():
             name = name.lower()
             headers[name] = headers[name] + ", " + value if name in headers else value
@@ -938,7 +1180,7 @@ class _Response:
             conn.close()
 
 
-def _inflate(pieces):
+def _inflate(pieces: Iterable[bytes]) -> Iterator[bytes]:
     """Inflate a gzip/zlib body in steps of at most 64 KiB of output (a few MB
     that inflate to GBs never sit in memory at once)."""
     import zlib
@@ -959,7 +1201,7 @@ def _inflate(pieces):
         raise PiError("compressed response body ended early", "network")
 
 
-def _parse_retry_after(headers: dict):
+def _parse_retry_after(headers: dict[str, str]) -> float | None:
     """Seconds the server asked us to wait, or None."""
     ms = headers.get("retry-after-ms")
     if ms:
@@ -995,9 +1237,9 @@ class _JSONPrefix:
 
     __slots__ = ("text", "stack", "in_str", "is_key", "esc_at", "scalar", "last", "safe", "_parsed_len")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.text = ""
-        self.stack: list = []   # open "{" / "["
+        self.stack: list[str] = []  # open "{" / "["
         self.in_str = False
         self.is_key = False     # the open string is an object key
         self.esc_at = -1        # index of a backslash whose escape is incomplete
@@ -1068,14 +1310,14 @@ class _JSONPrefix:
                 self.scalar = True
             i += 1
 
-    def value(self):
+    def value(self) -> dict[str, Any] | None:
         """Best-effort parse of the text so far: a dict, or None if not closable."""
         t = self.text
         self._parsed_len = len(t)
         if not self.stack:
             if not t.strip():
                 return {}
-            candidates: tuple = (t,)
+            candidates: tuple[str, ...] = (t,)
         else:
             closers = "".join("}" if c == "{" else "]" for c in reversed(self.stack))
             if self.in_str and not self.is_key:
@@ -1100,7 +1342,7 @@ class _JSONPrefix:
         return n < 8192 or n - self._parsed_len >= n >> 3
 
 
-def parse_partial_json(text: str) -> dict:
+def parse_partial_json(text: str) -> dict[str, Any]:
     """Best-effort parse of a (possibly truncated) JSON object; ``{}`` at worst."""
     p = _JSONPrefix()
     p.feed(text)
@@ -1110,12 +1352,12 @@ def parse_partial_json(text: str) -> dict:
 
 # ==== message builder ==========================================================
 
-def _zero_usage() -> dict:
+def _zero_usage() -> Usage:
     return {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0, "totalTokens": 0,
             "cost": {"input": 0.0, "output": 0.0, "cacheRead": 0.0, "cacheWrite": 0.0, "total": 0.0}}
 
 
-_DELTA = {"text": "text_delta", "thinking": "thinking_delta"}
+_DELTA: dict[str, Literal["text_delta", "thinking_delta"]] = {"text": "text_delta", "thinking": "thinking_delta"}
 
 
 class _Builder:
@@ -1127,20 +1369,20 @@ class _Builder:
 
     __slots__ = ("msg", "content", "out", "model", "cur", "cur_type", "tools", "open_tools")
 
-    def __init__(self, model: dict):
+    def __init__(self, model: Model) -> None:
         self.model = model
-        self.content: list = []
-        self.msg = {"role": "assistant", "content": self.content, "api": model["api"],
+        self.content: list[Any] = []  # msg["content"]: dicts grown in place, key by key
+        self.msg: AssistantMessage = {"role": "assistant", "content": self.content, "api": model["api"],
                     "provider": model["provider"], "model": model["id"], "usage": _zero_usage(),
                     "stopReason": "stop", "timestamp": _now_ms()}
-        self.out: list = []
+        self.out: list[Event] = []
         self.cur = -1           # index of the open text/thinking block, -1 if none
         self.cur_type = ""
-        self.tools: dict = {}   # family key -> [content index, _JSONPrefix]
-        self.open_tools: list = []
+        self.tools: dict[Hashable, list[Any]] = {}  # family key -> [content index, _JSONPrefix]
+        self.open_tools: list[Hashable] = []
 
     # -- text and thinking ------------------------------------------------------
-    def _open(self, kind: str, signature=None) -> dict:
+    def _open(self, kind: str, signature: str | None = None) -> dict[str, Any]:
         self.close_current()
         block = {"type": kind, kind: ""}
         if signature is not None:
@@ -1148,16 +1390,16 @@ class _Builder:
         self.content.append(block)
         self.cur = len(self.content) - 1
         self.cur_type = kind
-        self.out.append({"type": kind + "_start", "contentIndex": self.cur, "partial": self.msg})
+        self.out.append({"type": kind + "_start", "contentIndex": self.cur, "partial": self.msg})  # type: ignore[typeddict-item]  # text_start | thinking_start
         return block
 
-    def text(self, delta: str, signature=None) -> None:
+    def text(self, delta: str, signature: str | None = None) -> None:
         self._grow("text", delta, signature)
 
-    def thinking(self, delta: str, signature=None) -> None:
+    def thinking(self, delta: str, signature: str | None = None) -> None:
         self._grow("thinking", delta, signature)
 
-    def _grow(self, kind: str, delta: str, signature) -> None:
+    def _grow(self, kind: str, delta: str, signature: str | None) -> None:
         """Append to the open block of this kind (the block's field is named like
         the kind), opening one first when the kind changes."""
         if not delta:
@@ -1197,14 +1439,14 @@ class _Builder:
         if self.cur_type:
             block = self.content[self.cur]
             kind = self.cur_type
-            self.out.append({"type": kind + "_end", "contentIndex": self.cur, "content": block[kind],
+            self.out.append({"type": kind + "_end", "contentIndex": self.cur, "content": block[kind],  # type: ignore[typeddict-item]  # text_end | thinking_end
                              "partial": self.msg})
             self.cur, self.cur_type = -1, ""
 
     # -- tool calls -------------------------------------------------------------
-    def tool_start(self, key, call_id: str | None, name: str | None) -> dict:
+    def tool_start(self, key: Hashable, call_id: str | None, name: str | None) -> ToolCall:
         self.close_current()
-        block = {"type": "toolCall", "id": call_id or _new_call_id(), "name": name or "", "arguments": {}}
+        block: ToolCall = {"type": "toolCall", "id": call_id or _new_call_id(), "name": name or "", "arguments": {}}
         self.content.append(block)
         index = len(self.content) - 1
         self.tools[key] = [index, _JSONPrefix()]
@@ -1221,11 +1463,11 @@ class _Builder:
             if not prefix.stack and not prefix.in_str and prefix.text.strip()[:1] == "{":
                 self.tool_end(key)
 
-    def tool_block(self, key) -> dict:
+    def tool_block(self, key: Hashable) -> Any:
         """The call block of key, to read (changes go through tool_update)."""
         return self.content[self.tools[key][0]]
 
-    def tool_update(self, key, call_id: str | None = None, name: str | None = None,
+    def tool_update(self, key: Hashable, call_id: str | None = None, name: str | None = None,
                     signature: str | None = None) -> None:
         """What a started call is known by, arriving late: its id, its whole name
         so far, a signature (Gemini's on the OpenAI endpoint)."""
@@ -1237,14 +1479,14 @@ class _Builder:
         if signature:
             block["thoughtSignature"] = signature
 
-    def sign_calls(self, signatures: dict) -> None:
+    def sign_calls(self, signatures: dict[str, str]) -> None:
         """Signatures that name the calls they sign by id (OpenRouter's encrypted
         reasoning details, which may come before or after the calls)."""
         for block in self.content:
             if block["type"] == "toolCall" and block["id"] in signatures:
                 block["thoughtSignature"] = signatures[block["id"]]
 
-    def tool_delta(self, key, fragment: str) -> None:
+    def tool_delta(self, key: Hashable, fragment: str) -> None:
         if not fragment:
             return
         index, prefix = self.tools[key]
@@ -1255,7 +1497,7 @@ class _Builder:
                 self.content[index]["arguments"] = value
         self.out.append({"type": "toolcall_delta", "contentIndex": index, "delta": fragment, "partial": self.msg})
 
-    def tool_end(self, key, cut: bool = False) -> None:
+    def tool_end(self, key: Hashable, cut: bool = False) -> None:
         """cut: the provider ended the turn for length, so unfinished arguments keep
         their best-effort parse instead of failing the stream."""
         index, prefix = self.tools[key]
@@ -1290,7 +1532,7 @@ class _Builder:
         for name, value in counts.items():
             if name not in ("input", "output", "cacheRead", "cacheWrite"):
                 raise TypeError(f"update_usage: unknown count {name!r}")
-            u[name] = value
+            u[name] = value  # type: ignore[literal-required]  # one of the four, checked above
         inp, out, cache_read, cache_write = u["input"], u["output"], u["cacheRead"], u["cacheWrite"]
         u["totalTokens"] = inp + out + cache_read + cache_write
         cost = self.model.get("cost") or {}
@@ -1304,7 +1546,7 @@ class _Builder:
     def has_content(self) -> bool:
         return bool(self.content)
 
-    def done(self, reason: str) -> None:
+    def done(self, reason: _DoneReason) -> None:
         """Close every open block and emit done. reason: stop | length | toolUse.
         A turn cut for length stays "length" even with tool calls: its last call
         may be unfinished and more may have been due, so none is to be run."""
@@ -1318,8 +1560,8 @@ class _Builder:
         self.msg["stopReason"] = reason
         self.out.append({"type": "done", "reason": reason, "message": self.msg})
 
-    def fail(self, kind: str, message: str, status: int | None = None) -> dict:
-        reason = "aborted" if kind == "aborted" else "error"
+    def fail(self, kind: str, message: str, status: int | None = None) -> ErrorEvent:
+        reason: _ErrorReason = "aborted" if kind == "aborted" else "error"
         msg = self.msg
         msg["stopReason"] = reason
         msg["errorMessage"] = message
@@ -1339,20 +1581,21 @@ def _new_call_id() -> str:
 
 # ==== message transforms =======================================================
 
-def _same_model(msg: dict, model: dict) -> bool:
+def _same_model(msg: Mapping[str, Any], model: Model) -> bool:
     return (msg.get("provider") == model["provider"] and msg.get("api") == model["api"]
             and msg.get("model") == model["id"])
 
 
-def transform_messages(messages: list, model: dict, normalize_id=None) -> list:
+def transform_messages(messages: Sequence[Mapping[str, Any]], model: Model,
+                       normalize_id: Callable[[str], str] | None = None) -> list[Mapping[str, Any]]:
     """Make a conversation from any provider acceptable to ``model`` (pi-ai's
     transformMessages): thinking of other models becomes text, signatures go back
     only to the model that made them, tool-call ids are rewritten by
     ``normalize_id``, errored/aborted assistant turns are dropped and tool calls
     left without a result get a synthetic error result."""
-    id_map: dict = {}  # original tool-call id -> the id sent
-    taken: dict = {}   # id sent -> original id
-    kept: list = []
+    id_map: dict[str, str] = {}  # original tool-call id -> the id sent
+    taken: dict[str, str] = {}   # id sent -> original id
+    kept: list[Mapping[str, Any]] = []
     for m in messages:
         role = m.get("role")
         if role == "assistant":
@@ -1393,8 +1636,8 @@ def transform_messages(messages: list, model: dict, normalize_id=None) -> list:
             kept.append(dict(m, toolCallId=id_map[old]) if old in id_map else m)
         else:
             kept.append(m)
-    result: list = []
-    pending: dict = {}  # tool-call id -> name, calls still waiting for a result
+    result: list[Mapping[str, Any]] = []
+    pending: dict[str | None, str | None] = {}  # tool-call id -> name, calls still waiting for a result
     for m in kept:
         role = m.get("role")
         if role in ("assistant", "user") and pending:
@@ -1418,18 +1661,18 @@ def _sanitize_id(call_id: str, limit: int) -> str:
     return out[:limit] or "call"
 
 
-def _user_parts(content) -> list:
+def _user_parts(content: str | list[Any] | None) -> list[dict[str, Any]]:
     """A user/tool content (str or list of blocks) -> list of blocks."""
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
     return [b for b in content or () if isinstance(b, dict)]
 
 
-def _text_of(blocks: list) -> str:
+def _text_of(blocks: list[dict[str, Any]]) -> str:
     return "\n".join(b.get("text") or "" for b in blocks if b.get("type") == "text")
 
 
-def _json_body(body) -> bytes:
+def _json_body(body: object) -> bytes:
     """Serialise a request body as UTF-8 JSON, dropping lone surrogates (which
     providers reject) and joining surrogate pairs that came from escapes."""
     text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
@@ -1467,14 +1710,16 @@ def _json_body(body) -> bytes:
 class _Family:
     __slots__ = ("build", "translator", "decoder", "relax", "open")
 
-    def __init__(self, build, translator, decoder=SSEParser, relax=None, open=None):
+    def __init__(self, build: _Build, translator: Callable[[_Builder, _Options], _Translator],
+                 decoder: type[_Decoder] | None = SSEParser, relax: _Relax | None = None,
+                 open: _Open | None = None) -> None:
         self.build, self.translator, self.decoder = build, translator, decoder
         self.relax, self.open = relax, open
 
 
 # Stop words of every family -> the done reason. Words that end the turn as an
 # error are in _STOP_ERRORS; anything else is an error that names the word.
-_STOP_WORDS = {
+_STOP_WORDS: dict[str, _DoneReason] = {
     "stop": "stop", "end_turn": "stop", "stop_sequence": "stop", "end": "stop", "eos": "stop",
     "STOP": "stop", "COMPLETE": "stop", "STOP_SEQUENCE": "stop",
     "length": "length", "max_tokens": "length", "MAX_TOKENS": "length", "max_output_tokens": "length",
@@ -1503,7 +1748,7 @@ _STOP_ERRORS = {
 }
 
 
-def _stop_reason(word, details: str = "") -> str:
+def _stop_reason(word: object, details: str = "") -> _DoneReason:
     """The done reason for a provider's stop word, or raise the PiError it means
     (a refusal or filter keeps the provider's details in the message)."""
     reason = _STOP_WORDS.get(word) if isinstance(word, str) else None
@@ -1520,7 +1765,7 @@ def _join_url(base: str, suffix: str) -> str:
 
 # ---- shared by the families ----------------------------------------------------
 
-def _count(value) -> int:
+def _count(value: Any) -> int:
     """A token count from a usage field: ints, floats or numeric strings; 0 otherwise."""
     try:
         return max(0, int(value or 0))
@@ -1528,7 +1773,7 @@ def _count(value) -> int:
         return 0
 
 
-def _error_message(err) -> str:
+def _error_message(err: object) -> str:
     if isinstance(err, list) and err and all(isinstance(e, dict) for e in err):
         # FastAPI / pydantic validation details: [{"loc": [...], "msg": ...}, ...]
         return "; ".join(f"{e.get('msg') or e.get('message') or e}"
@@ -1545,7 +1790,7 @@ def _error_message(err) -> str:
     return str(err)
 
 
-def _in_band_error(err) -> PiError:
+def _in_band_error(err: object) -> PiError:
     code = err.get("code") if isinstance(err, dict) else None
     etype = err.get("type") if isinstance(err, dict) else None
     message = _error_message(err)
@@ -1563,7 +1808,7 @@ def _effort(level: str, model_id: str) -> str:
     return "high" if level == "xhigh" and not xhigh else level
 
 
-def _cache_mark(o: "_Options") -> "dict | None":
+def _cache_mark(o: "_Options") -> "dict[str, str] | None":
     """The cache_control mark for cache_retention: short (the default) 5 minutes,
     long 1 hour, none no mark."""
     retention = o.cache_retention or "short"
@@ -1574,7 +1819,7 @@ def _cache_mark(o: "_Options") -> "dict | None":
 
 # ---- openai-completions -------------------------------------------------------
 
-_OC_COMPAT = {
+_OC_COMPAT: dict[str, Any] = {
     "supportsStore": False,             # send "store": false
     "supportsDeveloperRole": False,     # system prompt as "developer" for reasoning models
     "supportsUsageInStreaming": True,   # stream_options.include_usage
@@ -1593,7 +1838,7 @@ _OC_COMPAT = {
     "cacheControlFor": None,            # model-id prefix whose prompts get cache_control marks
 }
 
-def _oc_compat(model: dict, o: "_Options | None" = None) -> dict:
+def _oc_compat(model: Model, o: "_Options | None" = None) -> dict[str, Any]:
     """Defaults, then the compat of the table row serving the request's host (so
     a custom provider pointed at a known service inherits its quirks), then the
     model's own compat (from the table, models.json or overrides)."""
@@ -1605,7 +1850,7 @@ def _oc_compat(model: dict, o: "_Options | None" = None) -> dict:
     return compat
 
 
-def _oc_normalizer(compat: dict):
+def _oc_normalizer(compat: dict[str, Any]) -> Callable[[str], str]:
     if compat.get("toolIdFormat") == "mistral":
         import hashlib
 
@@ -1619,27 +1864,27 @@ def _oc_normalizer(compat: dict):
     return lambda call_id: _sanitize_id(call_id.split("|", 1)[0], 40)
 
 
-def _json_or_none(text):
+def _json_or_none(text: object) -> Any:
     try:
         return json.loads(text) if isinstance(text, str) and text[:1] == "{" else None
     except ValueError:
         return None
 
 
-def _image_url(block: dict) -> dict:
+def _image_url(block: dict[str, Any]) -> dict[str, Any]:
     return {"type": "image_url",
             "image_url": {"url": f"data:{block.get('mimeType') or 'image/png'};base64,{block.get('data') or ''}"}}
 
 
-def _oc_messages(model: dict, ctx: dict, compat: dict) -> list:
-    out: list = []
+def _oc_messages(model: Model, ctx: Context, compat: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
     system = ctx.get("systemPrompt")
     if system:
-        role = "developer" if model.get("reasoning") and compat["supportsDeveloperRole"] else "system"
+        role: str | None = "developer" if model.get("reasoning") and compat["supportsDeveloperRole"] else "system"
         out.append({"role": role, "content": system})
     images_ok = "image" in (model.get("input") or ())
     bridge = {"role": "assistant", "content": "I have processed the tool results."}
-    pending_images: list = []  # images of a run of tool results, sent after it as a user message
+    pending_images: list[dict[str, Any]] = []  # images of a run of tool results, sent after it as a user message
     after_tool = False
     messages = transform_messages(ctx.get("messages") or [], model, _oc_normalizer(compat))
     for m in messages + [{"role": None}]:  # the sentinel flushes a trailing run of tool results
@@ -1668,7 +1913,7 @@ def _oc_messages(model: dict, ctx: dict, compat: dict) -> list:
         elif role == "assistant":
             blocks = m.get("content") or []
             text = "\n\n".join(b["text"] for b in blocks if b.get("type") == "text" and (b.get("text") or "").strip())
-            msg: dict = {"role": "assistant", "content": None}
+            msg: dict[str, Any] = {"role": "assistant", "content": None}
             thinking = [b for b in blocks if b.get("type") == "thinking" and not b.get("redacted")]
             if thinking:
                 joined = "\n".join(b.get("thinking") or "" for b in thinking)
@@ -1713,7 +1958,7 @@ def _oc_messages(model: dict, ctx: dict, compat: dict) -> list:
     return out
 
 
-def _oc_reasoning(body: dict, model: dict, compat: dict, level: str | None) -> None:
+def _oc_reasoning(body: dict[str, Any], model: Model, compat: dict[str, Any], level: str | None) -> None:
     # Only when the caller asked (a level, "off" included: it switches thinking off
     # where a dialect can) and the model is known to reason: servers reject these
     # fields for other models, and unasked they would override the model's default.
@@ -1742,14 +1987,14 @@ def _oc_reasoning(body: dict, model: dict, compat: dict, level: str | None) -> N
             body["reasoning_effort"] = "max" if level == "xhigh" else "high"
 
 
-def _oc_fixed_temperature(model: dict, url: str) -> bool:
+def _oc_fixed_temperature(model: Model, url: str) -> bool:
     """OpenAI's own reasoning models (o1, o3, o4-mini, the gpt-5 family) reject any
     temperature but the default, so none is sent to them."""
     return (bool(model.get("reasoning")) and "api.openai.com" in url
             and model["id"].startswith(("o1", "o3", "o4", "gpt-5")))
 
 
-def _oc_tool_choice(choice):
+def _oc_tool_choice(choice: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
     if choice is None or isinstance(choice, dict):
         return choice
     if choice in ("auto", "none", "required"):
@@ -1759,9 +2004,9 @@ def _oc_tool_choice(choice):
     return {"type": "function", "function": {"name": choice}}
 
 
-def _oc_build(model: dict, ctx: dict, o: "_Options"):
+def _oc_build(model: Model, ctx: Context, o: "_Options") -> _RequestParts:
     compat = o.compat = _oc_compat(model, o)
-    body: dict = {"model": model["id"], "messages": _oc_messages(model, ctx, compat), "stream": True}
+    body: dict[str, Any] = {"model": model["id"], "messages": _oc_messages(model, ctx, compat), "stream": True}
     if compat["supportsUsageInStreaming"]:
         body["stream_options"] = {"include_usage": True}
     if compat["supportsStore"]:
@@ -1774,7 +2019,7 @@ def _oc_build(model: dict, ctx: dict, o: "_Options"):
     if tools:
         body["tools"] = []
         for t in tools:
-            fn = {"name": t.get("name"), "description": t.get("description") or "",
+            fn: dict[str, Any] = {"name": t.get("name"), "description": t.get("description") or "",
                   "parameters": t.get("parameters") or {"type": "object", "properties": {}}}
             if compat["supportsStrictMode"]:
                 fn["strict"] = False
@@ -1799,7 +2044,7 @@ def _oc_build(model: dict, ctx: dict, o: "_Options"):
     return _join_url(o.url, "chat/completions"), headers, body
 
 
-def _mark_cache(messages: list, mark: dict) -> None:
+def _mark_cache(messages: list[dict[str, Any]], mark: dict[str, str]) -> None:
     """Anthropic models behind an OpenAI-style gateway cache up to a marked block:
     mark the last text of the last user or assistant message."""
     for msg in reversed(messages):
@@ -1816,7 +2061,7 @@ def _mark_cache(messages: list, mark: dict) -> None:
                     return
 
 
-def _oc_relax(body: dict, error: PiError):
+def _oc_relax(body: dict[str, Any], error: PiError) -> dict[str, Any] | None:
     """A 400/422 that names stream_options (servers that reject the field):
     the same body without it, else None."""
     if "stream_options" in body and error.status in (400, 422) and "stream_options" in str(error):
@@ -1824,7 +2069,7 @@ def _oc_relax(body: dict, error: PiError):
     return None
 
 
-def _oc_usage(b: _Builder, usage: dict) -> None:
+def _oc_usage(b: _Builder, usage: dict[str, Any]) -> None:
     prompt = _count(usage.get("prompt_tokens") or usage.get("input_tokens"))
     completion = _count(usage.get("completion_tokens") or usage.get("output_tokens"))
     details = usage.get("prompt_tokens_details")
@@ -1856,12 +2101,12 @@ class _OCTranslator:
 
     __slots__ = ("b", "finish", "ended", "slots", "signatures", "refusal", "rid")
 
-    def __init__(self, b: _Builder, o: "_Options"):
+    def __init__(self, b: _Builder, o: "_Options") -> None:
         self.b = b
         self.finish: str | None = None
         self.ended = False
-        self.slots: dict = {}   # tool_calls[].index -> [builder key, the call's id from the wire or None]
-        self.signatures: dict = {}  # tool-call id -> encrypted reasoning detail (JSON)
+        self.slots: dict[int | str | None, list[Any]] = {}  # tool_calls[].index -> [builder key, the call's id or None]
+        self.signatures: dict[str, str] = {}  # tool-call id -> encrypted reasoning detail (JSON)
         self.refusal = ""       # delta.refusal pieces: never text, the message of the error at the end
         self.rid = ""           # the response id of the chunks, for the id of a legacy function_call
 
@@ -1881,7 +2126,7 @@ class _OCTranslator:
             self.chunk(chunk)
         return False
 
-    def chunk(self, chunk: dict) -> None:
+    def chunk(self, chunk: dict[str, Any]) -> None:
         err = chunk.get("error")
         if err:
             raise _in_band_error(err)
@@ -1903,7 +2148,7 @@ class _OCTranslator:
         if isinstance(usage, dict):
             _oc_usage(self.b, usage)
 
-    def delta(self, delta: dict) -> None:
+    def delta(self, delta: dict[str, Any]) -> None:
         b = self.b
         for field in ("reasoning_content", "reasoning", "reasoning_text"):
             value = delta.get(field)
@@ -1941,7 +2186,7 @@ class _OCTranslator:
             call_id = "call_" + _sanitize_id(self.rid, 35) if self.rid else None  # else the builder makes one
             self.tool(None, {"id": call_id, "function": legacy})
 
-    def details(self, details: list, have_text: bool) -> None:
+    def details(self, details: list[Any], have_text: bool) -> None:
         """OpenRouter-style reasoning_details: readable ones become thinking when
         no plain reasoning field carried it; encrypted ones are the signature of
         the tool call with the same id, echoed back with it next turn."""
@@ -1957,7 +2202,7 @@ class _OCTranslator:
                 if isinstance(text, str):
                     self.b.thinking(text, "reasoning_details")
 
-    def tool(self, index, call: dict) -> None:
+    def tool(self, index: int | str | None, call: dict[str, Any]) -> None:
         """One tool-call fragment for slot ``index`` (tool_calls[].index; None for
         the legacy function_call). One call per index: a new id starts another call
         only when it also brings a name (servers that reuse index 0 for parallel
@@ -2003,7 +2248,7 @@ class _OCTranslator:
             b.tool_update(key, signature=json.dumps({"extra_content": extra}))
         b.tool_delta(key, args)
 
-    def whole(self, obj) -> None:
+    def whole(self, obj: Any) -> None:
         """A complete (non-streamed) chat.completion body."""
         if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list):
             raise PiError("the server answered with JSON that is not a chat completion", "protocol")
@@ -2015,7 +2260,7 @@ class _OCTranslator:
         self.chunk(obj)
         self.ended = True
 
-    def end(self, eof: bool):
+    def end(self, eof: bool) -> _DoneReason:
         """-> the done reason, or raise when the stream did not complete."""
         # finish_reason is the provider's word that the turn is over; [DONE] after it
         # only closes the stream, and the SDK (and CONTRACT §6) do not wait for it.
@@ -2046,13 +2291,13 @@ def _am_url(base: str) -> str:
     return base + ("/messages" if base.endswith("/v1") else "/v1/messages")
 
 
-def _am_image(block: dict) -> dict:
+def _am_image(block: Mapping[str, Any]) -> dict[str, Any]:
     return {"type": "image", "source": {"type": "base64", "media_type": block.get("mimeType") or "image/png",
                                         "data": block.get("data") or ""}}
 
 
-def _am_user_blocks(content, images: bool) -> list:
-    blocks: list = []
+def _am_user_blocks(content: Any, images: bool) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
     for part in _user_parts(content):
         if part.get("type") == "text" and (part.get("text") or "").strip():
             blocks.append({"type": "text", "text": part["text"]})
@@ -2061,8 +2306,8 @@ def _am_user_blocks(content, images: bool) -> list:
     return blocks
 
 
-def _am_assistant_blocks(m: dict) -> list:
-    blocks: list = []
+def _am_assistant_blocks(m: Mapping[str, Any]) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
     for b in m.get("content") or ():
         kind = b.get("type")
         if kind == "text" and (b.get("text") or "").strip():
@@ -2083,8 +2328,8 @@ def _am_assistant_blocks(m: dict) -> list:
     return blocks
 
 
-def _am_tool_result(m: dict, images: bool) -> dict:
-    content: list = []
+def _am_tool_result(m: Mapping[str, Any], images: bool) -> dict[str, Any]:
+    content: list[dict[str, Any]] = []
     for part in _user_parts(m.get("content")):
         if part.get("type") == "text":
             content.append({"type": "text", "text": part.get("text") or ""})
@@ -2092,17 +2337,17 @@ def _am_tool_result(m: dict, images: bool) -> dict:
             content.append(_am_image(part))
     if content and all(c["type"] == "image" for c in content):
         content.insert(0, {"type": "text", "text": "(see attached image)"})
-    block: dict = {"type": "tool_result", "tool_use_id": m.get("toolCallId") or "", "content": content}
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": m.get("toolCallId") or "", "content": content}
     if m.get("isError"):
         block["is_error"] = True
     return block
 
 
-def _am_messages(model: dict, ctx: dict) -> list:
+def _am_messages(model: Model, ctx: Context) -> list[dict[str, Any]]:
     """Context messages -> Anthropic messages: tool results merged into one user turn
     in order, ids rewritten to [A-Za-z0-9_-]{1,64}, turns with nothing left dropped."""
     images = "image" in (model.get("input") or ("text",))
-    out: list = []
+    out: list[dict[str, Any]] = []
     for m in transform_messages(ctx.get("messages") or [], model, lambda i: _sanitize_id(i, 64)):
         role = m.get("role")
         if role == "user":
@@ -2119,7 +2364,7 @@ def _am_messages(model: dict, ctx: dict) -> list:
     return out
 
 
-def _am_tool_choice(choice):
+def _am_tool_choice(choice: Any) -> Any:
     if isinstance(choice, dict):
         fn = choice.get("function")
         return {"type": "tool", "name": fn["name"]} if isinstance(fn, dict) and fn.get("name") else choice
@@ -2127,7 +2372,7 @@ def _am_tool_choice(choice):
             "required": {"type": "any"}}.get(choice) or {"type": "tool", "name": choice}
 
 
-def _am_thinking(body: dict, model: dict, o: "_Options") -> None:
+def _am_thinking(body: dict[str, Any], model: Model, o: "_Options") -> None:
     """reasoning= -> adaptive thinking with an effort (the 4.6 generation on), or a
     token budget with max_tokens raised to fit it; "off" or unasked: nothing."""
     level = o.reasoning
@@ -2150,13 +2395,13 @@ def _am_thinking(body: dict, model: dict, o: "_Options") -> None:
     body["thinking"] = {"type": "enabled", "budget_tokens": budget}
 
 
-def _am_build(model: dict, ctx: dict, o: "_Options"):
+def _am_build(model: Model, ctx: Context, o: "_Options") -> _RequestParts:
     mark = _cache_mark(o)
     if mark and mark.get("ttl") and model["provider"] != "anthropic":
         mark = {"type": "ephemeral"}  # compatible servers know the 5-minute cache only
-    body: dict = {"model": model["id"], "messages": _am_messages(model, ctx),
+    body: dict[str, Any] = {"model": model["id"], "messages": _am_messages(model, ctx),
                   "max_tokens": o.max_tokens or int(model.get("maxTokens") or 4096), "stream": True}
-    system: list = [{"type": "text", "text": _AM_OAUTH_SYSTEM}] if o.oauth else []
+    system: list[dict[str, Any]] = [{"type": "text", "text": _AM_OAUTH_SYSTEM}] if o.oauth else []
     if ctx.get("systemPrompt"):
         system.append({"type": "text", "text": ctx["systemPrompt"]})
     if system:
@@ -2197,9 +2442,9 @@ class _AMTranslator:
 
     __slots__ = ("b", "blocks", "stop", "details", "ended")
 
-    def __init__(self, b: _Builder, o: "_Options"):
+    def __init__(self, b: _Builder, o: "_Options") -> None:
         self.b = b
-        self.blocks: dict = {}
+        self.blocks: dict[Any, tuple[str, Any]] = {}
         self.stop: str | None = None
         self.details = ""
         self.ended = False
@@ -2236,7 +2481,7 @@ class _AMTranslator:
             raise _am_error(ev.get("error") or ev)
         return False  # ping and event types added later are ignored
 
-    def start(self, index, block: dict) -> None:
+    def start(self, index: Any, block: dict[str, Any]) -> None:
         kind, b = block.get("type"), self.b
         if kind == "thinking":  # opened at once: an empty one may still carry a signature
             self.blocks[index] = (kind, b.begin(kind))
@@ -2253,7 +2498,7 @@ class _AMTranslator:
             if block.get("input"):  # whole input up front (a non-streamed answer)
                 b.tool_delta(("am", index), json.dumps(block["input"]))
 
-    def delta(self, index, delta: dict) -> None:
+    def delta(self, index: Any, delta: dict[str, Any]) -> None:
         entry = self.blocks.get(index)
         if entry is None:
             return  # a block type we do not know (server tools, ...): skipped
@@ -2270,7 +2515,7 @@ class _AMTranslator:
         elif dtype == "input_json_delta" and entry[0] == "tool":
             b.tool_delta(entry[1], delta.get("partial_json") or "")
 
-    def block_stop(self, index) -> None:
+    def block_stop(self, index: Any) -> None:
         entry = self.blocks.pop(index, None)
         if entry is None:
             return
@@ -2279,7 +2524,7 @@ class _AMTranslator:
         elif self.b.cur == entry[1]:
             self.b.close_current()
 
-    def usage(self, usage) -> None:
+    def usage(self, usage: Any) -> None:
         """message_start's counts, then message_delta's cumulative ones (each only
         when present: proxies leave some out)."""
         if not isinstance(usage, dict):
@@ -2290,7 +2535,7 @@ class _AMTranslator:
         if counts:
             self.b.update_usage(**counts)
 
-    def whole(self, obj) -> None:
+    def whole(self, obj: Any) -> None:
         """A complete (non-streamed) message body."""
         if not isinstance(obj, dict) or obj.get("type") not in ("message", None) or "content" not in obj:
             raise PiError("the server answered with JSON that is not an Anthropic message", "protocol")
@@ -2303,13 +2548,13 @@ class _AMTranslator:
         self.details = _am_details(obj.get("stop_details"))
         self.ended = True
 
-    def end(self, cut: bool) -> str:
+    def end(self, cut: bool) -> _DoneReason:
         if not self.ended:
             raise PiError("the stream ended before message_stop (cut off?)", "protocol")
         return _stop_reason(self.stop or "end_turn", self.details)
 
 
-def _am_details(details) -> str:
+def _am_details(details: Any) -> str:
     """stop_details (a refusal's category and explanation) as text for the error."""
     if not isinstance(details, dict):
         return ""
@@ -2318,7 +2563,7 @@ def _am_details(details) -> str:
     return (f"{text} (category: {category})" if category else text) or json.dumps(details)[:500]
 
 
-def _am_error(err) -> PiError:
+def _am_error(err: Any) -> PiError:
     """An in-band error event; an overload is worth retrying while nothing was shown."""
     e = _in_band_error(err)
     if isinstance(err, dict) and err.get("type") in ("overloaded_error", "api_error"):
@@ -2346,7 +2591,7 @@ def _br_image(block: "dict[str, Any]") -> "dict[str, Any]":
 
 
 def _br_user(content: Any, images: bool) -> "list[dict[str, Any]]":
-    out: list = []
+    out: list[dict[str, Any]] = []
     for part in _user_parts(content):
         if part.get("type") == "text" and (part.get("text") or "").strip():
             out.append({"text": part["text"]})
@@ -2355,8 +2600,8 @@ def _br_user(content: Any, images: bool) -> "list[dict[str, Any]]":
     return out
 
 
-def _br_assistant(m: "dict[str, Any]") -> "list[dict[str, Any]]":
-    out: list = []
+def _br_assistant(m: Mapping[str, Any]) -> "list[dict[str, Any]]":
+    out: list[dict[str, Any]] = []
     for b in m.get("content") or ():
         kind = b.get("type")
         if kind == "text" and (b.get("text") or "").strip():
@@ -2375,15 +2620,15 @@ def _br_assistant(m: "dict[str, Any]") -> "list[dict[str, Any]]":
     return out
 
 
-def _br_tool_result(m: "dict[str, Any]", images: bool) -> "dict[str, Any]":
+def _br_tool_result(m: Mapping[str, Any], images: bool) -> "dict[str, Any]":
     content = _br_user(m.get("content"), images) or [{"text": "(no output)"}]
     return {"toolResult": {"toolUseId": m.get("toolCallId") or "", "content": content,
                            "status": "error" if m.get("isError") else "success"}}
 
 
-def _br_messages(model: "dict[str, Any]", ctx: "dict[str, Any]") -> "list[dict[str, Any]]":
+def _br_messages(model: Model, ctx: Context) -> "list[dict[str, Any]]":
     images = "image" in (model.get("input") or ("text",))
-    out: list = []
+    out: list[dict[str, Any]] = []
     for m in transform_messages(ctx.get("messages") or [], model, lambda i: _sanitize_id(i, 64)):
         role = m.get("role")
         if role == "assistant":
@@ -2408,14 +2653,13 @@ def _br_tool_choice(choice: Any) -> "dict[str, Any] | None":
         choice, {"tool": {"name": choice}})
 
 
-def _br_build(model: "dict[str, Any]", ctx: "dict[str, Any]",
-              o: "_Options") -> "tuple[str, dict[str, str], dict[str, Any]]":
+def _br_build(model: Model, ctx: Context, o: "_Options") -> _RequestParts:
     claude = "claude" in model["id"].lower()
-    body: dict = {"messages": _br_messages(model, ctx)}
+    body: dict[str, Any] = {"messages": _br_messages(model, ctx)}
     if ctx.get("systemPrompt"):
         body["system"] = [{"text": ctx["systemPrompt"]}]
     # thinking, max tokens and temperature as for Anthropic itself, then moved to Converse's fields
-    am: dict = {"max_tokens": o.max_tokens or int(model.get("maxTokens") or 4096)}
+    am: dict[str, Any] = {"max_tokens": o.max_tokens or int(model.get("maxTokens") or 4096)}
     if claude:
         _am_thinking(am, model, o)
     elif o.temperature is not None:
@@ -2458,7 +2702,7 @@ class _BRTranslator:
 
     def __init__(self, b: _Builder, o: "_Options") -> None:
         self.b = b
-        self.blocks: dict = {}  # contentBlockIndex -> ("text" | "thinking", content index) or ("tool", key)
+        self.blocks: dict[Any, tuple[str, Any]] = {}  # contentBlockIndex -> (kind, content index or key)
         self.stop: "str | None" = None
 
     def event(self, kind: str, data: str) -> bool:
@@ -2538,7 +2782,7 @@ class _BRTranslator:
         self.stop = obj.get("stopReason") or "end_turn"
         self.usage(obj.get("usage"))
 
-    def end(self, cut: bool) -> str:
+    def end(self, cut: bool) -> _DoneReason:
         if self.stop is None:
             raise PiError("the stream ended before messageStop (cut off?)", "protocol")
         return _stop_reason(self.stop)
@@ -2563,7 +2807,7 @@ def _br_exception(kind: str, data: str) -> PiError:
 # SigV4 and the bearer token: the credential chain is resolved by stream(), the
 # signature made on every attempt over the final bytes (a retry is signed again).
 
-def _br_credentials(model: "dict[str, Any]", o: "_Options", pid: str, trusted: bool) -> None:
+def _br_credentials(model: Model, o: "_Options", pid: str, trusted: bool) -> None:
     """Resolve Bedrock's credentials into o (ConfigError when there are none)."""
     token = o.api_key or (os.environ.get("AWS_BEARER_TOKEN_BEDROCK", "").strip() if trusted else "")
     entry = _auth_json_entry(pid)[1] if trusted and not token else None
@@ -2621,7 +2865,7 @@ def _sigv4_step(o: "_Options", method: str, url: str, headers: "dict[str, str]",
 
 # ---- faux (offline) -------------------------------------------------------------
 
-def _faux_script(model: dict, ctx: dict, o: "_Options") -> dict:
+def _faux_script(model: Model, ctx: Context, o: "_Options") -> dict[str, Any]:
     script = o.extra.get("faux", model.get("faux"))
     if isinstance(script, list):  # one reply per assistant turn so far
         turn = sum(1 for m in ctx.get("messages") or () if m.get("role") == "assistant")
@@ -2639,14 +2883,14 @@ def _faux_script(model: dict, ctx: dict, o: "_Options") -> dict:
     return script
 
 
-def _faux_sse(model: dict, ctx: dict, o: "_Options", script: dict) -> list:
+def _faux_sse(model: Model, ctx: Context, o: "_Options", script: dict[str, Any]) -> list[bytes]:
     """Canned OpenAI chat-completions SSE bytes for a scripted reply."""
     size = int(script.get("chunkSize") or 8)
     env = {"id": "chatcmpl-faux", "object": "chat.completion.chunk", "created": int(time.time()),
            "model": model["id"]}
     frames = []
 
-    def frame(choice_delta=None, finish=None, **extra):
+    def frame(choice_delta: dict[str, Any] | None = None, finish: str | None = None, **extra: Any) -> None:
         obj = dict(env, choices=[{"index": 0, "delta": choice_delta or {}, "finish_reason": finish}], **extra)
         frames.append(b"data: " + json.dumps(obj).encode() + b"\n\n")
 
@@ -2664,7 +2908,7 @@ def _faux_sse(model: dict, ctx: dict, o: "_Options", script: dict) -> list:
         for i in range(0, len(raw), size):
             frame({"tool_calls": [{"index": n, "function": {"arguments": raw[i:i + size]}}]})
     if script.get("error"):
-        err: dict = {"message": str(script["error"]), "type": "server_error"}
+        err: dict[str, Any] = {"message": str(script["error"]), "type": "server_error"}
         if script.get("errorStatus"):
             err["code"] = int(script["errorStatus"])
         frames.append(b"data: " + json.dumps({"error": err}).encode() + b"\n\n")
@@ -2685,10 +2929,10 @@ class _FauxResponse:
     status = 200
     reason = "OK"
 
-    def __init__(self, frames: list, delay: float, signal):
+    def __init__(self, frames: list[bytes], delay: float, signal: _Signal | None) -> None:
         self.frames, self.delay, self.signal = frames, delay, signal
 
-    def iter_body(self):
+    def iter_body(self) -> Iterator[bytes]:
         for piece in self.frames:
             if self.delay:
                 if self.signal is not None:
@@ -2707,11 +2951,11 @@ class _FauxResponse:
     finish = close = release
 
 
-def _faux_build(model: dict, ctx: dict, o: "_Options"):
+def _faux_build(model: Model, ctx: Context, o: "_Options") -> _RequestParts:
     return "faux://local", {}, {"model": model["id"], "messages": ctx.get("messages") or []}
 
 
-def _faux_open(model: dict, ctx: dict, o: "_Options"):
+def _faux_open(model: Model, ctx: Context, o: "_Options") -> _FauxResponse:
     script = _faux_script(model, ctx, o)
     if script.get("errorStatus") and not script.get("error"):
         raise PiError(f"faux: scripted HTTP {script['errorStatus']}", _classify(int(script["errorStatus"])),
@@ -2733,8 +2977,8 @@ _FAMILIES = {
 
 # ==== providers, credentials, config ===========================================
 
-_TABLE = None
-_BY_HOST: "dict | None" = None
+_TABLE: _Table | None = None
+_BY_HOST: "dict[str, _Row] | None" = None
 # Auth styles: how a provider's credential reaches the request. A header style is
 # one header made once per stream; a step style runs before every attempt, on the
 # final bytes (SigV4 signs body and time; token exchanges and OAuth refreshes use
@@ -2744,15 +2988,15 @@ _BY_HOST: "dict | None" = None
 _AUTH_HEADERS = {"bearer": ("Authorization", "Bearer "), "x-api-key": ("x-api-key", ""),
                  "api-key": ("api-key", ""), "x-goog-api-key": ("x-goog-api-key", ""),
                  "none": ("Authorization", "Bearer "), "off": None}
-_AUTH_STEPS: dict = {}  # style -> step(o, method, url, headers, data, watch), editing headers
+_AUTH_STEPS: dict[str, _AuthStep] = {}  # style -> step(o, method, url, headers, data, watch), editing headers
 # A style with a credential chain of its own resolves it here, in stream(), instead of
 # the key lookup: resolve(model, o, provider id, trusted) sets o.auth_headers/o.auth_step.
-_AUTH_RESOLVERS: dict = {"sigv4": _br_credentials}
+_AUTH_RESOLVERS: dict[str, Callable[[Any, "_Options", str, bool], None]] = {"sigv4": _br_credentials}
 _MODEL_FIELDS = ("id", "name", "api", "provider", "baseUrl", "reasoning", "input", "cost",
                  "contextWindow", "maxTokens", "headers", "compat", "faux")
 
 
-def _table():
+def _table() -> _Table:
     """This module's own providers_table, loaded on first use: the package's
     ``.providers_table`` when pi_min is vendored into a package, else the file
     next to this one. A top-level ``providers_table`` that belongs to someone
@@ -2760,7 +3004,7 @@ def _table():
     global _TABLE
     if _TABLE is None:
         import importlib
-        mod = None
+        mod: Any = None  # the providers_table module
         if __package__:  # e.g. myapp/_vendor/pi_min.py -> myapp._vendor.providers_table
             try:
                 mod = importlib.import_module(".providers_table", __package__)
@@ -2785,10 +3029,10 @@ def _table():
     return _TABLE
 
 
-_MODELS: dict = {}
+_MODELS: dict[str, dict[str, dict[str, Any]]] = {}
 
 
-def _known_models(pid: str) -> dict:
+def _known_models(pid: str) -> dict[str, dict[str, Any]]:
     """The table's models of one provider (parsed from its JSON lines on first use)."""
     models = _MODELS.get(pid)
     if models is None:
@@ -2801,7 +3045,7 @@ def _known_models(pid: str) -> dict:
     return models
 
 
-def _rows_by_host() -> dict:
+def _rows_by_host() -> dict[str, _Row]:
     global _BY_HOST
     if _BY_HOST is None:
         _BY_HOST = {}
@@ -2816,7 +3060,7 @@ def _agent_dir() -> str:
     return os.path.expanduser(os.environ.get("PI_CODING_AGENT_DIR") or os.path.join("~", ".pi", "agent"))
 
 
-def _read_config(name: str) -> dict:
+def _read_config(name: str) -> dict[str, Any]:
     path = os.path.join(_agent_dir(), name)
     try:
         with open(path, "rb") as f:
@@ -2831,7 +3075,7 @@ def _read_config(name: str) -> dict:
     return data
 
 
-def _canonical(name: str):
+def _canonical(name: str) -> str | None:
     """Canonical table id for a provider name or alias, or None."""
     key = name.strip().lower()
     t = _table()
@@ -2840,19 +3084,19 @@ def _canonical(name: str):
     return t.ALIASES.get(key)
 
 
-def _provider_config(pid: str, cfg: dict) -> dict:
+def _provider_config(pid: str, cfg: dict[str, Any]) -> dict[str, Any]:
     """The models.json entry for a provider (matched through its aliases)."""
     providers = cfg.get("providers") or {}
     if not isinstance(providers, dict):
         raise ConfigError("models.json: 'providers' must be an object")
-    merged: dict = {}
+    merged: dict[str, Any] = {}
     for key, value in providers.items():
         if isinstance(value, dict) and (key.lower() == pid or _canonical(key) == pid):
             merged.update(value)
     return merged
 
 
-def _resolve_provider(name: str, cfg: dict):
+def _resolve_provider(name: str, cfg: dict[str, Any]) -> tuple[str, _Row | None, dict[str, Any]]:
     """-> (canonical id, table row or None, models.json entry)."""
     if not isinstance(name, str) or not name.strip():
         raise ConfigError("no provider given")
@@ -2873,7 +3117,7 @@ def _resolve_provider(name: str, cfg: dict):
     return pid, _table().PROVIDERS.get(pid), _provider_config(pid, cfg)
 
 
-def _merge(model: dict, source: dict) -> None:
+def _merge(model: dict[str, Any], source: Mapping[str, Any]) -> None:
     for k in _MODEL_FIELDS:
         if k in source and source[k] is not None and k not in ("id", "provider"):
             v = source[k]
@@ -2885,7 +3129,7 @@ def _merge(model: dict, source: dict) -> None:
                 model[k] = v
 
 
-def get_model(provider: str, model_id: str | None = None, **overrides) -> dict:
+def get_model(provider: str, model_id: str | None = None, **overrides: Any) -> Model:
     """A Model dict for ``provider`` (any alias, any case) and ``model_id``
     (default: the first model models.json lists for the provider, else the
     table's default model; "provider/model-id" works too). Filled from the provider table,
@@ -2906,7 +3150,7 @@ def get_model(provider: str, model_id: str | None = None, **overrides) -> dict:
     mid = model_id or next(iter(listed), None) or (row["defaultModel"] if row else None)
     if not mid:
         raise ConfigError(f"no model given for {pid!r} and models.json lists none")
-    model = {"id": mid, "name": mid, "api": "openai-completions", "provider": pid, "baseUrl": "",
+    model: dict[str, Any] = {"id": mid, "name": mid, "api": "openai-completions", "provider": pid, "baseUrl": "",
              "reasoning": False, "input": ["text"],
              "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0},
              "contextWindow": 128000, "maxTokens": 16384}
@@ -2921,10 +3165,10 @@ def get_model(provider: str, model_id: str | None = None, **overrides) -> dict:
     if mid in listed:
         _merge(model, listed[mid])
     _merge(model, overrides)
-    return model
+    return model  # type: ignore[return-value]  # a dict of every Model field, filled above
 
 
-def list_providers() -> list:
+def list_providers() -> list[str]:
     """Canonical provider ids (built in and from models.json), sorted."""
     ids = set(_table().PROVIDERS)
     for key in (_read_config("models.json").get("providers") or {}):
@@ -2932,7 +3176,7 @@ def list_providers() -> list:
     return sorted(ids)
 
 
-def _resolve_value(value: str, base_dir: str, what: str, required: bool = False):
+def _resolve_value(value: object, base_dir: str, what: str, required: bool = False) -> str | None:
     """models.json value sources: "!command", "env:NAME", "file:PATH", else a bare
     value: the env var of that name when it is set and non-empty, else the value
     itself (as both pis do: "K_MODELS" with no such variable is the key K_MODELS).
@@ -2971,13 +3215,13 @@ def _auth_built(style: str) -> bool:
     return style in _AUTH_HEADERS or style in _AUTH_STEPS or style in _AUTH_RESOLVERS
 
 
-def _auth_style(model: dict, row, pconf: dict) -> str:
+def _auth_style(model: Model, row: _Row | None, pconf: dict[str, Any]) -> str:
     """The provider's auth style: models.json "auth" (or "authHeader": false), else
     the table row's, else the family's usual one."""
     if pconf.get("authHeader") is False:
         return "off"
     if isinstance(pconf.get("auth"), str):
-        return pconf["auth"]
+        return pconf["auth"]  # type: ignore[no-any-return]  # a str, as checked
     if row and row.get("auth") and (not pconf.get("api") or pconf.get("api") == row.get("api")):
         return row["auth"]
     api = str(model.get("api") or "")
@@ -2985,10 +3229,10 @@ def _auth_style(model: dict, row, pconf: dict) -> str:
             "faux": "none"}.get(api, "bearer")
 
 
-def _auth_json_entry(pid: str):
+def _auth_json_entry(pid: str) -> tuple[str | None, Any]:
     """-> (the key auth.json stores pid under, its entry), or (None, None)."""
     data = _read_config("auth.json")
-    found = (None, None)
+    found: tuple[str | None, Any] = (None, None)
     for key, value in data.items():
         if key.lower() == pid:
             return key, value
@@ -2997,12 +3241,12 @@ def _auth_json_entry(pid: str):
     return found
 
 
-def _oauth_expired(entry) -> bool:
+def _oauth_expired(entry: Any) -> bool:
     expires = entry.get("expires") if isinstance(entry, dict) else None
     return isinstance(expires, (int, float)) and expires <= _now_ms()
 
 
-def _auth_json_key(pid: str):
+def _auth_json_key(pid: str) -> str | None:
     """An API key or unexpired OAuth access token for pid from auth.json."""
     entry = _auth_json_entry(pid)[1]
     if isinstance(entry, str):
@@ -3039,7 +3283,7 @@ def _refreshable(pid: str) -> bool:
             and _oauth_expired(entry) and bool(entry.get("refresh") or entry.get("refresh_token")))
 
 
-def _write_auth_entry(name: str, entry: dict) -> None:
+def _write_auth_entry(name: str, entry: dict[str, Any]) -> None:
     """Replace one entry of auth.json, keeping the others: written to a temporary
     file of mode 0600 beside it, then renamed over it (atomic)."""
     import tempfile
@@ -3060,12 +3304,13 @@ def _write_auth_entry(name: str, entry: dict) -> None:
         raise
 
 
-def _oauth_refresh_step(o: "_Options", method: str, url: str, headers: dict, data: bytes, watch) -> None:
+def _oauth_refresh_step(o: "_Options", method: str, url: str, headers: dict[str, str], data: bytes,
+                        watch: "_Watch | None") -> None:
     """Auth step for an expired auth.json OAuth entry: refresh it once per process
     (written back to auth.json), then send the access token as a bearer token."""
     pid = o.oauth_provider
 
-    def fetch():
+    def fetch() -> tuple[str, float]:
         name, entry = _auth_json_entry(pid)
         if not isinstance(entry, dict) or name is None:
             raise PiError(f"{pid}: the OAuth entry left auth.json", "auth")
@@ -3105,7 +3350,7 @@ def _quote(value: str) -> str:
     return quote(value, safe="")
 
 
-def _fill_url(url: str, row, model: dict) -> str:
+def _fill_url(url: str, row: _Row | None, model: Model) -> str:
     """Fill {placeholders} of a templated base URL from env vars / defaults; the
     values are percent-encoded, except whole URLs ({service_url}), which are
     checked like any URL."""
@@ -3128,7 +3373,7 @@ def _fill_url(url: str, row, model: dict) -> str:
         names = " or ".join(env_map.get(name, ())) or "a baseUrl in models.json"
         raise ConfigError(f"{model['provider']}: the base URL needs {{{name}}}: set {names}")
 
-    def fill(m):
+    def fill(m: re.Match[str]) -> str:
         value = value_of(m.group(1))
         return value.rstrip("/") if m.group(1).endswith("_url") else _quote(value)
     return re.sub(r"\{([A-Za-z_]+)\}", fill, url)
@@ -3142,12 +3387,15 @@ class _Options:
                  "url", "host_row", "compat", "auth_headers", "secrets", "credential", "auth_step",
                  "oauth", "oauth_provider")
 
-    def __init__(self, api_key=None, base_url=None, headers=None, temperature=None, max_tokens=None,
-                 reasoning=None, tool_choice=None, session_id=None, cache_retention=None, signal=None,
-                 timeout=120.0, max_retries=2, on_payload=None, extra=None):
+    def __init__(self, api_key: str | None = None, base_url: str | None = None, headers: dict[str, Any] | None = None,
+                 temperature: float | None = None, max_tokens: int | None = None,
+                 reasoning: ThinkingLevel | None = None, tool_choice: str | dict[str, Any] | None = None,
+                 session_id: str | None = None, cache_retention: CacheRetention | None = None,
+                 signal: _Signal | None = None, timeout: float | None = 120.0, max_retries: int | None = 2,
+                 on_payload: _PayloadHook | None = None, extra: dict[str, Any] | None = None) -> None:
         self.api_key: str | None = api_key
         self.base_url: str | None = base_url
-        self.headers: dict | None = headers
+        self.headers: dict[str, Any] | None = headers
         self.temperature: float | None = temperature
         self.max_tokens: int | None = max_tokens
         self.reasoning: str | None = reasoning
@@ -3158,15 +3406,15 @@ class _Options:
         self.timeout: float = 120.0 if timeout is None else timeout
         self.max_retries: int = 2 if max_retries is None else max_retries
         self.on_payload = on_payload
-        self.extra: dict = extra or {}
+        self.extra: dict[str, Any] = extra or {}
         # resolved by _prepare() / the family's request builder
         self.url = ""
-        self.host_row: dict | None = None   # table row serving the request's host
-        self.compat: dict | None = None     # the family's resolved compat flags
-        self.auth_headers: dict = {}        # credentials and model headers
-        self.secrets: list = []             # values redacted from every message
+        self.host_row: _Row | None = None   # table row serving the request's host
+        self.compat: dict[str, Any] | None = None  # the family's resolved compat flags
+        self.auth_headers: dict[str, str] = {}  # credentials and model headers
+        self.secrets: list[str] = []        # values redacted from every message
         self.credential: Any = None         # the key or credentials object, for an auth step
-        self.auth_step: "Callable | None" = None  # run before every attempt (_AUTH_STEPS)
+        self.auth_step: "_AuthStep | None" = None  # run before every attempt (_AUTH_STEPS)
         self.oauth = False                  # the credential is a subscription (OAuth) token
         self.oauth_provider = ""            # whose auth.json OAuth entry the auth step refreshes
         self._validate()
@@ -3205,7 +3453,7 @@ class _Options:
                 raise ConfigError("faux must be a reply dict, a text, or a list of them (one per turn)")
 
 
-def _own_origins(row, pconf: dict, model: dict) -> set:
+def _own_origins(row: _Row | None, pconf: dict[str, Any], model: Model) -> set[tuple[str, str, int] | None]:
     """(scheme, host, port) a provider's stored key may be sent to: those of its
     table and models.json base URLs. Any other origin (a base_url= override, a
     local proxy, plain http to the provider's host) gets a key only when the
@@ -3220,7 +3468,7 @@ def _own_origins(row, pconf: dict, model: dict) -> set:
     return origins
 
 
-def _stored_key(pid: str, row, pconf: dict):
+def _stored_key(pid: str, row: _Row | None, pconf: dict[str, Any]) -> str | None:
     """The provider's key from, in order, its env vars, auth.json, models.json."""
     for name in (row.get("envKeys") or ()) if row else ():
         value = os.environ.get(name, "").strip()
@@ -3232,7 +3480,7 @@ def _stored_key(pid: str, row, pconf: dict):
     return key
 
 
-def _built_provider(model: dict) -> tuple:
+def _built_provider(model: Model) -> tuple[str, _Row | None, dict[str, Any], str]:
     """-> (canonical id, table row or None, models.json entry, auth style) of a
     Model dict; ConfigError when its API family or auth style is not built yet."""
     pid = _canonical(model.get("provider") or "") or (model.get("provider") or "").lower()
@@ -3251,13 +3499,13 @@ def _built_provider(model: dict) -> tuple:
     return pid, row, pconf, style
 
 
-def _is_local(row) -> bool:
+def _is_local(row: _Row | None) -> bool:
     """A local server (its table base URL is on loopback: lmstudio, ollama, ...):
     its key is optional, sent when one is configured."""
-    return bool(row) and _is_loopback(_host_of(row.get("baseUrl") or ""))
+    return bool(row) and _is_loopback(_host_of(row.get("baseUrl") or ""))  # type: ignore[union-attr]  # row is set
 
 
-def _prepare(model: dict, o: _Options) -> None:
+def _prepare(model: Model, o: _Options) -> None:
     """Resolve URL, credentials and headers; ConfigError for what the user must
     fix, a family or auth style not built yet included."""
     pid, row, pconf, style = _built_provider(model)
@@ -3298,7 +3546,7 @@ def _prepare(model: dict, o: _Options) -> None:
     _model_headers(model, o)
 
 
-def _model_headers(model: dict, o: _Options) -> None:
+def _model_headers(model: Model, o: _Options) -> None:
     """The model's own headers (models.json), values resolved like keys."""
     headers = o.auth_headers
     for name, value in (model.get("headers") or {}).items():
@@ -3310,11 +3558,11 @@ def _model_headers(model: dict, o: _Options) -> None:
                 o.secrets.append(str(value))
 
 
-_TOKENS: dict = {}  # cache key -> (token, expires at, epoch seconds)
-_TOKEN_LOCKS: dict = {}  # cache key -> lock: one fetch per key at a time
+_TOKENS: dict[Hashable, tuple[str, float]] = {}  # cache key -> (token, expires at, epoch seconds)
+_TOKEN_LOCKS: dict[Hashable, threading.Lock] = {}  # cache key -> lock: one fetch per key at a time
 
 
-def _cached_token(key, fetch, margin: float = 60.0) -> str:
+def _cached_token(key: Hashable, fetch: Callable[[], tuple[str, float]], margin: float = 60.0) -> str:
     """A short-lived token (Copilot, SAP AI Core, OAuth refresh) from the cache of
     this process, fetched again when missing or within ``margin`` seconds of
     expiring. fetch() -> (token, expires at in epoch seconds); it runs in one
@@ -3332,7 +3580,8 @@ def _cached_token(key, fetch, margin: float = 60.0) -> str:
         return token
 
 
-def _fetch_json(method: str, url: str, headers: dict, data: bytes, o: "_Options", watch, what: str) -> dict:
+def _fetch_json(method: str, url: str, headers: dict[str, str], data: bytes, o: "_Options", watch: _Watch | None,
+                what: str) -> dict[str, Any]:
     """A JSON request made on the way (token exchange, refresh): an HTTP failure is
     a PiError of the status's kind, as for the main request."""
     resp = _request(method, url, headers, data, o.timeout, watch)
@@ -3357,7 +3606,7 @@ def _fetch_json(method: str, url: str, headers: dict, data: bytes, o: "_Options"
 _RETRY_STATUSES = frozenset((408, 429, 500, 502, 503, 504, 529))
 
 
-def _http_error(resp, provider: str) -> PiError:
+def _http_error(resp: _Reply, provider: str) -> PiError:
     """A PiError from an HTTP error response (reads its body)."""
     try:
         raw = resp.read_all(1 << 20)
@@ -3392,7 +3641,7 @@ def _http_error(resp, provider: str) -> PiError:
     return e
 
 
-def _retry_delay(e: PiError, attempt: int, o: _Options):
+def _retry_delay(e: PiError, attempt: int, o: _Options) -> float | None:
     """Seconds to wait before retrying after e, or None when not retryable."""
     if attempt >= o.max_retries or e.no_retry:
         return None
@@ -3401,7 +3650,7 @@ def _retry_delay(e: PiError, attempt: int, o: _Options):
     return None
 
 
-def _merge_headers(headers: dict, extra: dict, what: str, secrets=None) -> None:
+def _merge_headers(headers: dict[str, str], extra: dict[str, Any], what: str, secrets: list[str] | None = None) -> None:
     """Merge extra into headers, names compared case-insensitively (one Authorization:
     the later one); a None value removes the header. Framing headers and control
     characters are ConfigErrors; with ``secrets``, the values are redacted like keys."""
@@ -3426,7 +3675,7 @@ def _merge_headers(headers: dict, extra: dict, what: str, secrets=None) -> None:
             secrets.append(value)
 
 
-def _build_request(model: dict, ctx: dict, o: _Options):
+def _build_request(model: Model, ctx: Context, o: _Options) -> _RequestParts:
     """The family's request with every header merged and checked, before a byte is
     sent: what is wrong here is a ConfigError raised by stream()."""
     family = _FAMILIES[model["api"]]
@@ -3442,7 +3691,7 @@ def _build_request(model: dict, ctx: dict, o: _Options):
     return url, headers, body
 
 
-def _run(model: dict, ctx: dict, o: _Options, request) -> "Generator[dict, None, None]":
+def _run(model: Model, ctx: Context, o: _Options, request: _RequestParts) -> "Generator[Event, None, None]":
     b = _Builder(model)
     yield {"type": "start", "partial": b.msg}
     watch = None
@@ -3480,7 +3729,8 @@ def _run(model: dict, ctx: dict, o: _Options, request) -> "Generator[dict, None,
             watch.stop()
 
 
-def _attempts(model: dict, ctx: dict, o: _Options, b: _Builder, url: str, headers: dict, body, watch):
+def _attempts(model: Model, ctx: Context, o: _Options, b: _Builder, url: str, headers: dict[str, str],
+              body: dict[str, Any], watch: _Watch | None) -> Generator[Event, None, None]:
     """The retry loop: one attempt after another until one ends the turn, a failure
     is not worth retrying, or content was already yielded."""
     relax = _FAMILIES[model["api"]].relax
@@ -3513,7 +3763,8 @@ def _attempts(model: dict, ctx: dict, o: _Options, b: _Builder, url: str, header
             b.set_usage(0, 0)
 
 
-def _attempt(model: dict, ctx: dict, o: _Options, b: _Builder, url: str, headers: dict, data: bytes, watch):
+def _attempt(model: Model, ctx: Context, o: _Options, b: _Builder, url: str, headers: dict[str, str], data: bytes,
+             watch: _Watch | None) -> Generator[Event, None, None]:
     """One HTTP exchange: authenticate, send, check the status, decode the body
     into the translator, and end the turn (b.done) once the provider said so."""
     family = _FAMILIES[model["api"]]
@@ -3534,7 +3785,7 @@ def _attempt(model: dict, ctx: dict, o: _Options, b: _Builder, url: str, headers
         head = b"" if streamed else _sniff(resp)
         if streamed or decoder is not None and decoder.looks_like(head):
             # a stream in the family's framing, also when a proxy mislabels it
-            ended = yield from _feed(decoder(), resp, head, tr, b, o.signal)
+            ended = yield from _feed(decoder(), resp, head, tr, b, o.signal)  # type: ignore[misc]  # streamed: not None
             reason = tr.end(not ended)
             resp.finish() if ended else resp.release()
         else:
@@ -3549,7 +3800,8 @@ def _attempt(model: dict, ctx: dict, o: _Options, b: _Builder, url: str, headers
         resp.close()
 
 
-def _feed(decoder, resp, head: bytes, tr, b: _Builder, signal):
+def _feed(decoder: _Decoder, resp: _Reply, head: bytes, tr: _Translator, b: _Builder,
+          signal: _Signal | None) -> Generator[Event, None, bool]:
     """Feed the body through the family's decoder into its translator, yielding
     the builder's events per frame. -> True when the translator saw the
     provider's terminator (nothing after it is waited for)."""
@@ -3571,7 +3823,7 @@ def _feed(decoder, resp, head: bytes, tr, b: _Builder, signal):
     return False
 
 
-def _whole_json(raw: bytes, ctype: str, provider: str):
+def _whole_json(raw: bytes, ctype: str, provider: str) -> Any:
     """A body that is not an event stream: the family's whole answer as JSON, or
     an error object (in-band error), or a protocol error."""
     text = raw.decode("utf-8", "replace").strip()
@@ -3588,7 +3840,7 @@ def _whole_json(raw: bytes, ctype: str, provider: str):
     return obj
 
 
-def _sniff(resp) -> bytes:
+def _sniff(resp: _Reply) -> bytes:
     """The first body bytes (at least a few non-blank ones, or all of a short body)."""
     head = b""
     for piece in resp.iter_body():
@@ -3598,12 +3850,12 @@ def _sniff(resp) -> bytes:
     return head
 
 
-def _chain(first: bytes, rest):
+def _chain(first: bytes, rest: Iterable[bytes]) -> Iterator[bytes]:
     yield first
     yield from rest
 
 
-def _context(context) -> dict:
+def _context(context: Context | str) -> Context:
     if isinstance(context, str):
         return {"messages": [{"role": "user", "content": context, "timestamp": _now_ms()}]}
     if not isinstance(context, dict) or not isinstance(context.get("messages"), list):
@@ -3624,11 +3876,12 @@ def _context(context) -> dict:
     return context
 
 
-def stream(model, context, *, api_key: str | None = None, base_url: str | None = None,
-           headers: dict | None = None, temperature: float | None = None, max_tokens: int | None = None,
-           reasoning: str | None = None, tool_choice=None, session_id: str | None = None,
-           cache_retention: str | None = None, signal=None, timeout: float = 120.0, max_retries: int = 2,
-           on_payload: "Callable | None" = None, **extra) -> "Generator[dict, None, None]":
+def stream(model: Model | str, context: Context | str, *, api_key: str | None = None, base_url: str | None = None,
+           headers: dict[str, Any] | None = None, temperature: float | None = None, max_tokens: int | None = None,
+           reasoning: ThinkingLevel | None = None, tool_choice: str | dict[str, Any] | None = None,
+           session_id: str | None = None, cache_retention: CacheRetention | None = None, signal: _Signal | None = None,
+           timeout: float = 120.0, max_retries: int = 2, on_payload: "_PayloadHook | None" = None,
+           **extra: Any) -> "Generator[Event, None, None]":
     """Stream one assistant turn as events (see the module docs and CONTRACT §4).
 
     ``model`` is a Model dict or "provider" / "provider/model-id"; ``context`` a
@@ -3653,9 +3906,9 @@ def stream(model, context, *, api_key: str | None = None, base_url: str | None =
     return _run(model, ctx, o, request)
 
 
-def complete(model, context, **options) -> dict:
+def complete(model: Model | str, context: Context | str, **options: Any) -> AssistantMessage:
     """Run stream() to the end and return the final AssistantMessage."""
-    message: dict = {}
+    message: AssistantMessage = {}  # type: ignore[typeddict-item]  # never returned empty: a stream ends with done or error
     events = stream(model, context, **options)
     for event in events:
         if event["type"] == "done":
@@ -3671,7 +3924,7 @@ _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif
          ".webp": "image/webp"}
 
 
-def _cli_parser():
+def _cli_parser() -> argparse.ArgumentParser:
     import argparse
     p = argparse.ArgumentParser(
         prog="pi-min", description="Stream an answer from any LLM provider (pi_min %s)." % __version__,
@@ -3696,7 +3949,7 @@ def _cli_parser():
     return p
 
 
-def _cli_target(args) -> tuple:
+def _cli_target(args: argparse.Namespace) -> tuple[str, str | None]:
     """(provider, model id or None) from flags, then env, then settings.json.
     A default model is only taken from the same place as the provider or a
     more specific one, so --provider groq never inherits another provider's model."""
@@ -3718,7 +3971,7 @@ def _cli_target(args) -> tuple:
     raise ConfigError("no provider: pass --provider (see --list-providers) or set PI_PROVIDER")
 
 
-def _cli_image(path: str) -> dict:
+def _cli_image(path: str) -> ImageContent:
     import base64
     mime = _MIME.get(os.path.splitext(path)[1].lower())
     if mime is None:
@@ -3748,7 +4001,7 @@ def _stdin_is_tty() -> bool:
         return False
 
 
-def _usage_line(msg: dict) -> str:
+def _usage_line(msg: AssistantMessage) -> str:
     u = msg.get("usage") or _zero_usage()
     cache = ""
     if u["cacheRead"] or u["cacheWrite"]:
@@ -3757,11 +4010,11 @@ def _usage_line(msg: dict) -> str:
             f"cost ${u['cost']['total']:.6f}")
 
 
-def _cli_turn(model: dict, ctx: dict, opts: dict, args) -> dict:
+def _cli_turn(model: Model, ctx: Context, opts: dict[str, Any], args: argparse.Namespace) -> AssistantMessage:
     """Run one turn, printing as it streams; -> the final message."""
     out, err = sys.stdout, sys.stderr
     dim = err.isatty() if hasattr(err, "isatty") else False
-    message: dict = {}
+    message: AssistantMessage = {}  # type: ignore[typeddict-item]  # set by the terminal event
     last = "\n"
     if args.no_stream and not args.json:
         message = complete(model, ctx, **opts)
@@ -3774,7 +4027,7 @@ def _cli_turn(model: dict, ctx: dict, opts: dict, args) -> dict:
             elif block["type"] == "toolCall":
                 err.write(f"[tool call] {block['name']}({json.dumps(block['arguments'])})\n")
     else:
-        events = stream(model, ctx, **opts)
+        events: Generator[Mapping[str, Any], None, None] = stream(model, ctx, **opts)  # dicts told apart by kind
         try:
             for ev in events:
                 kind = ev["type"]
@@ -3811,7 +4064,7 @@ def _cli_turn(model: dict, ctx: dict, opts: dict, args) -> dict:
 
 def _print_providers() -> None:
     t = _table()
-    aliases: dict = {}
+    aliases: dict[str, list[str]] = {}
     for alias, pid in t.ALIASES.items():
         aliases.setdefault(pid, []).append(alias)
     rows = [("PROVIDER", "FAMILY", "KEY ENV VARS", "DEFAULT MODEL")]
@@ -3836,13 +4089,13 @@ def _print_providers() -> None:
         sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3] + "\n")
 
 
-def _chat(model: dict, opts: dict, args) -> int:
+def _chat(model: Model, opts: dict[str, Any], args: argparse.Namespace) -> int:
     """Interactive multi-turn chat on a terminal."""
     try:
         import readline  # noqa: F401  (line editing for input())
     except ImportError:
         pass
-    ctx: dict = {"messages": []}
+    ctx: Context = {"messages": []}
     if args.system:
         ctx["systemPrompt"] = args.system
     sys.stderr.write(f"pi-min chat with {model['provider']}/{model['id']}. Ctrl-D quits, Ctrl-C stops an answer.\n")
@@ -3872,7 +4125,7 @@ def _chat(model: dict, opts: dict, args) -> int:
         ctx["messages"].append(message)
 
 
-def main(argv: list | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """The pi-min command. Exit codes: 0 ok, 1 provider/network failure,
     2 usage or configuration error, 130 interrupted."""
     for stream_ in (sys.stdout, sys.stderr):  # a non-UTF-8 console must not crash on an emoji
@@ -3914,7 +4167,7 @@ def main(argv: list | None = None) -> int:
             sys.stderr.write(f"pi-min: note: {model['provider']}/{model['id']} is not listed as accepting "
                              "images; sending them anyway\n")
             model["input"] = list(model["input"]) + ["image"]
-        ctx: dict = {"messages": [{"role": "user", "content": content, "timestamp": _now_ms()}]}
+        ctx: Context = {"messages": [{"role": "user", "content": content, "timestamp": _now_ms()}]}  # type: ignore[typeddict-item]  # text, then images
         if args.system:
             ctx["systemPrompt"] = args.system
         message = _cli_turn(model, ctx, opts, args)
