@@ -1435,6 +1435,14 @@ class _Builder:
         block["redacted"] = True
         self.close_current()
 
+    def end_block(self, kind: str, ref: Any) -> None:
+        """End a block a family addresses by its own index: a tool call by its key,
+        a text or thinking block by its content index (when it is still open)."""
+        if kind == "tool":
+            self.tool_end(ref)
+        elif self.cur == ref:
+            self.close_current()
+
     def close_current(self) -> None:
         if self.cur_type:
             block = self.content[self.cur]
@@ -2517,12 +2525,8 @@ class _AMTranslator:
 
     def block_stop(self, index: Any) -> None:
         entry = self.blocks.pop(index, None)
-        if entry is None:
-            return
-        if entry[0] == "tool":
-            self.b.tool_end(entry[1])
-        elif self.b.cur == entry[1]:
-            self.b.close_current()
+        if entry is not None:
+            self.b.end_block(*entry)
 
     def usage(self, usage: Any) -> None:
         """message_start's counts, then message_delta's cumulative ones (each only
@@ -2754,12 +2758,8 @@ class _BRTranslator:
 
     def block_stop(self, index: Any) -> None:
         entry = self.blocks.pop(index, None)
-        if entry is None:
-            return
-        if entry[0] == "tool":
-            self.b.tool_end(entry[1])
-        elif self.b.cur == entry[1]:
-            self.b.close_current()
+        if entry is not None:
+            self.b.end_block(*entry)
 
     def usage(self, usage: Any) -> None:
         if isinstance(usage, dict):
