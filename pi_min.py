@@ -991,6 +991,27 @@ def _pooled(key: _PoolKey) -> HTTPConnection | None:
     return None
 
 
+def _pool_put(key: _PoolKey, conn: HTTPConnection) -> bool:
+    """Keep an idle connection for the next request to its host (False: the pool
+    for that host is full). Connections idle too long are dropped here, for every
+    host, so a process that talks to many hosts keeps no dead ones."""
+    now = time.monotonic()
+    for k, idle in list(_POOL.items()):
+        fresh = [(c, t) for c, t in idle if now - t < _POOL_IDLE]
+        for c, t in idle:
+            if now - t >= _POOL_IDLE:
+                c.close()
+        if fresh:
+            _POOL[k] = fresh
+        else:
+            del _POOL[k]
+    idle = _POOL.setdefault(key, [])
+    if len(idle) >= _POOL_MAX:
+        return False
+    idle.append((conn, now))
+    return True
+
+
 def _still_open(sock: socket.socket) -> bool:
     """An idle keep-alive socket is usable when nothing is readable on it."""
     import select
@@ -1164,9 +1185,7 @@ class _Response:
         resp = self._resp
         if self._complete() and not resp.will_close and conn.sock is not None:
             resp.close()
-            idle = _POOL.setdefault(self._key, [])
-            if len(idle) < _POOL_MAX:
-                idle.append((conn, time.monotonic()))
+            if _pool_put(self._key, conn):
                 return
         resp.close()
         conn.close()

@@ -50,7 +50,12 @@ def server():
 
 @pytest.fixture(autouse=True)
 def collect_garbage():
-    """Collect after every test, so a socket left open fails the test that leaked it
-    (ResourceWarnings are errors) and not whichever test the collector ran in."""
+    """Empty the connection pool and collect after every test, so a socket left open
+    fails the test that leaked it (ResourceWarnings are errors), not a later one."""
     yield
+    import pi_min
+    for idle in list(pi_min._POOL.values()):  # no keep-alive socket outlives its test's server
+        for conn, _ in idle:
+            conn.close()
+    pi_min._POOL.clear()
     gc.collect()
