@@ -24,7 +24,7 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs nothing at run time
-    from typing import Callable, Generator, Iterator
+    from typing import Any, Callable, Generator, Iterator
 
 __version__ = "0.1.0"
 __all__ = ["get_model", "stream", "complete", "list_providers", "PiError", "ConfigError"]
@@ -132,7 +132,8 @@ def _classify(status: int | None, message: str = "", code=None) -> str:
     return "server" if status is None else "invalid_request"
 
 
-_STATUS_KINDS = {401: "auth", 403: "auth", 404: "not_found", 408: "timeout", 402: "rate_limit", 429: "rate_limit"}
+_STATUS_KINDS = {401: "auth", 403: "auth", 404: "not_found", 408: "timeout", 402: "rate_limit", 429: "rate_limit",
+                 498: "auth"}  # 498: Cohere's invalid or expired token
 
 
 # ==== SSE parser (sans-IO) =====================================================
@@ -1351,6 +1352,10 @@ _STOP_ERRORS = {
     "pause_turn": ("the server paused the turn (a long-running server tool); send the conversation again "
                    "to let it continue", "server"),
     "ERROR": ("the provider ended the stream with an error", "server"),
+    "ERROR_TOXIC": ("the provider's safety filter stopped the answer", "invalid_request"),
+    "ERROR_LIMIT": ("the model's context limit was reached", "context_overflow"),
+    "TIMEOUT": ("the provider timed out generating the answer", "timeout"),
+    "USER_CANCEL": ("the provider cancelled the answer", "server"),
 }
 
 
@@ -2171,6 +2176,230 @@ def _am_error(err) -> PiError:
     return e
 
 
+# ---- cohere-chat --------------------------------------------------------------
+# Cohere's v2 chat. Named SSE events whose JSON repeats the name in "type": text and
+# thinking come as numbered content blocks, the tool plan (what the model means to
+# do before it calls tools) as deltas of its own, tool calls one object at a time.
+# Citations are not part of pi's messages and are skipped.
+
+
+def _co_url(base: str) -> str:
+    """{base}/chat; a bare host gets /v2/chat, a URL ending in /chat is kept."""
+    base = base.rstrip("/")
+    if base.endswith("/chat"):
+        return base
+    return base + ("/chat" if base.partition("://")[2].partition("/")[2] else "/v2/chat")
+
+
+def _co_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _co_user(content: Any, images: bool) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = []
+    for part in _user_parts(content):
+        if part.get("type") == "text" and part.get("text"):
+            parts.append({"type": "text", "text": part["text"]})
+        elif part.get("type") == "image" and images:
+            url = f"data:{part.get('mimeType') or 'image/png'};base64,{part.get('data') or ''}"
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+    return parts
+
+
+def _co_assistant(m: dict[str, Any]) -> dict[str, Any]:
+    """An assistant turn: text and thinking as content, tool calls with the
+    reasoning before them as the tool plan (what Cohere streamed it as)."""
+    blocks = [b for b in m.get("content") or () if isinstance(b, dict)]
+    calling = any(b.get("type") == "toolCall" for b in blocks)
+    content: list[dict[str, Any]] = []
+    plan: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for b in blocks:
+        kind = b.get("type")
+        if kind == "text" and (b.get("text") or "").strip():
+            content.append({"type": "text", "text": b["text"]})
+        elif kind == "thinking" and (b.get("thinking") or "").strip():
+            # transform_messages left only this model's own thinking as thinking
+            if calling:
+                plan.append(b["thinking"])
+            else:
+                content.append({"type": "thinking", "thinking": b["thinking"]})
+        elif kind == "toolCall":
+            args = b.get("arguments")
+            calls.append({"id": b.get("id") or "", "type": "function", "function": {
+                "name": b.get("name") or "", "arguments": json.dumps(args if isinstance(args, dict) else {})}})
+    msg: dict[str, Any] = {"role": "assistant"}
+    if content:
+        msg["content"] = content
+    if plan:
+        msg["tool_plan"] = "\n\n".join(plan)
+    if calls:
+        msg["tool_calls"] = calls
+    return msg
+
+
+def _co_messages(model: dict[str, Any], ctx: dict[str, Any]) -> list[dict[str, Any]]:
+    images = "image" in (model.get("input") or ("text",))
+    out: list[dict[str, Any]] = []
+    if ctx.get("systemPrompt"):
+        out.append({"role": "system", "content": ctx["systemPrompt"]})
+    for m in transform_messages(ctx.get("messages") or [], model, lambda i: _sanitize_id(i, 64)):
+        role = m.get("role")
+        if role == "user":
+            parts = _co_user(m.get("content"), images)
+            if parts:
+                out.append({"role": "user", "content": parts})
+        elif role == "assistant":
+            msg = _co_assistant(m)
+            if len(msg) > 1:
+                out.append(msg)
+        else:  # Cohere's tool results hold text; an image is named, not sent
+            parts = _user_parts(m.get("content"))
+            text = _text_of(parts) or ("(image)" if parts else "") or "(no output)"
+            out.append({"role": "tool", "tool_call_id": m.get("toolCallId") or "", "content": text})
+    return out
+
+
+def _co_tool_choice(choice: Any) -> str | None:
+    """tool_choice -> Cohere's word (None: let the model choose)."""
+    if choice is None or choice == "auto":
+        return None
+    word = {"none": "NONE", "required": "REQUIRED", "any": "REQUIRED"}.get(choice) if isinstance(choice, str) else None
+    if word is None:
+        raise ConfigError(f"cohere-chat: tool_choice must be auto, none or required, not {choice!r} "
+                          "(Cohere cannot be made to call one named tool)")
+    return word
+
+
+def _co_build(model: dict[str, Any], ctx: dict[str, Any], o: _Options) -> tuple[str, dict[str, str], dict[str, Any]]:
+    body: dict[str, Any] = {"model": model["id"], "messages": _co_messages(model, ctx), "stream": True}
+    if o.max_tokens is not None:
+        body["max_tokens"] = o.max_tokens
+    if o.temperature is not None:
+        body["temperature"] = o.temperature
+    tools = ctx.get("tools")
+    if tools:
+        body["tools"] = [{"type": "function", "function": {
+            "name": t.get("name"), "description": t.get("description") or "",
+            "parameters": t.get("parameters") or {"type": "object", "properties": {}}}} for t in tools]
+        choice = _co_tool_choice(o.tool_choice)
+        if choice:
+            body["tool_choice"] = choice
+    if model.get("reasoning") and o.reasoning is not None:
+        # reasoning models think unless told not to; a level sets pi's usual budget
+        body["thinking"] = {"type": "disabled"} if o.reasoning == "off" else {
+            "type": "enabled", "token_budget": _AM_BUDGETS[o.reasoning]}
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    return _co_url(o.url), headers, body
+
+
+class _COTranslator:
+    """cohere-chat events -> builder calls. ``kinds`` maps a content block's index
+    to text | thinking; tool calls get a key of their own, since some servers leave
+    out their index (deltas without one belong to the call started last)."""
+
+    __slots__ = ("b", "kinds", "calls", "last_call", "stop", "details", "ended")
+
+    def __init__(self, b: _Builder, o: _Options) -> None:
+        self.b = b
+        self.kinds: dict[Any, str] = {}
+        self.calls: dict[Any, tuple[str, int]] = {}  # API index -> builder key
+        self.last_call: tuple[str, int] | None = None
+        self.stop = "COMPLETE"
+        self.details = ""
+        self.ended = False
+
+    def event(self, kind: str, data: str) -> bool:
+        if data[:6] == "[DONE]":  # the SDK's end of stream; end() judges whether message-end came
+            return True
+        try:
+            ev = json.loads(data)
+        except ValueError:
+            raise PiError(f"invalid JSON in the stream: {data[:200]!r}", "protocol") from None
+        if not isinstance(ev, dict):
+            return False
+        etype = str(ev.get("type") or kind)
+        delta = _co_dict(ev.get("delta"))
+        message = _co_dict(delta.get("message"))
+        if etype in ("content-start", "content-delta"):
+            self.content(ev.get("index"), message.get("content"))
+        elif etype == "content-end":
+            if self.b.cur_type and self.b.cur_type == self.kinds.get(ev.get("index")):
+                self.b.close_current()
+        elif etype == "tool-plan-delta":
+            self.b.thinking(str(message.get("tool_plan") or ""))
+        elif etype.startswith("tool-call-"):
+            self.tool(etype, ev.get("index"), message.get("tool_calls"))
+        elif etype == "message-end":
+            self.stop = delta.get("finish_reason") or self.stop
+            self.details = str(delta.get("error") or "")
+            self.usage(delta.get("usage"))
+            self.ended = True
+            return True
+        return False  # message-start, citations, debug and event types added later
+
+    def content(self, index: Any, part: Any) -> None:
+        if not isinstance(part, dict):
+            return
+        kind = part.get("type") or self.kinds.get(index) or ("thinking" if "thinking" in part else "text")
+        self.kinds[index] = kind
+        if kind == "thinking":
+            self.b.thinking(str(part.get("thinking") or ""))
+        elif kind == "text":
+            self.b.text(str(part.get("text") or ""))
+
+    def tool(self, etype: str, index: Any, call: Any) -> None:
+        if isinstance(call, list):  # a list where the API sends one object
+            call = call[0] if call else None
+        call = _co_dict(call)
+        fn = _co_dict(call.get("function"))
+        key = self.last_call if index is None else self.calls.get(index, self.last_call)
+        if etype == "tool-call-start":
+            key = self.last_call = ("co", len(self.b.content))  # unique: the block it opens
+            self.calls[index] = key
+            self.b.tool_start(key, call.get("id"), fn.get("name"))
+        elif key is None or key not in self.b.open_tools:
+            return
+        if etype == "tool-call-end":
+            # a call whose arguments were cut stays open: done() ends it as the stop
+            # reason says (kept when the turn ended for length, an error otherwise)
+            self.b.end_finished_tools()
+        else:
+            self.b.tool_delta(key, str(fn.get("arguments") or ""))
+
+    def usage(self, usage: Any) -> None:
+        """tokens (else billed_units); cached prompt tokens are taken out of the input."""
+        if not isinstance(usage, dict):
+            return
+        tokens = _co_dict(usage.get("tokens") or usage.get("billed_units"))
+        cached = _count(usage.get("cached_tokens"))
+        self.b.set_usage(max(0, _count(tokens.get("input_tokens")) - cached), _count(tokens.get("output_tokens")),
+                         cached)
+
+    def whole(self, obj: Any) -> None:
+        """A complete (non-streamed) chat response."""
+        msg = obj.get("message") if isinstance(obj, dict) else None
+        if not isinstance(msg, dict):
+            raise PiError("the server answered with JSON that is not a Cohere chat response", "protocol")
+        content = msg.get("content")
+        for item in [{"type": "text", "text": content}] if isinstance(content, str) else content or ():
+            if isinstance(item, dict):
+                self.content(None, item)
+                self.b.close_current()
+        self.b.thinking(str(msg.get("tool_plan") or ""))
+        for n, call in enumerate(msg.get("tool_calls") or ()):
+            self.tool("tool-call-start", n, call)
+            self.tool("tool-call-end", n, None)
+        self.stop = obj.get("finish_reason") or self.stop
+        self.usage(obj.get("usage"))
+        self.ended = True
+
+    def end(self, cut: bool) -> str:
+        if not self.ended:
+            raise PiError("the stream ended before message-end (cut off?)", "protocol")
+        return _stop_reason(self.stop, self.details)
+
+
 # ---- faux (offline) -------------------------------------------------------------
 
 def _faux_script(model: dict, ctx: dict, o: "_Options") -> dict:
@@ -2278,6 +2507,7 @@ def _faux_open(model: dict, ctx: dict, o: "_Options"):
 _FAMILIES = {
     "openai-completions": _Family(_oc_build, _OCTranslator, relax=_oc_relax),
     "anthropic-messages": _Family(_am_build, _AMTranslator),
+    "cohere-chat": _Family(_co_build, _COTranslator),
     "faux": _Family(_faux_build, _OCTranslator, open=_faux_open),
 }
 
@@ -2678,7 +2908,9 @@ def _fill_url(url: str, row, model: dict) -> str:
 
     def fill(m):
         value = value_of(m.group(1))
-        return value.rstrip("/") if m.group(1).endswith("_url") else _quote(value)
+        if not m.group(1).endswith("_url"):
+            return _quote(value)
+        return value.rstrip("/") if "://" in value else "https://" + value.rstrip("/")  # a bare host name
     return re.sub(r"\{([A-Za-z_]+)\}", fill, url)
 
 

@@ -89,7 +89,7 @@ PROVIDERS = {
     "cohere": {
         "name": "Cohere",
         "api": "cohere-chat",
-        "baseUrl": "https://api.cohere.com/v2",
+        "baseUrl": "{co_api_url}/v2",
         "envKeys": ["COHERE_API_KEY"],
         "auth": "bearer",
         "defaultModel": "command-a-03-2025",
@@ -98,6 +98,8 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 8192,
         "baseline": True,
+        "urlVars": {"co_api_url": ["CO_API_URL"]},
+        "urlDefaults": {"co_api_url": "https://api.cohere.com"},
     },
     "groq": {
         "name": "Groq",

@@ -56,8 +56,8 @@ def test_family_not_built_yet_exits_2_before_stdin_or_chat(capsys, monkeypatch):
     monkeypatch.setattr(pi_min, "_cli_stdin", must_not_run)
     monkeypatch.setattr(pi_min, "_chat", must_not_run)
     monkeypatch.setattr(pi_min, "_stdin_is_tty", lambda: True)
-    for argv, what in ((["--provider", "cohere", "hi"], "cohere: the cohere-chat API family"),
-                       (["--provider", "cohere"], "cohere: the cohere-chat API family"),
+    for argv, what in ((["--provider", "bedrock", "hi"], "amazon-bedrock: the bedrock-converse-stream API family"),
+                       (["--provider", "bedrock"], "amazon-bedrock: the bedrock-converse-stream API family"),
                        (["-m", "copilot/gpt-4.1"], "github-copilot: copilot authentication")):
         assert pi_min.main(argv) == 2
         err = capsys.readouterr().err
@@ -81,7 +81,7 @@ def test_version_and_list_providers(capsys):
     assert pi_min.get_model("groq")["id"] in groq
     moonshot = next(line for line in out.splitlines() if line.startswith("moonshotai "))
     assert moonshot.endswith("aliases: kimi, moonshot")
-    assert "(planned)" in next(line for line in out.splitlines() if line.startswith("cohere "))
+    assert "(planned)" in next(line for line in out.splitlines() if line.startswith("amazon-bedrock "))
     assert "(planned)" not in next(line for line in out.splitlines() if line.startswith("anthropic "))
     assert len(out.splitlines()) == len(pi_min.list_providers()) + 1
 

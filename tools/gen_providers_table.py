@@ -76,6 +76,12 @@ MODELSDEV_IDS = {
 # of its chat models except the Responses-only OpenAI ones (filtered below).
 API_OVERRIDES = {"github-copilot": "openai-completions"}
 
+# base URLs that differ from providers.json on purpose
+BASE_URL_OVERRIDES = {
+    # CO_API_URL moves Cohere's SDK to a private deployment or proxy; it does the same here
+    "cohere": "{co_api_url}/v2",
+}
+
 # providers.json leaves these null: (reasoning, input, contextWindow, maxTokens)
 ROW_FALLBACKS = {
     "azure-openai": (True, ["text", "image"], 128000, 16384),
@@ -110,12 +116,14 @@ URL_VARS = {
                       "project": ["GOOGLE_CLOUD_PROJECT", "VERTEX_PROJECT"]},
     "amazon-bedrock": {"region": ["AWS_REGION", "AWS_DEFAULT_REGION"]},
     "sap-ai-core": {"service_url": ["SAP_AI_CORE_SERVICE_URL"]},
+    "cohere": {"co_api_url": ["CO_API_URL"]},
 }
 # template var -> value used when none of its env vars is set
 URL_DEFAULTS = {
     "azure-openai": {"api_version": "2024-12-01-preview"},
     "google-vertex": {"location": "us-central1", "publisher": "google"},
     "amazon-bedrock": {"region": "us-east-1"},
+    "cohere": {"co_api_url": "https://api.cohere.com"},
 }
 # placeholders filled by code from the model id (never listed in urlVars/urlDefaults)
 CODE_FILLED_PLACEHOLDERS = {"model", "deployment_id", "streamGenerateContent|streamRawPredict"}
@@ -590,7 +598,7 @@ def build(report=False):
         ctx = row["context_window"] if row["context_window"] is not None else fb[2]
         mx = row["max_tokens"] if row["max_tokens"] is not None else fb[3]
         api = API_OVERRIDES.get(pid, row["api"])
-        base_url = row["base_url"]
+        base_url = BASE_URL_OVERRIDES.get(pid, row["base_url"])
         defaults = {"reasoning": reasoning, "input": list(inp), "contextWindow": ctx,
                     "maxTokens": mx}
 
@@ -709,7 +717,7 @@ def check(rows, providers, aliases, problems):
             problems.append("%s: bad auth %r" % (pid, p["auth"]))
         if p["defaultModel"] not in p["models"]:
             problems.append("%s: defaultModel not in models" % pid)
-        if pid != "faux" and p["baseUrl"] != by_id[pid]["base_url"]:
+        if pid != "faux" and p["baseUrl"] != BASE_URL_OVERRIDES.get(pid, by_id[pid]["base_url"]):
             problems.append("%s: baseUrl differs from providers.json" % pid)
         listed = set(p.get("urlVars", {})) | set(p.get("urlDefaults", {}))
         for ph in placeholders(p["baseUrl"]) - listed - CODE_FILLED_PLACEHOLDERS:
