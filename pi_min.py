@@ -2400,6 +2400,81 @@ class _COTranslator:
         return _stop_reason(self.stop, self.details)
 
 
+# ---- gitlab-chat --------------------------------------------------------------
+# GitLab Duo Chat's REST endpoint: not OpenAI-shaped and not streamed. The last user
+# message is the question; the system prompt and the earlier turns go along as
+# context; the answer is one JSON string (no tools, no usage).
+
+
+def _gl_url(base: str) -> str:
+    """An instance URL -> its chat endpoint; /api/v4 or the whole path is kept."""
+    base = base.rstrip("/")
+    if base.endswith("/chat/completions"):
+        return base
+    return base + ("/chat/completions" if base.endswith("/api/v4") else "/api/v4/chat/completions")
+
+
+def _gl_line(m: dict[str, Any]) -> str:
+    """One earlier message as a line of context ("" when it has nothing to say)."""
+    role = m.get("role")
+    if role == "user":
+        text = _text_of(_user_parts(m.get("content")))
+        return f"[User]: {text}" if text.strip() else ""
+    if role == "assistant":
+        said = []
+        for b in m.get("content") or ():
+            if b.get("type") == "text" and (b.get("text") or "").strip():
+                said.append(b["text"])
+            elif b.get("type") == "toolCall":
+                said.append(f"(called the tool {b.get('name')} with {json.dumps(b.get('arguments') or {})})")
+        return "[Assistant]: " + "\n".join(said) if said else ""
+    text = _text_of(_user_parts(m.get("content"))) or "(no output)"
+    return f"[Tool result of {m.get('toolName') or 'a tool'}]: {text}"
+
+
+def _gl_build(model: dict[str, Any], ctx: dict[str, Any], o: _Options) -> tuple[str, dict[str, str], dict[str, Any]]:
+    messages = transform_messages(ctx.get("messages") or [], model)
+    last = messages[-1] if messages else {}
+    question = _text_of(_user_parts(last.get("content"))) if last.get("role") == "user" else ""
+    if not question.strip():
+        raise ConfigError("gitlab: GitLab Duo Chat answers a question: the conversation must end with a user "
+                          "message that has text")
+    context: list[dict[str, Any]] = []
+    if ctx.get("systemPrompt"):
+        context.append({"category": "file", "id": "system-prompt", "content": f"[System]: {ctx['systemPrompt']}"})
+    for n, m in enumerate(messages[:-1]):
+        line = _gl_line(m)
+        if line:
+            context.append({"category": "file", "id": f"message-{n}", "content": line})
+    body: dict[str, Any] = {"content": question, "with_clean_history": True}
+    if context:
+        body["additional_context"] = context
+    return _gl_url(o.url), {"Content-Type": "application/json", "Accept": "application/json"}, body
+
+
+class _GLTranslator:
+    """GitLab's answer (a JSON string, or an object with "response" or "content")
+    -> one text block."""
+
+    __slots__ = ("b",)
+
+    def __init__(self, b: _Builder, o: _Options) -> None:
+        self.b = b
+
+    def event(self, kind: str, data: str) -> bool:  # the family has no decoder: never called
+        raise PiError("GitLab Duo Chat does not stream", "protocol")
+
+    def whole(self, obj: Any) -> None:
+        text = obj.get("response", obj.get("content")) if isinstance(obj, dict) else obj
+        if not isinstance(text, str):
+            raise PiError(f"GitLab answered with JSON that is not a chat answer: {json.dumps(obj)[:200]}",
+                          "protocol")
+        self.b.text(text)
+
+    def end(self, cut: bool) -> str:
+        return "stop"
+
+
 # ---- faux (offline) -------------------------------------------------------------
 
 def _faux_script(model: dict, ctx: dict, o: "_Options") -> dict:
@@ -2508,6 +2583,7 @@ _FAMILIES = {
     "openai-completions": _Family(_oc_build, _OCTranslator, relax=_oc_relax),
     "anthropic-messages": _Family(_am_build, _AMTranslator),
     "cohere-chat": _Family(_co_build, _COTranslator),
+    "gitlab-chat": _Family(_gl_build, _GLTranslator, decoder=None),
     "faux": _Family(_faux_build, _OCTranslator, open=_faux_open),
 }
 
@@ -3151,6 +3227,8 @@ def _http_error(resp, provider: str) -> PiError:
             message = _error_message(err)
         elif isinstance(err, str):
             message = err
+            if isinstance(obj.get("error_description"), str):  # OAuth 2 token endpoints (RFC 6749)
+                message = f"{err}: {obj['error_description']}"
     elif isinstance(obj, str):
         message = obj
     elif text[:1] == "<":

@@ -1321,7 +1321,7 @@ PROVIDERS = {
     "gitlab": {
         "name": "GitLab Duo",
         "api": "gitlab-chat",
-        "baseUrl": "https://gitlab.com/api/v4/chat/completions",
+        "baseUrl": "{gitlab_url}/api/v4/chat/completions",
         "envKeys": ["GITLAB_TOKEN", "GITLAB_API_KEY"],
         "auth": "bearer",
         "defaultModel": "duo-chat-sonnet-4-6",
@@ -1330,6 +1330,8 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 4096,
         "baseline": True,
+        "urlVars": {"gitlab_url": ["GITLAB_URL", "GITLAB_HOST"]},
+        "urlDefaults": {"gitlab_url": "https://gitlab.com"},
     },
     "github-models": {
         "name": "GitHub Models",

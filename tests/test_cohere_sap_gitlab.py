@@ -1,5 +1,6 @@
-"""Cohere beyond the fixture corpus: request shapes, configuration errors that name what to
-set, and a CLI run against a loopback server configured by env vars only."""
+"""Cohere and GitLab Duo beyond the fixture corpus: request shapes, configuration errors that
+name what to set, and CLI runs of each provider against loopback servers configured by env vars
+only."""
 
 import json
 import threading
@@ -24,7 +25,7 @@ def sse(body):
     return Reply(headers={"Content-Type": "text/event-stream"}, body=body)
 
 
-# -- Cohere requests ---------------------------------------------------------------------
+# -- Cohere and GitLab requests ----------------------------------------------------------
 
 def body_for(model, context, **options):
     """The request body, captured by on_payload; the abort set there ends the stream unsent."""
@@ -65,6 +66,26 @@ def test_cohere_tool_choice_and_thinking_off():
     assert "thinking" not in body_for("cohere/command-a-03-2025", ctx, reasoning="high")  # not a reasoning model
 
 
+def test_gitlab_needs_a_question_last():
+    ctx = {"messages": [{"role": "user", "content": "go"},
+                        {"role": "assistant", "content": [{"type": "text", "text": "ok"}], "api": "x",
+                         "provider": "y", "model": "z", "stopReason": "stop", "usage": {}, "timestamp": 1}]}
+    with pytest.raises(pi_min.ConfigError, match="must end with a user message"):
+        pi_min.stream("gitlab", ctx, api_key="k")
+
+
+def test_gitlab_host_names_and_instance_urls(monkeypatch):
+    row = pi_min._table().PROVIDERS["gitlab"]
+    model = pi_min.get_model("gitlab")
+    assert pi_min._fill_url(row["baseUrl"], row, model) == "https://gitlab.com/api/v4/chat/completions"
+    monkeypatch.setenv("GITLAB_HOST", "gitlab.example.com")  # glab's form: a bare host name
+    assert pi_min._fill_url(row["baseUrl"], row, model) == "https://gitlab.example.com/api/v4/chat/completions"
+    monkeypatch.setenv("GITLAB_URL", "http://127.0.0.1:8080/")
+    assert pi_min._fill_url(row["baseUrl"], row, model) == "http://127.0.0.1:8080/api/v4/chat/completions"
+    for base in ("https://g.example", "https://g.example/api/v4", "https://g.example/api/v4/chat/completions"):
+        assert pi_min._gl_url(base) == "https://g.example/api/v4/chat/completions"
+
+
 # -- the CLI, configured by env vars only ------------------------------------------------
 
 def test_cli_cohere(monkeypatch, server, capsys):
@@ -77,3 +98,15 @@ def test_cli_cohere(monkeypatch, server, capsys):
     (req,) = server.requests
     assert req.path == "/v2/chat" and req.headers["authorization"] == "Bearer co-cli-key-0123456789"
     assert req.json["model"] == "command-a-03-2025"
+
+
+def test_cli_gitlab(monkeypatch, server, capsys):
+    monkeypatch.setenv("GITLAB_TOKEN", "glpat-cli-0123456789abcdef")
+    monkeypatch.setenv("GITLAB_URL", server.url)
+    server.script([Reply(201, {"Content-Type": "application/json"}, json.dumps("Use `git bisect`.").encode())])
+    assert pi_min.main(["--provider", "gitlab-duo", "how do I find a bad commit?"]) == 0
+    assert capsys.readouterr().out == "Use `git bisect`.\n"
+    (req,) = server.requests
+    assert req.path == "/api/v4/chat/completions"
+    assert req.headers["authorization"] == "Bearer glpat-cli-0123456789abcdef"
+    assert req.json == {"content": "how do I find a bad commit?", "with_clean_history": True}

@@ -80,6 +80,8 @@ API_OVERRIDES = {"github-copilot": "openai-completions"}
 BASE_URL_OVERRIDES = {
     # CO_API_URL moves Cohere's SDK to a private deployment or proxy; it does the same here
     "cohere": "{co_api_url}/v2",
+    # a self-managed instance comes from GITLAB_URL / GITLAB_HOST
+    "gitlab": "{gitlab_url}/api/v4/chat/completions",
 }
 
 # providers.json leaves these null: (reasoning, input, contextWindow, maxTokens)
@@ -116,6 +118,7 @@ URL_VARS = {
                       "project": ["GOOGLE_CLOUD_PROJECT", "VERTEX_PROJECT"]},
     "amazon-bedrock": {"region": ["AWS_REGION", "AWS_DEFAULT_REGION"]},
     "sap-ai-core": {"service_url": ["SAP_AI_CORE_SERVICE_URL"]},
+    "gitlab": {"gitlab_url": ["GITLAB_URL", "GITLAB_HOST"]},  # a bare host name gets https://
     "cohere": {"co_api_url": ["CO_API_URL"]},
 }
 # template var -> value used when none of its env vars is set
@@ -123,6 +126,7 @@ URL_DEFAULTS = {
     "azure-openai": {"api_version": "2024-12-01-preview"},
     "google-vertex": {"location": "us-central1", "publisher": "google"},
     "amazon-bedrock": {"region": "us-east-1"},
+    "gitlab": {"gitlab_url": "https://gitlab.com"},
     "cohere": {"co_api_url": "https://api.cohere.com"},
 }
 # placeholders filled by code from the model id (never listed in urlVars/urlDefaults)
