@@ -1370,8 +1370,9 @@ def _stop_reason(word, details: str = "") -> str:
     raise PiError(message + (f": {details}" if details else ""), kind)
 
 def _join_url(base: str, suffix: str) -> str:
+    base, mark, query = base.partition("?")  # a query (SAP's api-version) stays at the end
     base = base.rstrip("/")
-    return base if base.endswith("/" + suffix) else base + "/" + suffix
+    return (base if base.endswith("/" + suffix) else base + "/" + suffix) + mark + query
 
 
 # ---- shared by the families ----------------------------------------------------
@@ -2602,6 +2603,8 @@ _AUTH_HEADERS = {"bearer": ("Authorization", "Bearer "), "x-api-key": ("x-api-ke
                  "api-key": ("api-key", ""), "x-goog-api-key": ("x-goog-api-key", ""),
                  "none": ("Authorization", "Bearer "), "off": None}
 _AUTH_STEPS: dict = {}  # style -> step(o, method, url, headers, data, watch), editing headers
+# A style with credentials of its own shape (SAP's service key) has a prepare function
+# in _AUTH_PREPARE (defined with it, below) that sets the URL, headers and step itself.
 _MODEL_FIELDS = ("id", "name", "api", "provider", "baseUrl", "reasoning", "input", "cost",
                  "contextWindow", "maxTokens", "headers", "compat", "faux")
 
@@ -2822,7 +2825,7 @@ def _resolve_value(value: str, base_dir: str, what: str, required: bool = False)
 
 
 def _auth_built(style: str) -> bool:
-    return style in _AUTH_HEADERS or style in _AUTH_STEPS
+    return style in _AUTH_HEADERS or style in _AUTH_STEPS or style in _AUTH_PREPARE
 
 
 def _auth_style(model: dict, row, pconf: dict) -> str:
@@ -3116,6 +3119,10 @@ def _prepare(model: dict, o: _Options) -> None:
     pid, row, pconf, style = _built_provider(model)
     if model.get("api") == "faux":
         return
+    own = _AUTH_PREPARE.get(style)
+    if own is not None:  # a style that finds its own credentials and URL (SAP's service key)
+        own(pid, model, row, pconf, o)
+        return _model_headers(model, o)
     env_keys = list(row.get("envKeys") or ()) if row else []
     o.secrets.extend(os.environ[n].strip() for n in env_keys if os.environ.get(n, "").strip())
     o.url = _fill_url(o.base_url or model.get("baseUrl") or "", row, model)
@@ -3199,6 +3206,173 @@ def _fetch_json(method: str, url: str, headers: dict, data: bytes, o: "_Options"
     if not isinstance(obj, dict):
         raise PiError(f"{what} did not answer with a JSON object", "protocol")
     return obj
+
+
+# ---- SAP AI Core: a service key exchanged for a token ----------------------------
+# The credentials are an XSUAA client (id, secret, token URL) plus the AI API's
+# service URL: each from a SAP_AI_CORE_* variable, else the service key JSON in
+# AICORE_SERVICE_KEY, else an auth.json "service_key" entry. The client-credentials
+# token is fetched by the auth step and cached per process until shortly before it
+# expires. Inference goes to a deployment: SAP_AI_CORE_DEPLOYMENT_ID, else the
+# model's "deploymentId" in models.json, else the model id itself.
+
+# our field -> (the service key's names for it: SAP's, pi_agent_rust's), env var
+_SAP_FIELDS = {
+    "client_id": (("clientid", "client_id"), "SAP_AI_CORE_CLIENT_ID"),
+    "client_secret": (("clientsecret", "client_secret"), "SAP_AI_CORE_CLIENT_SECRET"),
+    "token_url": (("url", "token_url"), "SAP_AI_CORE_TOKEN_URL"),
+    "service_url": (("service_url",), "SAP_AI_CORE_SERVICE_URL"),  # SAP's is serviceurls.AI_API_URL
+}
+
+
+def _sap_key_json(text: str, what: str) -> dict[str, Any]:
+    """A service key given as JSON text; the message never quotes it (it holds the secret)."""
+    try:
+        obj = json.loads(text)
+    except ValueError as e:
+        where = f" (line {e.lineno} column {e.colno})" if isinstance(e, json.JSONDecodeError) else ""
+        raise ConfigError(f"{what} is not valid JSON{where}: it should hold the AI Core service key") from None
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{what} must be a JSON object: the AI Core service key")
+    return obj
+
+
+def _sap_fields(key: dict[str, Any]) -> dict[str, str]:
+    """A service key's fields under our names."""
+    out: dict[str, str] = {}
+    urls = key.get("serviceurls")
+    if isinstance(urls, dict):
+        key = dict(key, service_url=key.get("service_url") or urls.get("AI_API_URL"))
+    for field, (names, _) in _SAP_FIELDS.items():
+        for name in names:
+            value = key.get(name)
+            if isinstance(value, str) and value.strip():
+                out.setdefault(field, value.strip())
+    return out
+
+
+def _sap_credentials(pid: str) -> dict[str, str]:
+    """Client id, secret, token URL and service URL, field by field: a SAP_AI_CORE_*
+    variable, else AICORE_SERVICE_KEY, else auth.json's service_key entry."""
+    found = {f: os.environ.get(env, "").strip() for f, (_, env) in _SAP_FIELDS.items()}
+    found = {f: v for f, v in found.items() if v}
+    raw = os.environ.get("AICORE_SERVICE_KEY", "").strip()
+    sources = [_sap_fields(_sap_key_json(raw, "AICORE_SERVICE_KEY"))] if raw else []
+    entry = _auth_json_entry(pid)[1]
+    if isinstance(entry, dict) and entry.get("type") == "service_key":
+        sources.append(_sap_fields(entry))
+    for source in sources:
+        for field, value in source.items():
+            found.setdefault(field, value)
+    return found
+
+
+def _sap_deployment(pid: str, model: dict[str, Any], pconf: dict[str, Any]) -> str:
+    deployment = os.environ.get("SAP_AI_CORE_DEPLOYMENT_ID", "").strip()
+    if deployment:
+        return deployment
+    for m in pconf.get("models") or ():
+        if isinstance(m, dict) and m.get("id") == model["id"] and str(m.get("deploymentId") or "").strip():
+            return str(m["deploymentId"]).strip()
+    if model["id"] in _known_models(pid):  # a model name from the table, which no deployment is called
+        raise ConfigError(f"{pid}: {model['id']!r} is a model name, not a deployment id: set "
+                          "SAP_AI_CORE_DEPLOYMENT_ID, give the model a \"deploymentId\" in models.json, or name "
+                          "the deployment as the model (-m <deployment id>)")
+    return str(model["id"])
+
+
+def _sap_url(pid: str, template: str, row: dict[str, Any] | None, model: dict[str, Any],
+             pconf: dict[str, Any], service_url: str) -> str:
+    """The inference URL: {service_url} and {deployment_id} filled here, the rest
+    ({api_version}) from the row's URL variables."""
+    if "{service_url}" in template:
+        if not service_url:
+            raise ConfigError(f"{pid}: no service URL: set SAP_AI_CORE_SERVICE_URL or AICORE_SERVICE_KEY (the "
+                              "service key, whose serviceurls.AI_API_URL it is)")
+        base = service_url.rstrip("/")
+        base = base[:-3] if base.endswith("/v2") else base  # SAP's SDKs name the URL with /v2
+        template = template.replace("{service_url}", base if "://" in base else "https://" + base)
+    if "{deployment_id}" in template:
+        template = template.replace("{deployment_id}", _quote(_sap_deployment(pid, model, pconf)))
+    return _fill_url(template, row, model)
+
+
+def _sap_token_url(url: str) -> str:
+    """The XSUAA token endpoint: a service key's "url" is the server, without the path."""
+    url = url.rstrip("/")
+    url = url if "://" in url else "https://" + url
+    return url if url.endswith("/oauth/token") else url + "/oauth/token"
+
+
+def _sap_require(pid: str, creds: dict[str, str], given: str) -> None:
+    """ConfigError naming what is missing for the token exchange."""
+    missing = [env for f, (_, env) in _SAP_FIELDS.items() if f != "service_url" and not creds.get(f)]
+    if missing:
+        where = "the service key in api_key lacks" if given else "missing"
+        raise ConfigError(f"no SAP AI Core credentials for {pid} ({where} {', '.join(missing)}): set "
+                          f"AICORE_SERVICE_KEY to the service key JSON, or {', '.join(missing)}; or add a "
+                          f"\"service_key\" entry to {os.path.join(_agent_dir(), 'auth.json')}, or pass api_key=")
+
+
+def _sap_prepare(pid: str, model: dict[str, Any], row: dict[str, Any] | None, pconf: dict[str, Any],
+                 o: _Options) -> None:
+    """URL, resource group and credentials of an SAP AI Core request. api_key= may be
+    a service key (JSON) or an access token; stored credentials go only to the
+    service URL they name."""
+    given = (o.api_key or "").strip()
+    stored = _sap_credentials(pid)
+    creds = _sap_fields(_sap_key_json(given, "api_key")) if given.startswith("{") else {} if given else stored
+    o.secrets.extend(v for v in (given, creds.get("client_secret"), stored.get("client_secret")) if v)
+    exchange = not given or bool(creds)  # client credentials, not a ready access token
+    if exchange and not o.base_url:  # say what to set before anything about the URL
+        _sap_require(pid, creds, given)
+    service_url = creds.get("service_url") or stored.get("service_url") or ""
+    o.url = _sap_url(pid, o.base_url or model.get("baseUrl") or "", row, model, pconf, service_url)
+    group = os.environ.get("SAP_AI_CORE_RESOURCE_GROUP", "").strip() or os.environ.get("AICORE_RESOURCE_GROUP", "")
+    o.auth_headers["AI-Resource-Group"] = group.strip() or "default"
+    if not exchange:
+        o.auth_headers["Authorization"] = "Bearer " + given
+        return
+    if not given and o.base_url:
+        try:
+            home = _origin(_sap_url(pid, model.get("baseUrl") or "", row, model, pconf, service_url))
+        except ConfigError:
+            home = None
+        if _origin(o.url) != home:
+            return  # another server: stored credentials are not sent there
+    _sap_require(pid, creds, given)
+    token_url = _sap_token_url(creds["token_url"])
+    _split_url(token_url)  # a bad token URL is the user's to fix, now
+    o.credential = json.dumps({"client_id": creds["client_id"], "client_secret": creds["client_secret"],
+                               "token_url": token_url})
+    o.auth_step = _sap_token_step
+
+
+def _sap_token_step(o: _Options, method: str, url: str, headers: dict[str, str], data: bytes, watch: Any) -> None:
+    """Auth step: the client-credentials token (cached), as a bearer token."""
+    creds = json.loads(o.credential or "{}")
+
+    def fetch() -> tuple[str, float]:
+        from urllib.parse import urlencode
+        # the client id holds "!" and "|": the form body encodes it exactly (Basic auth
+        # would need the same encoding, which servers do not all undo)
+        form = urlencode({"grant_type": "client_credentials", "client_id": creds["client_id"],
+                          "client_secret": creds["client_secret"]}).encode()
+        obj = _fetch_json("POST", creds["token_url"], {"Content-Type": "application/x-www-form-urlencoded",
+                                                       "Accept": "application/json"},
+                          form, o, watch, "the SAP AI Core token endpoint")
+        token = obj.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise PiError("the SAP AI Core token endpoint answered without an access_token", "auth")
+        return token, time.time() + float(_count(obj.get("expires_in")) or 3600)
+
+    token = _cached_token(("sap", creds["token_url"], creds["client_id"]), fetch, margin=300.0)
+    o.secrets.append(token)
+    headers["Authorization"] = "Bearer " + token
+
+
+# style -> prepare(pid, model, row, models.json entry, o): credentials of their own shape
+_AUTH_PREPARE = {"sap": _sap_prepare}
 
 
 # ==== public API ===============================================================

@@ -1279,7 +1279,7 @@ PROVIDERS = {
     "sap-ai-core": {
         "name": "SAP AI Core",
         "api": "openai-completions",
-        "baseUrl": "{service_url}/v2/inference/deployments/{deployment_id}/chat/completions",
+        "baseUrl": "{service_url}/v2/inference/deployments/{deployment_id}/chat/completions?api-version={api_version}",
         "envKeys": ["AICORE_SERVICE_KEY", "SAP_AI_CORE_CLIENT_ID", "SAP_AI_CORE_CLIENT_SECRET", "SAP_AI_CORE_TOKEN_URL", "SAP_AI_CORE_SERVICE_URL"],
         "auth": "sap",
         "defaultModel": "gpt-5.4",
@@ -1288,7 +1288,8 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "urlVars": {"service_url": ["SAP_AI_CORE_SERVICE_URL"]},
+        "urlVars": {"api_version": ["SAP_AI_CORE_API_VERSION"], "service_url": ["SAP_AI_CORE_SERVICE_URL"]},
+        "urlDefaults": {"api_version": "2024-10-21"},
     },
     "azure-openai": {
         "name": "Azure OpenAI",

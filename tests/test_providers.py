@@ -15,9 +15,11 @@ SPEC = os.path.join(ROOT, "..", "shared", "spec", "providers.json")
 
 # baseline rows we no longer ship (no sibling supports them; their protocols are not public)
 DROPPED = {"google-gemini-cli": ["gemini-cli"], "google-antigravity": ["antigravity"], "cursor": ["cursor-agent"]}
-# base URLs that say more than the spec row: the Cohere and GitLab hosts from the environment
-# (CO_API_URL, GITLAB_URL)
+# base URLs that say more than the spec row: SAP's api-version; the Cohere and GitLab hosts from the
+# environment (CO_API_URL, GITLAB_URL)
 WIDENED = {"cohere": "{co_api_url}/v2",
+           "sap-ai-core": "{service_url}/v2/inference/deployments/{deployment_id}/chat/completions"
+                          "?api-version={api_version}",
            "gitlab": "{gitlab_url}/api/v4/chat/completions"}
 
 

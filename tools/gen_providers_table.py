@@ -80,6 +80,9 @@ API_OVERRIDES = {"github-copilot": "openai-completions"}
 BASE_URL_OVERRIDES = {
     # CO_API_URL moves Cohere's SDK to a private deployment or proxy; it does the same here
     "cohere": "{co_api_url}/v2",
+    # SAP's own SDKs send an api-version: the Azure OpenAI deployments behind AI Core want one
+    "sap-ai-core": "{service_url}/v2/inference/deployments/{deployment_id}/chat/completions"
+                   "?api-version={api_version}",
     # a self-managed instance comes from GITLAB_URL / GITLAB_HOST
     "gitlab": "{gitlab_url}/api/v4/chat/completions",
 }
@@ -117,7 +120,8 @@ URL_VARS = {
     "google-vertex": {"location": ["GOOGLE_CLOUD_LOCATION", "VERTEX_LOCATION"],
                       "project": ["GOOGLE_CLOUD_PROJECT", "VERTEX_PROJECT"]},
     "amazon-bedrock": {"region": ["AWS_REGION", "AWS_DEFAULT_REGION"]},
-    "sap-ai-core": {"service_url": ["SAP_AI_CORE_SERVICE_URL"]},
+    "sap-ai-core": {"service_url": ["SAP_AI_CORE_SERVICE_URL"],  # else the service key's (pi_min's code)
+                    "api_version": ["SAP_AI_CORE_API_VERSION"]},
     "gitlab": {"gitlab_url": ["GITLAB_URL", "GITLAB_HOST"]},  # a bare host name gets https://
     "cohere": {"co_api_url": ["CO_API_URL"]},
 }
@@ -126,6 +130,7 @@ URL_DEFAULTS = {
     "azure-openai": {"api_version": "2024-12-01-preview"},
     "google-vertex": {"location": "us-central1", "publisher": "google"},
     "amazon-bedrock": {"region": "us-east-1"},
+    "sap-ai-core": {"api_version": "2024-10-21"},  # the default of SAP's AI SDK
     "gitlab": {"gitlab_url": "https://gitlab.com"},
     "cohere": {"co_api_url": "https://api.cohere.com"},
 }
