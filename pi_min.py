@@ -369,7 +369,8 @@ def _classify(status: int | None, message: str = "", code: object = None) -> str
 
 
 _STATUS_KINDS = {401: "auth", 403: "auth", 404: "not_found", 408: "timeout", 402: "rate_limit", 429: "rate_limit",
-                 424: "server"}  # 424: Bedrock's model errors
+                 424: "server",  # 424: Bedrock's model errors
+                 498: "auth"}  # 498: Cohere's invalid or expired token
 
 
 # ==== SSE parser (sans-IO) =====================================================
@@ -1772,6 +1773,10 @@ _STOP_ERRORS = {
     "pause_turn": ("the server paused the turn (a long-running server tool); send the conversation again "
                    "to let it continue", "server"),
     "ERROR": ("the provider ended the stream with an error", "server"),
+    "ERROR_TOXIC": ("the provider's safety filter stopped the answer", "invalid_request"),
+    "ERROR_LIMIT": ("the model's context limit was reached", "context_overflow"),
+    "TIMEOUT": ("the provider timed out generating the answer", "timeout"),
+    "USER_CANCEL": ("the provider cancelled the answer", "server"),
 }
 
 
@@ -1786,8 +1791,9 @@ def _stop_reason(word: object, details: str = "") -> _DoneReason:
     raise PiError(message + (f": {details}" if details else ""), kind)
 
 def _join_url(base: str, suffix: str) -> str:
+    base, mark, query = base.partition("?")  # a query (SAP's api-version) stays at the end
     base = base.rstrip("/")
-    return base if base.endswith("/" + suffix) else base + "/" + suffix
+    return (base if base.endswith("/" + suffix) else base + "/" + suffix) + mark + query
 
 
 # ---- shared by the families ----------------------------------------------------
@@ -2826,8 +2832,9 @@ def _br_exception(kind: str, data: str) -> PiError:
 # SigV4 and the bearer token: the credential chain is resolved by stream(), the
 # signature made on every attempt over the final bytes (a retry is signed again).
 
-def _br_credentials(model: Model, o: "_Options", pid: str, trusted: bool) -> None:
-    """Resolve Bedrock's credentials into o (ConfigError when there are none)."""
+def _br_credentials(pid: str, model: Model, row: "_Row | None", pconf: dict[str, Any], o: "_Options") -> None:
+    """Resolve Bedrock's URL and credentials into o (ConfigError when there are none)."""
+    trusted = _base_url(pid, model, row, pconf, o)
     token = o.api_key or (os.environ.get("AWS_BEARER_TOKEN_BEDROCK", "").strip() if trusted else "")
     entry = _auth_json_entry(pid)[1] if trusted and not token else None
     if not token and isinstance(entry, dict) and entry.get("type") in ("bearer_token", "api_key"):
@@ -2880,6 +2887,303 @@ def _sigv4_step(o: "_Options", method: str, url: str, headers: "dict[str, str]",
     for name in ("Authorization", "X-Amz-Date", "X-Amz-Security-Token"):
         if name in request.headers:
             headers[name] = request.headers[name]
+# ---- cohere-chat --------------------------------------------------------------
+# Cohere's v2 chat. Named SSE events whose JSON repeats the name in "type": text and
+# thinking come as numbered content blocks, the tool plan (what the model means to
+# do before it calls tools) as deltas of its own, tool calls one object at a time.
+# Citations are not part of pi's messages and are skipped.
+
+
+def _co_url(base: str) -> str:
+    """{base}/chat; a bare host gets /v2/chat, a URL ending in /chat is kept."""
+    base = base.rstrip("/")
+    if base.endswith("/chat"):
+        return base
+    return base + ("/chat" if base.partition("://")[2].partition("/")[2] else "/v2/chat")
+
+
+def _co_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _co_user(content: Any, images: bool) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = []
+    for part in _user_parts(content):
+        if part.get("type") == "text" and part.get("text"):
+            parts.append({"type": "text", "text": part["text"]})
+        elif part.get("type") == "image" and images:
+            url = f"data:{part.get('mimeType') or 'image/png'};base64,{part.get('data') or ''}"
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+    return parts
+
+
+def _co_assistant(m: Mapping[str, Any]) -> dict[str, Any]:
+    """An assistant turn: text and thinking as content, tool calls with the
+    reasoning before them as the tool plan (what Cohere streamed it as)."""
+    blocks = [b for b in m.get("content") or () if isinstance(b, dict)]
+    calling = any(b.get("type") == "toolCall" for b in blocks)
+    content: list[dict[str, Any]] = []
+    plan: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for b in blocks:
+        kind = b.get("type")
+        if kind == "text" and (b.get("text") or "").strip():
+            content.append({"type": "text", "text": b["text"]})
+        elif kind == "thinking" and (b.get("thinking") or "").strip():
+            # transform_messages left only this model's own thinking as thinking
+            if calling:
+                plan.append(b["thinking"])
+            else:
+                content.append({"type": "thinking", "thinking": b["thinking"]})
+        elif kind == "toolCall":
+            args = b.get("arguments")
+            calls.append({"id": b.get("id") or "", "type": "function", "function": {
+                "name": b.get("name") or "", "arguments": json.dumps(args if isinstance(args, dict) else {})}})
+    msg: dict[str, Any] = {"role": "assistant"}
+    if content:
+        msg["content"] = content
+    if plan:
+        msg["tool_plan"] = "\n\n".join(plan)
+    if calls:
+        msg["tool_calls"] = calls
+    return msg
+
+
+def _co_messages(model: Model, ctx: Context) -> list[dict[str, Any]]:
+    images = "image" in (model.get("input") or ("text",))
+    out: list[dict[str, Any]] = []
+    if ctx.get("systemPrompt"):
+        out.append({"role": "system", "content": ctx["systemPrompt"]})
+    for m in transform_messages(ctx.get("messages") or [], model, lambda i: _sanitize_id(i, 64)):
+        role = m.get("role")
+        if role == "user":
+            parts = _co_user(m.get("content"), images)
+            if parts:
+                out.append({"role": "user", "content": parts})
+        elif role == "assistant":
+            msg = _co_assistant(m)
+            if len(msg) > 1:
+                out.append(msg)
+        else:  # Cohere's tool results hold text; an image is named, not sent
+            parts = _user_parts(m.get("content"))
+            text = _text_of(parts) or ("(image)" if parts else "") or "(no output)"
+            out.append({"role": "tool", "tool_call_id": m.get("toolCallId") or "", "content": text})
+    return out
+
+
+def _co_tool_choice(choice: Any) -> str | None:
+    """tool_choice -> Cohere's word (None: let the model choose)."""
+    if choice is None or choice == "auto":
+        return None
+    word = {"none": "NONE", "required": "REQUIRED", "any": "REQUIRED"}.get(choice) if isinstance(choice, str) else None
+    if word is None:
+        raise ConfigError(f"cohere-chat: tool_choice must be auto, none or required, not {choice!r} "
+                          "(Cohere cannot be made to call one named tool)")
+    return word
+
+
+def _co_build(model: Model, ctx: Context, o: _Options) -> _RequestParts:
+    body: dict[str, Any] = {"model": model["id"], "messages": _co_messages(model, ctx), "stream": True}
+    if o.max_tokens is not None:
+        body["max_tokens"] = o.max_tokens
+    if o.temperature is not None:
+        body["temperature"] = o.temperature
+    tools = ctx.get("tools")
+    if tools:
+        body["tools"] = [{"type": "function", "function": {
+            "name": t.get("name"), "description": t.get("description") or "",
+            "parameters": t.get("parameters") or {"type": "object", "properties": {}}}} for t in tools]
+        choice = _co_tool_choice(o.tool_choice)
+        if choice:
+            body["tool_choice"] = choice
+    if model.get("reasoning") and o.reasoning is not None:
+        # reasoning models think unless told not to; a level sets pi's usual budget
+        body["thinking"] = {"type": "disabled"} if o.reasoning == "off" else {
+            "type": "enabled", "token_budget": _AM_BUDGETS[o.reasoning]}
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    return _co_url(o.url), headers, body
+
+
+class _COTranslator:
+    """cohere-chat events -> builder calls. ``kinds`` maps a content block's index
+    to text | thinking; tool calls get a key of their own, since some servers leave
+    out their index (deltas without one belong to the call started last)."""
+
+    __slots__ = ("b", "kinds", "calls", "last_call", "stop", "details", "ended")
+
+    def __init__(self, b: _Builder, o: _Options) -> None:
+        self.b = b
+        self.kinds: dict[Any, str] = {}
+        self.calls: dict[Any, tuple[str, int]] = {}  # API index -> builder key
+        self.last_call: tuple[str, int] | None = None
+        self.stop = "COMPLETE"
+        self.details = ""
+        self.ended = False
+
+    def event(self, kind: str, data: str) -> bool:
+        if data[:6] == "[DONE]":  # the SDK's end of stream; end() judges whether message-end came
+            return True
+        try:
+            ev = json.loads(data)
+        except ValueError:
+            raise PiError(f"invalid JSON in the stream: {data[:200]!r}", "protocol") from None
+        if not isinstance(ev, dict):
+            return False
+        etype = str(ev.get("type") or kind)
+        delta = _co_dict(ev.get("delta"))
+        message = _co_dict(delta.get("message"))
+        if etype in ("content-start", "content-delta"):
+            self.content(ev.get("index"), message.get("content"))
+        elif etype == "content-end":
+            if self.b.cur_type and self.b.cur_type == self.kinds.get(ev.get("index")):
+                self.b.close_current()
+        elif etype == "tool-plan-delta":
+            self.b.thinking(str(message.get("tool_plan") or ""))
+        elif etype.startswith("tool-call-"):
+            self.tool(etype, ev.get("index"), message.get("tool_calls"))
+        elif etype == "message-end":
+            self.stop = delta.get("finish_reason") or self.stop
+            self.details = str(delta.get("error") or "")
+            self.usage(delta.get("usage"))
+            self.ended = True
+            return True
+        return False  # message-start, citations, debug and event types added later
+
+    def content(self, index: Any, part: Any) -> None:
+        if not isinstance(part, dict):
+            return
+        kind = part.get("type") or self.kinds.get(index) or ("thinking" if "thinking" in part else "text")
+        self.kinds[index] = kind
+        if kind == "thinking":
+            self.b.thinking(str(part.get("thinking") or ""))
+        elif kind == "text":
+            self.b.text(str(part.get("text") or ""))
+
+    def tool(self, etype: str, index: Any, call: Any) -> None:
+        if isinstance(call, list):  # a list where the API sends one object
+            call = call[0] if call else None
+        call = _co_dict(call)
+        fn = _co_dict(call.get("function"))
+        key = self.last_call if index is None else self.calls.get(index, self.last_call)
+        if etype == "tool-call-start":
+            key = self.last_call = ("co", len(self.b.content))  # unique: the block it opens
+            self.calls[index] = key
+            self.b.tool_start(key, call.get("id"), fn.get("name"))
+        elif key is None or key not in self.b.open_tools:
+            return
+        if etype == "tool-call-end":
+            # a call whose arguments were cut stays open: done() ends it as the stop
+            # reason says (kept when the turn ended for length, an error otherwise)
+            self.b.end_finished_tools()
+        else:
+            self.b.tool_delta(key, str(fn.get("arguments") or ""))
+
+    def usage(self, usage: Any) -> None:
+        """tokens (else billed_units); cached prompt tokens are taken out of the input."""
+        if not isinstance(usage, dict):
+            return
+        tokens = _co_dict(usage.get("tokens") or usage.get("billed_units"))
+        cached = _count(usage.get("cached_tokens"))
+        self.b.set_usage(max(0, _count(tokens.get("input_tokens")) - cached), _count(tokens.get("output_tokens")),
+                         cached)
+
+    def whole(self, obj: Any) -> None:
+        """A complete (non-streamed) chat response."""
+        msg = obj.get("message") if isinstance(obj, dict) else None
+        if not isinstance(msg, dict):
+            raise PiError("the server answered with JSON that is not a Cohere chat response", "protocol")
+        content = msg.get("content")
+        for item in [{"type": "text", "text": content}] if isinstance(content, str) else content or ():
+            if isinstance(item, dict):
+                self.content(None, item)
+                self.b.close_current()
+        self.b.thinking(str(msg.get("tool_plan") or ""))
+        for n, call in enumerate(msg.get("tool_calls") or ()):
+            self.tool("tool-call-start", n, call)
+            self.tool("tool-call-end", n, None)
+        self.stop = obj.get("finish_reason") or self.stop
+        self.usage(obj.get("usage"))
+        self.ended = True
+
+    def end(self, cut: bool) -> _DoneReason:
+        if not self.ended:
+            raise PiError("the stream ended before message-end (cut off?)", "protocol")
+        return _stop_reason(self.stop, self.details)
+
+
+# ---- gitlab-chat --------------------------------------------------------------
+# GitLab Duo Chat's REST endpoint: not OpenAI-shaped and not streamed. The last user
+# message is the question; the system prompt and the earlier turns go along as
+# context; the answer is one JSON string (no tools, no usage).
+
+
+def _gl_url(base: str) -> str:
+    """An instance URL -> its chat endpoint; /api/v4 or the whole path is kept."""
+    base = base.rstrip("/")
+    if base.endswith("/chat/completions"):
+        return base
+    return base + ("/chat/completions" if base.endswith("/api/v4") else "/api/v4/chat/completions")
+
+
+def _gl_line(m: Mapping[str, Any]) -> str:
+    """One earlier message as a line of context ("" when it has nothing to say)."""
+    role = m.get("role")
+    if role == "user":
+        text = _text_of(_user_parts(m.get("content")))
+        return f"[User]: {text}" if text.strip() else ""
+    if role == "assistant":
+        said = []
+        for b in m.get("content") or ():
+            if b.get("type") == "text" and (b.get("text") or "").strip():
+                said.append(b["text"])
+            elif b.get("type") == "toolCall":
+                said.append(f"(called the tool {b.get('name')} with {json.dumps(b.get('arguments') or {})})")
+        return "[Assistant]: " + "\n".join(said) if said else ""
+    text = _text_of(_user_parts(m.get("content"))) or "(no output)"
+    return f"[Tool result of {m.get('toolName') or 'a tool'}]: {text}"
+
+
+def _gl_build(model: Model, ctx: Context, o: _Options) -> _RequestParts:
+    messages = transform_messages(ctx.get("messages") or [], model)
+    last = messages[-1] if messages else {}
+    question = _text_of(_user_parts(last.get("content"))) if last.get("role") == "user" else ""
+    if not question.strip():
+        raise ConfigError("gitlab: GitLab Duo Chat answers a question: the conversation must end with a user "
+                          "message that has text")
+    context: list[dict[str, Any]] = []
+    if ctx.get("systemPrompt"):
+        context.append({"category": "file", "id": "system-prompt", "content": f"[System]: {ctx['systemPrompt']}"})
+    for n, m in enumerate(messages[:-1]):
+        line = _gl_line(m)
+        if line:
+            context.append({"category": "file", "id": f"message-{n}", "content": line})
+    body: dict[str, Any] = {"content": question, "with_clean_history": True}
+    if context:
+        body["additional_context"] = context
+    return _gl_url(o.url), {"Content-Type": "application/json", "Accept": "application/json"}, body
+
+
+class _GLTranslator:
+    """GitLab's answer (a JSON string, or an object with "response" or "content")
+    -> one text block."""
+
+    __slots__ = ("b",)
+
+    def __init__(self, b: _Builder, o: _Options) -> None:
+        self.b = b
+
+    def event(self, kind: str, data: str) -> bool:  # the family has no decoder: never called
+        raise PiError("GitLab Duo Chat does not stream", "protocol")
+
+    def whole(self, obj: Any) -> None:
+        text = obj.get("response", obj.get("content")) if isinstance(obj, dict) else obj
+        if not isinstance(text, str):
+            raise PiError(f"GitLab answered with JSON that is not a chat answer: {json.dumps(obj)[:200]}",
+                          "protocol")
+        self.b.text(text)
+
+    def end(self, cut: bool) -> _DoneReason:
+        return "stop"
 
 
 # ---- faux (offline) -------------------------------------------------------------
@@ -2990,6 +3294,8 @@ _FAMILIES = {
     "openai-completions": _Family(_oc_build, _OCTranslator, relax=_oc_relax),
     "anthropic-messages": _Family(_am_build, _AMTranslator),
     "bedrock-converse-stream": _Family(_br_build, _BRTranslator, decoder=_EventStream),
+    "cohere-chat": _Family(_co_build, _COTranslator),
+    "gitlab-chat": _Family(_gl_build, _GLTranslator, decoder=None),
     "faux": _Family(_faux_build, _OCTranslator, open=_faux_open),
 }
 
@@ -3008,9 +3314,9 @@ _AUTH_HEADERS = {"bearer": ("Authorization", "Bearer "), "x-api-key": ("x-api-ke
                  "api-key": ("api-key", ""), "x-goog-api-key": ("x-goog-api-key", ""),
                  "none": ("Authorization", "Bearer "), "off": None}
 _AUTH_STEPS: dict[str, _AuthStep] = {}  # style -> step(o, method, url, headers, data, watch), editing headers
-# A style with a credential chain of its own resolves it here, in stream(), instead of
-# the key lookup: resolve(model, o, provider id, trusted) sets o.auth_headers/o.auth_step.
-_AUTH_RESOLVERS: dict[str, Callable[[Any, "_Options", str, bool], None]] = {"sigv4": _br_credentials}
+# A style with a credential chain of its own (SigV4, SAP's service key) has a resolver
+# in _AUTH_RESOLVERS (after the SAP section): resolve(pid, model, row, models.json entry, o)
+# sets the URL, headers and step itself, in stream(), instead of the key lookup.
 _MODEL_FIELDS = ("id", "name", "api", "provider", "baseUrl", "reasoning", "input", "cost",
                  "contextWindow", "maxTokens", "headers", "compat", "faux")
 
@@ -3394,7 +3700,9 @@ def _fill_url(url: str, row: _Row | None, model: Model) -> str:
 
     def fill(m: re.Match[str]) -> str:
         value = value_of(m.group(1))
-        return value.rstrip("/") if m.group(1).endswith("_url") else _quote(value)
+        if not m.group(1).endswith("_url"):
+            return _quote(value)
+        return value.rstrip("/") if "://" in value else "https://" + value.rstrip("/")  # a bare host name
     return re.sub(r"\{([A-Za-z_]+)\}", fill, url)
 
 
@@ -3524,6 +3832,17 @@ def _is_local(row: _Row | None) -> bool:
     return bool(row) and _is_loopback(_host_of(row.get("baseUrl") or ""))  # type: ignore[union-attr]  # row is set
 
 
+def _base_url(pid: str, model: Model, row: "_Row | None", pconf: dict[str, Any], o: _Options) -> bool:
+    """Fill o.url from base_url= or the model's base URL. -> whether it is one of the
+    provider's own origins, where its stored credentials may go."""
+    o.url = _fill_url(o.base_url or model.get("baseUrl") or "", row, model)
+    if not o.url:
+        raise ConfigError(f"{pid}: no base URL: set baseUrl in models.json or pass base_url=")
+    origin = _split_url(o.url)[:3]
+    o.host_row = _rows_by_host().get(origin[1])
+    return origin in _own_origins(row, pconf, model)
+
+
 def _prepare(model: Model, o: _Options) -> None:
     """Resolve URL, credentials and headers; ConfigError for what the user must
     fix, a family or auth style not built yet included."""
@@ -3532,16 +3851,11 @@ def _prepare(model: Model, o: _Options) -> None:
         return
     env_keys = list(row.get("envKeys") or ()) if row else []
     o.secrets.extend(os.environ[n].strip() for n in env_keys if os.environ.get(n, "").strip())
-    o.url = _fill_url(o.base_url or model.get("baseUrl") or "", row, model)
-    if not o.url:
-        raise ConfigError(f"{pid}: no base URL: set baseUrl in models.json or pass base_url=")
-    origin = _split_url(o.url)[:3]
-    trusted = origin in _own_origins(row, pconf, model)
-    o.host_row = _rows_by_host().get(origin[1])
     resolve = _AUTH_RESOLVERS.get(style)
-    if resolve is not None:  # a credential chain of its own (SigV4)
-        resolve(model, o, pid, trusted)
+    if resolve is not None:  # a credential chain of its own: SigV4, SAP's service key
+        resolve(pid, model, row, pconf, o)
         return _model_headers(model, o)
+    trusted = _base_url(pid, model, row, pconf, o)
     key = o.api_key
     # a stored key goes only to its provider's own host; an explicit one anywhere
     if key is None and trusted:
@@ -3620,6 +3934,174 @@ def _fetch_json(method: str, url: str, headers: dict[str, str], data: bytes, o: 
     return obj
 
 
+# ---- SAP AI Core: a service key exchanged for a token ----------------------------
+# The credentials are an XSUAA client (id, secret, token URL) plus the AI API's
+# service URL: each from a SAP_AI_CORE_* variable, else the service key JSON in
+# AICORE_SERVICE_KEY, else an auth.json "service_key" entry. The client-credentials
+# token is fetched by the auth step and cached per process until shortly before it
+# expires. Inference goes to a deployment: SAP_AI_CORE_DEPLOYMENT_ID, else the
+# model's "deploymentId" in models.json, else the model id itself.
+
+# our field -> (the service key's names for it: SAP's, pi_agent_rust's), env var
+_SAP_FIELDS = {
+    "client_id": (("clientid", "client_id"), "SAP_AI_CORE_CLIENT_ID"),
+    "client_secret": (("clientsecret", "client_secret"), "SAP_AI_CORE_CLIENT_SECRET"),
+    "token_url": (("url", "token_url"), "SAP_AI_CORE_TOKEN_URL"),
+    "service_url": (("service_url",), "SAP_AI_CORE_SERVICE_URL"),  # SAP's is serviceurls.AI_API_URL
+}
+
+
+def _sap_key_json(text: str, what: str) -> dict[str, Any]:
+    """A service key given as JSON text; the message never quotes it (it holds the secret)."""
+    try:
+        obj = json.loads(text)
+    except ValueError as e:
+        where = f" (line {e.lineno} column {e.colno})" if isinstance(e, json.JSONDecodeError) else ""
+        raise ConfigError(f"{what} is not valid JSON{where}: it should hold the AI Core service key") from None
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{what} must be a JSON object: the AI Core service key")
+    return obj
+
+
+def _sap_fields(key: dict[str, Any]) -> dict[str, str]:
+    """A service key's fields under our names."""
+    out: dict[str, str] = {}
+    urls = key.get("serviceurls")
+    if isinstance(urls, dict):
+        key = dict(key, service_url=key.get("service_url") or urls.get("AI_API_URL"))
+    for field, (names, _) in _SAP_FIELDS.items():
+        for name in names:
+            value = key.get(name)
+            if isinstance(value, str) and value.strip():
+                out.setdefault(field, value.strip())
+    return out
+
+
+def _sap_credentials(pid: str) -> dict[str, str]:
+    """Client id, secret, token URL and service URL, field by field: a SAP_AI_CORE_*
+    variable, else AICORE_SERVICE_KEY, else auth.json's service_key entry."""
+    found = {f: os.environ.get(env, "").strip() for f, (_, env) in _SAP_FIELDS.items()}
+    found = {f: v for f, v in found.items() if v}
+    raw = os.environ.get("AICORE_SERVICE_KEY", "").strip()
+    sources = [_sap_fields(_sap_key_json(raw, "AICORE_SERVICE_KEY"))] if raw else []
+    entry = _auth_json_entry(pid)[1]
+    if isinstance(entry, dict) and entry.get("type") == "service_key":
+        sources.append(_sap_fields(entry))
+    for source in sources:
+        for field, value in source.items():
+            found.setdefault(field, value)
+    return found
+
+
+def _sap_deployment(pid: str, model: Model, pconf: dict[str, Any]) -> str:
+    deployment = os.environ.get("SAP_AI_CORE_DEPLOYMENT_ID", "").strip()
+    if deployment:
+        return deployment
+    for m in pconf.get("models") or ():
+        if isinstance(m, dict) and m.get("id") == model["id"] and str(m.get("deploymentId") or "").strip():
+            return str(m["deploymentId"]).strip()
+    if model["id"] in _known_models(pid):  # a model name from the table, which no deployment is called
+        raise ConfigError(f"{pid}: {model['id']!r} is a model name, not a deployment id: set "
+                          "SAP_AI_CORE_DEPLOYMENT_ID, give the model a \"deploymentId\" in models.json, or name "
+                          "the deployment as the model (-m <deployment id>)")
+    return str(model["id"])
+
+
+def _sap_url(pid: str, template: str, row: "_Row | None", model: Model,
+             pconf: dict[str, Any], service_url: str) -> str:
+    """The inference URL: {service_url} and {deployment_id} filled here, the rest
+    ({api_version}) from the row's URL variables."""
+    if "{service_url}" in template:
+        if not service_url:
+            raise ConfigError(f"{pid}: no service URL: set SAP_AI_CORE_SERVICE_URL or AICORE_SERVICE_KEY (the "
+                              "service key, whose serviceurls.AI_API_URL it is)")
+        base = service_url.rstrip("/")
+        base = base[:-3] if base.endswith("/v2") else base  # SAP's SDKs name the URL with /v2
+        template = template.replace("{service_url}", base if "://" in base else "https://" + base)
+    if "{deployment_id}" in template:
+        template = template.replace("{deployment_id}", _quote(_sap_deployment(pid, model, pconf)))
+    return _fill_url(template, row, model)
+
+
+def _sap_token_url(url: str) -> str:
+    """The XSUAA token endpoint: a service key's "url" is the server, without the path."""
+    url = url.rstrip("/")
+    url = url if "://" in url else "https://" + url
+    return url if url.endswith("/oauth/token") else url + "/oauth/token"
+
+
+def _sap_require(pid: str, creds: dict[str, str], given: str) -> None:
+    """ConfigError naming what is missing for the token exchange."""
+    missing = [env for f, (_, env) in _SAP_FIELDS.items() if f != "service_url" and not creds.get(f)]
+    if missing:
+        where = "the service key in api_key lacks" if given else "missing"
+        raise ConfigError(f"no SAP AI Core credentials for {pid} ({where} {', '.join(missing)}): set "
+                          f"AICORE_SERVICE_KEY to the service key JSON, or {', '.join(missing)}; or add a "
+                          f"\"service_key\" entry to {os.path.join(_agent_dir(), 'auth.json')}, or pass api_key=")
+
+
+def _sap_prepare(pid: str, model: Model, row: "_Row | None", pconf: dict[str, Any],
+                 o: _Options) -> None:
+    """URL, resource group and credentials of an SAP AI Core request. api_key= may be
+    a service key (JSON) or an access token; stored credentials go only to the
+    service URL they name."""
+    given = (o.api_key or "").strip()
+    stored = _sap_credentials(pid)
+    creds = _sap_fields(_sap_key_json(given, "api_key")) if given.startswith("{") else {} if given else stored
+    o.secrets.extend(v for v in (given, creds.get("client_secret"), stored.get("client_secret")) if v)
+    exchange = not given or bool(creds)  # client credentials, not a ready access token
+    if exchange and not o.base_url:  # say what to set before anything about the URL
+        _sap_require(pid, creds, given)
+    service_url = creds.get("service_url") or stored.get("service_url") or ""
+    o.url = _sap_url(pid, o.base_url or model.get("baseUrl") or "", row, model, pconf, service_url)
+    group = os.environ.get("SAP_AI_CORE_RESOURCE_GROUP", "").strip() or os.environ.get("AICORE_RESOURCE_GROUP", "")
+    o.auth_headers["AI-Resource-Group"] = group.strip() or "default"
+    if not exchange:
+        o.auth_headers["Authorization"] = "Bearer " + given
+        return
+    if not given and o.base_url:
+        try:
+            home = _origin(_sap_url(pid, model.get("baseUrl") or "", row, model, pconf, service_url))
+        except ConfigError:
+            home = None
+        if _origin(o.url) != home:
+            return  # another server: stored credentials are not sent there
+    _sap_require(pid, creds, given)
+    token_url = _sap_token_url(creds["token_url"])
+    _split_url(token_url)  # a bad token URL is the user's to fix, now
+    o.credential = json.dumps({"client_id": creds["client_id"], "client_secret": creds["client_secret"],
+                               "token_url": token_url})
+    o.auth_step = _sap_token_step
+
+
+def _sap_token_step(o: _Options, method: str, url: str, headers: dict[str, str], data: bytes, watch: Any) -> None:
+    """Auth step: the client-credentials token (cached), as a bearer token."""
+    creds = json.loads(o.credential or "{}")
+
+    def fetch() -> tuple[str, float]:
+        from urllib.parse import urlencode
+        # the client id holds "!" and "|": the form body encodes it exactly (Basic auth
+        # would need the same encoding, which servers do not all undo)
+        form = urlencode({"grant_type": "client_credentials", "client_id": creds["client_id"],
+                          "client_secret": creds["client_secret"]}).encode()
+        obj = _fetch_json("POST", creds["token_url"], {"Content-Type": "application/x-www-form-urlencoded",
+                                                       "Accept": "application/json"},
+                          form, o, watch, "the SAP AI Core token endpoint")
+        token = obj.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise PiError("the SAP AI Core token endpoint answered without an access_token", "auth")
+        return token, time.time() + float(_count(obj.get("expires_in")) or 3600)
+
+    token = _cached_token(("sap", creds["token_url"], creds["client_id"]), fetch, margin=300.0)
+    o.secrets.append(token)
+    headers["Authorization"] = "Bearer " + token
+
+
+# style -> prepare(pid, model, row, models.json entry, o): credentials of their own shape
+_AUTH_RESOLVERS: dict[str, Callable[[str, Model, "_Row | None", dict[str, Any], _Options], None]] = {
+    "sigv4": _br_credentials, "sap": _sap_prepare}
+
+
 # ==== public API ===============================================================
 
 _RETRY_STATUSES = frozenset((408, 429, 500, 502, 503, 504, 529))
@@ -3646,6 +4128,8 @@ def _http_error(resp: _Reply, provider: str) -> PiError:
             message = _error_message(err)
         elif isinstance(err, str):
             message = err
+            if isinstance(obj.get("error_description"), str):  # OAuth 2 token endpoints (RFC 6749)
+                message = f"{err}: {obj['error_description']}"
     elif isinstance(obj, str):
         message = obj
     elif text[:1] == "<":

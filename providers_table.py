@@ -89,7 +89,7 @@ PROVIDERS = {
     "cohere": {
         "name": "Cohere",
         "api": "cohere-chat",
-        "baseUrl": "https://api.cohere.com/v2",
+        "baseUrl": "{co_api_url}/v2",
         "envKeys": ["COHERE_API_KEY"],
         "auth": "bearer",
         "defaultModel": "command-a-03-2025",
@@ -98,6 +98,8 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 8192,
         "baseline": True,
+        "urlVars": {"co_api_url": ["CO_API_URL"]},
+        "urlDefaults": {"co_api_url": "https://api.cohere.com"},
     },
     "groq": {
         "name": "Groq",
@@ -1277,7 +1279,7 @@ PROVIDERS = {
     "sap-ai-core": {
         "name": "SAP AI Core",
         "api": "openai-completions",
-        "baseUrl": "{service_url}/v2/inference/deployments/{deployment_id}/chat/completions",
+        "baseUrl": "{service_url}/v2/inference/deployments/{deployment_id}/chat/completions?api-version={api_version}",
         "envKeys": ["AICORE_SERVICE_KEY", "SAP_AI_CORE_CLIENT_ID", "SAP_AI_CORE_CLIENT_SECRET", "SAP_AI_CORE_TOKEN_URL", "SAP_AI_CORE_SERVICE_URL"],
         "auth": "sap",
         "defaultModel": "gpt-5.4",
@@ -1286,7 +1288,8 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "urlVars": {"service_url": ["SAP_AI_CORE_SERVICE_URL"]},
+        "urlVars": {"api_version": ["SAP_AI_CORE_API_VERSION"], "service_url": ["SAP_AI_CORE_SERVICE_URL"]},
+        "urlDefaults": {"api_version": "2024-10-21"},
     },
     "azure-openai": {
         "name": "Azure OpenAI",
@@ -1319,7 +1322,7 @@ PROVIDERS = {
     "gitlab": {
         "name": "GitLab Duo",
         "api": "gitlab-chat",
-        "baseUrl": "https://gitlab.com/api/v4/chat/completions",
+        "baseUrl": "{gitlab_url}/api/v4/chat/completions",
         "envKeys": ["GITLAB_TOKEN", "GITLAB_API_KEY"],
         "auth": "bearer",
         "defaultModel": "duo-chat-sonnet-4-6",
@@ -1328,6 +1331,8 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 4096,
         "baseline": True,
+        "urlVars": {"gitlab_url": ["GITLAB_URL", "GITLAB_HOST"]},
+        "urlDefaults": {"gitlab_url": "https://gitlab.com"},
     },
     "github-models": {
         "name": "GitHub Models",

@@ -18,7 +18,7 @@ from loopback import Loopback  # noqa: E402
 
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 _SECRET_SUFFIXES = ("_API_KEY", "_TOKEN", "_API_TOKEN")
-_DROP_PREFIXES = ("PI_", "AWS_")
+_DROP_PREFIXES = ("PI_", "AWS_", "SAP_AI_CORE_", "AICORE_", "GITLAB_", "CO_API_")
 
 
 @pytest.fixture(autouse=True)

@@ -50,15 +50,19 @@ def test_missing_key_exits_2_naming_the_env_var(capsys):
     assert "GROQ_API_KEY" in capsys.readouterr().err
 
 
-def test_family_not_built_yet_exits_2_before_stdin_or_chat(capsys, monkeypatch):
+def test_family_not_built_yet_exits_2_before_stdin_or_chat(capsys, monkeypatch, isolated_env):
     def must_not_run(*args):
         raise AssertionError("reached stdin or the chat")
     monkeypatch.setattr(pi_min, "_cli_stdin", must_not_run)
     monkeypatch.setattr(pi_min, "_chat", must_not_run)
     monkeypatch.setattr(pi_min, "_stdin_is_tty", lambda: True)
-    for argv, what in ((["--provider", "cohere", "hi"], "cohere: the cohere-chat API family"),
-                       (["--provider", "cohere"], "cohere: the cohere-chat API family"),
-                       (["-m", "copilot/gpt-4.1"], "github-copilot: copilot authentication")):
+    (isolated_env / "models.json").write_text(json.dumps({"providers": {
+        "my-own": {"api": "imaginary-api", "baseUrl": "http://127.0.0.1:9", "models": [{"id": "m"}]},
+        "my-auth": {"api": "openai-completions", "auth": "telepathy", "baseUrl": "http://127.0.0.1:9",
+                    "models": [{"id": "m"}]}}}))
+    for argv, what in ((["--provider", "my-own", "hi"], "my-own: the imaginary-api API family"),
+                       (["--provider", "my-own"], "my-own: the imaginary-api API family"),
+                       (["-m", "my-auth/m"], "my-auth: telepathy authentication")):
         assert pi_min.main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("pi-min: " + what) and "not built yet" in err and err.count("\n") == 1
@@ -81,7 +85,8 @@ def test_version_and_list_providers(capsys):
     assert pi_min.get_model("groq")["id"] in groq
     moonshot = next(line for line in out.splitlines() if line.startswith("moonshotai "))
     assert moonshot.endswith("aliases: kimi, moonshot")
-    assert "(planned)" in next(line for line in out.splitlines() if line.startswith("cohere "))
+    assert "(planned)" in next(line for line in out.splitlines() if line.startswith("github-copilot "))
+    assert "(planned)" not in next(line for line in out.splitlines() if line.startswith("amazon-bedrock "))
     assert "(planned)" not in next(line for line in out.splitlines() if line.startswith("anthropic "))
     assert len(out.splitlines()) == len(pi_min.list_providers()) + 1
 

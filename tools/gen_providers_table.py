@@ -76,6 +76,17 @@ MODELSDEV_IDS = {
 # of its chat models except the Responses-only OpenAI ones (filtered below).
 API_OVERRIDES = {"github-copilot": "openai-completions"}
 
+# base URLs that differ from providers.json on purpose
+BASE_URL_OVERRIDES = {
+    # CO_API_URL moves Cohere's SDK to a private deployment or proxy; it does the same here
+    "cohere": "{co_api_url}/v2",
+    # SAP's own SDKs send an api-version: the Azure OpenAI deployments behind AI Core want one
+    "sap-ai-core": "{service_url}/v2/inference/deployments/{deployment_id}/chat/completions"
+                   "?api-version={api_version}",
+    # a self-managed instance comes from GITLAB_URL / GITLAB_HOST
+    "gitlab": "{gitlab_url}/api/v4/chat/completions",
+}
+
 # providers.json leaves these null: (reasoning, input, contextWindow, maxTokens)
 ROW_FALLBACKS = {
     "azure-openai": (True, ["text", "image"], 128000, 16384),
@@ -109,13 +120,19 @@ URL_VARS = {
     "google-vertex": {"location": ["GOOGLE_CLOUD_LOCATION", "VERTEX_LOCATION"],
                       "project": ["GOOGLE_CLOUD_PROJECT", "VERTEX_PROJECT"]},
     "amazon-bedrock": {"region": ["AWS_REGION", "AWS_DEFAULT_REGION"]},
-    "sap-ai-core": {"service_url": ["SAP_AI_CORE_SERVICE_URL"]},
+    "sap-ai-core": {"service_url": ["SAP_AI_CORE_SERVICE_URL"],  # else the service key's (pi_min's code)
+                    "api_version": ["SAP_AI_CORE_API_VERSION"]},
+    "gitlab": {"gitlab_url": ["GITLAB_URL", "GITLAB_HOST"]},  # a bare host name gets https://
+    "cohere": {"co_api_url": ["CO_API_URL"]},
 }
 # template var -> value used when none of its env vars is set
 URL_DEFAULTS = {
     "azure-openai": {"api_version": "2024-12-01-preview"},
     "google-vertex": {"location": "us-central1", "publisher": "google"},
     "amazon-bedrock": {"region": "us-east-1"},
+    "sap-ai-core": {"api_version": "2024-10-21"},  # the default of SAP's AI SDK
+    "gitlab": {"gitlab_url": "https://gitlab.com"},
+    "cohere": {"co_api_url": "https://api.cohere.com"},
 }
 # placeholders filled by code from the model id (never listed in urlVars/urlDefaults)
 CODE_FILLED_PLACEHOLDERS = {"model", "deployment_id", "streamGenerateContent|streamRawPredict"}
@@ -590,7 +607,7 @@ def build(report=False):
         ctx = row["context_window"] if row["context_window"] is not None else fb[2]
         mx = row["max_tokens"] if row["max_tokens"] is not None else fb[3]
         api = API_OVERRIDES.get(pid, row["api"])
-        base_url = row["base_url"]
+        base_url = BASE_URL_OVERRIDES.get(pid, row["base_url"])
         defaults = {"reasoning": reasoning, "input": list(inp), "contextWindow": ctx,
                     "maxTokens": mx}
 
@@ -709,7 +726,7 @@ def check(rows, providers, aliases, problems):
             problems.append("%s: bad auth %r" % (pid, p["auth"]))
         if p["defaultModel"] not in p["models"]:
             problems.append("%s: defaultModel not in models" % pid)
-        if pid != "faux" and p["baseUrl"] != by_id[pid]["base_url"]:
+        if pid != "faux" and p["baseUrl"] != BASE_URL_OVERRIDES.get(pid, by_id[pid]["base_url"]):
             problems.append("%s: baseUrl differs from providers.json" % pid)
         listed = set(p.get("urlVars", {})) | set(p.get("urlDefaults", {}))
         for ph in placeholders(p["baseUrl"]) - listed - CODE_FILLED_PLACEHOLDERS:
