@@ -3582,10 +3582,15 @@ def _auth_json_key(pid: str) -> str | None:
     if kind in ("oauth", "o_auth"):
         if _oauth_expired(entry):
             return None
-        return entry.get("access") or entry.get("access_token") or None
-    if kind == "bearer_token":
-        return entry.get("token") or None
-    return entry.get("key") or entry.get("api_key") or None
+        value = entry.get("access") or entry.get("access_token")
+    elif kind == "bearer_token":
+        value = entry.get("token")
+    else:
+        value = entry.get("key") or entry.get("api_key")
+    if value is not None and not isinstance(value, str):
+        path = os.path.join(_agent_dir(), "auth.json")
+        raise ConfigError(f"{path}: the {pid} entry's key must be a string, not {type(value).__name__}")
+    return value.strip() or None if value else None
 
 
 # OAuth refresh of subscription tokens stored by pi: provider -> (token URL, client id).

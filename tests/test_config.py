@@ -326,3 +326,9 @@ def test_custom_provider_on_a_known_host_inherits_its_quirks(isolated_env, serve
 def test_malformed_context_messages_are_config_errors(message):
     with pytest.raises(pi_min.ConfigError, match="context message 0"):
         pi_min.stream("faux", {"messages": [message]})
+
+
+def test_a_non_string_key_in_auth_json_is_a_config_error(isolated_env):
+    (isolated_env / "auth.json").write_text('{"groq": {"type": "api_key", "key": 12345}}')
+    with pytest.raises(pi_min.ConfigError, match="groq entry's key must be a string, not int"):
+        pi_min.stream("groq", "hi")
