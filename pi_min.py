@@ -2535,14 +2535,15 @@ def _g_error(err: object) -> PiError:
 # ---- google-vertex --------------------------------------------------------------
 # Vertex AI: Gemini models through the Gemini translator above; Claude models through
 # the anthropic-messages request builder and translator, on streamRawPredict (the
-# version in the body, the model in the URL). The table's base URL is the scheme and
-# host; the path to the project's model is built here and appended to whatever path a
-# base URL override has (a proxy, a VPC endpoint, the tests' loopback server).
+# version in the body, the model in the URL). The table's base URL is Google's host:
+# the location picks the host actually used, and the path to the project's model is
+# built here and appended to whatever path a base URL override has (a proxy, a VPC
+# endpoint, the tests' loopback server).
 
 _VX_AM_VERSION = "vertex-2023-10-16"
 _VX_PROJECT_ENV = ("GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT", "VERTEX_PROJECT")
 _VX_LOCATION_ENV = ("GOOGLE_CLOUD_LOCATION", "VERTEX_LOCATION")
-_VX_LOCATION = "us-central1"  # the table's default too
+_VX_LOCATION = "us-central1"
 
 
 def _vx_claude(model: dict[str, Any]) -> bool:
@@ -3182,8 +3183,15 @@ def _gc_adc_step(o: _Options, path: str) -> Callable[..., None]:
 
     def step(o: _Options, method: str, url: str, headers: dict[str, str], data: bytes, watch: _Watch | None) -> None:
         def fetch() -> tuple[str, float]:
-            obj = _fetch_json("POST", token_uri, {"Content-Type": "application/x-www-form-urlencoded"}, form, o,
-                              watch, "Google's token endpoint")
+            try:
+                obj = _fetch_json("POST", token_uri, {"Content-Type": "application/x-www-form-urlencoded"}, form, o,
+                                  watch, "Google's token endpoint")
+            except PiError as e:
+                if e.status not in (400, 401):
+                    raise
+                # invalid_grant: the login was revoked or expired, which only a new login mends
+                raise PiError(f"{e} (run `gcloud auth application-default login` again)", "auth",
+                              e.status) from None
             return _gc_token(obj, "Google's token endpoint")
         _gc_bearer(o, headers, _cached_token(cache_key, fetch, margin=300.0), quota if isinstance(quota, str) else None)
     return step

@@ -1248,7 +1248,7 @@ PROVIDERS = {
     "google-vertex": {
         "name": "Google Vertex AI",
         "api": "google-vertex",
-        "baseUrl": "https://{location}-aiplatform.googleapis.com",
+        "baseUrl": "https://aiplatform.googleapis.com",
         "envKeys": ["GOOGLE_CLOUD_API_KEY", "VERTEX_API_KEY", "GOOGLE_CLOUD_ACCESS_TOKEN"],
         "auth": "google-cloud",
         "defaultModel": "gemini-2.5-pro",
@@ -1257,8 +1257,6 @@ PROVIDERS = {
         "contextWindow": 1000000,
         "maxTokens": 8192,
         "baseline": True,
-        "urlVars": {"location": ["GOOGLE_CLOUD_LOCATION", "VERTEX_LOCATION"]},
-        "urlDefaults": {"location": "us-central1"},
     },
     "amazon-bedrock": {
         "name": "Amazon Bedrock",

@@ -103,10 +103,12 @@ AUTH_STYLES = {"bearer", "x-api-key", "api-key", "x-goog-api-key", "none", "oaut
 AUTH_OVERRIDES = {"google-vertex": "google-cloud"}
 # env vars tried after providers.json's, in order
 ENV_KEYS_EXTRA = {"google-vertex": ["GOOGLE_CLOUD_ACCESS_TOKEN"]}
-# base URLs that differ from providers.json's: Vertex's is the scheme and host only;
-# the family appends /v1/projects/{project}/locations/{location}/publishers/... itself,
-# so a base URL override (a proxy, a VPC endpoint) keeps that path
-BASE_URL_OVERRIDES = {"google-vertex": "https://{location}-aiplatform.googleapis.com"}
+# base URLs that differ from providers.json's: Vertex's is Google's host alone; the
+# family picks the location's host ({location}-aiplatform..., or this one for global)
+# and appends /v1/projects/{project}/locations/{location}/publishers/... itself, so a
+# base URL override (a proxy, a VPC endpoint) keeps that path. A fixed host also lets
+# keys from the environment go to it (a templated host is never trusted with them).
+BASE_URL_OVERRIDES = {"google-vertex": "https://aiplatform.googleapis.com"}
 
 # template var -> env vars tried in order
 URL_VARS = {
@@ -116,14 +118,12 @@ URL_VARS = {
     "azure-openai": {"resource": ["AZURE_OPENAI_RESOURCE", "AZURE_RESOURCE_NAME"],
                      "deployment": ["AZURE_OPENAI_DEPLOYMENT"],  # else the model id
                      "api_version": ["AZURE_OPENAI_API_VERSION"]},
-    "google-vertex": {"location": ["GOOGLE_CLOUD_LOCATION", "VERTEX_LOCATION"]},
     "amazon-bedrock": {"region": ["AWS_REGION", "AWS_DEFAULT_REGION"]},
     "sap-ai-core": {"service_url": ["SAP_AI_CORE_SERVICE_URL"]},
 }
 # template var -> value used when none of its env vars is set
 URL_DEFAULTS = {
     "azure-openai": {"api_version": "2024-12-01-preview"},
-    "google-vertex": {"location": "us-central1"},
     "amazon-bedrock": {"region": "us-east-1"},
 }
 # placeholders filled by code from the model id (never listed in urlVars/urlDefaults)
