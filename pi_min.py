@@ -2394,7 +2394,7 @@ class _GeminiSSE(SSEParser):
 class _GTranslator:
     """GenerateContentResponse chunks -> builder calls (the first candidate only)."""
 
-    __slots__ = ("b", "finish", "details", "calls", "ids", "rid")
+    __slots__ = ("b", "finish", "details", "calls", "ids", "rid", "seen")
 
     def __init__(self, b: _Builder, o: _Options) -> None:
         self.b = b
@@ -2403,6 +2403,7 @@ class _GTranslator:
         self.calls = 0
         self.ids: set[str] = set()  # call ids seen: a repeated one is replaced
         self.rid = ""  # the responseId, the stem of the ids of calls that come without one
+        self.seen: tuple[object, ...] = ()  # the usage counts last applied
 
     def event(self, kind: str, data: str) -> bool:
         try:
@@ -2483,10 +2484,13 @@ class _GTranslator:
     def usage(self, usage: dict[str, Any]) -> None:
         """A snapshot of the whole turn so far (the last one wins). Cached prompt
         tokens are part of promptTokenCount: they count once, as cacheRead."""
-        cached = _count(usage.get("cachedContentTokenCount"))
-        prompt = _count(usage.get("promptTokenCount"))
-        output = _count(usage.get("candidatesTokenCount")) + _count(usage.get("thoughtsTokenCount"))
-        self.b.update_usage(input=max(0, prompt - cached), output=output, cacheRead=cached)
+        counts = (usage.get("promptTokenCount"), usage.get("cachedContentTokenCount"),
+                  usage.get("candidatesTokenCount"), usage.get("thoughtsTokenCount"))
+        if counts == self.seen:
+            return  # the same snapshot again: Gemini repeats it on every chunk
+        self.seen = counts
+        prompt, cached, candidates, thoughts = (_count(c) for c in counts)
+        self.b.update_usage(input=max(0, prompt - cached), output=candidates + thoughts, cacheRead=cached)
 
     def whole(self, obj: object) -> None:
         """A non-streamed generateContent answer, or the JSON array of chunks that
