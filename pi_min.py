@@ -3250,7 +3250,7 @@ def _gc_bearer(o: _Options, headers: dict[str, str], token: str, quota: str | No
 # source(o, pid, trusted), run by _prepare after the key lookup. A source puts a key
 # it was given into o.auth_headers, returns the step for a credential it found (run
 # before every attempt, like _AUTH_STEPS), or raises a ConfigError naming the choices.
-_AUTH_SOURCES: dict = {"google-cloud": _gc_source}
+_AUTH_SOURCES: dict[str, Callable[..., Callable[..., None] | None]] = {"google-cloud": _gc_source}
 
 
 def _quote(value: str) -> str:
