@@ -1769,6 +1769,15 @@ _STOP_ERRORS = {
     "MALFORMED_FUNCTION_CALL": ("the model produced a malformed function call", "server"),
     "malformed_tool_use": ("the model produced a malformed tool call", "server"),
     "malformed_model_output": ("the model produced malformed output", "server"),
+    "UNEXPECTED_TOOL_CALL": ("the model called a tool that was not offered", "server"),
+    "TOO_MANY_TOOL_CALLS": ("the model made too many tool calls", "server"),
+    "LANGUAGE": ("the answer was stopped for an unsupported language", "invalid_request"),
+    "IMAGE_SAFETY": ("the image was blocked for safety", "invalid_request"),
+    "IMAGE_PROHIBITED_CONTENT": ("the image was blocked as prohibited content", "invalid_request"),
+    "IMAGE_RECITATION": ("the image was blocked for recitation", "invalid_request"),
+    "IMAGE_OTHER": ("the image generation stopped", "server"),
+    "NO_IMAGE": ("no image was generated", "server"),
+    "OTHER": ("the model stopped for an unspecified reason", "server"),
     "error": ("the provider ended the stream with an error", "server"),
     "pause_turn": ("the server paused the turn (a long-running server tool); send the conversation again "
                    "to let it continue", "server"),
@@ -3186,6 +3195,453 @@ class _GLTranslator:
         return "stop"
 
 
+# ---- google-generative-ai -----------------------------------------------------
+# The Gemini API (and Vertex AI's Gemini models, below). Every SSE event is a whole
+# GenerateContentResponse: parts arrive whole (a function call in one part), a
+# thoughtSignature rides on the part it signs, usageMetadata is a running snapshot,
+# and nothing but the candidate's finishReason says the turn is over.
+
+_G_SKIP_SIGNATURE = "skip_thought_signature_validator"  # the Gemini API's "unsigned on purpose"
+# Gemini 2.5 thinking budgets: family -> (the budget for "off", tokens per level). Pro
+# cannot stop thinking, so its "off" is its smallest budget.
+_G_BUDGETS = {
+    "pro": (128, {"minimal": 128, "low": 2048, "medium": 8192, "high": 32768}),
+    "flash": (0, {"minimal": 128, "low": 2048, "medium": 8192, "high": 24576}),
+    "flash-lite": (0, {"minimal": 512, "low": 2048, "medium": 8192, "high": 24576}),
+}
+_G_RESPONSE_KEYS = ("candidates", "promptFeedback", "usageMetadata", "error")
+
+
+def _g_version(model_id: str) -> float:
+    """The Gemini generation a model id names (2.5, 3, 3.1, ...), 0.0 for none."""
+    import re
+    m = re.search(r"gemini-(\d+(?:\.\d+)?)", model_id.lower())
+    return float(m.group(1)) if m else 0.0
+
+
+def _g_signature(sig: object) -> str | None:
+    """A thoughtSignature fit to send back. Google's are base64; anything else would
+    be rejected with a 400 (and cannot have come from Gemini)."""
+    import re
+    if isinstance(sig, str) and len(sig) % 4 == 0 and re.fullmatch(r"[A-Za-z0-9+/_-]+={0,2}", sig):
+        return sig
+    return None
+
+
+def _g_inline(block: dict[str, Any]) -> dict[str, Any]:
+    return {"inlineData": {"mimeType": block.get("mimeType") or "image/png", "data": block.get("data") or ""}}
+
+
+def _g_user_parts(content: Any, images: bool) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = []
+    for block in _user_parts(content):
+        if block.get("type") == "text" and block.get("text"):
+            parts.append({"text": block["text"]})
+        elif block.get("type") == "image" and images:
+            parts.append(_g_inline(block))
+    return parts
+
+
+def _g_model_parts(m: Mapping[str, Any], model: Model, sentinel: bool) -> list[dict[str, Any]]:
+    """An assistant turn as model parts. Signatures go back only to the model that
+    made them (transform_messages already dropped other models' thinking and call
+    signatures). With ``sentinel``, the first call of a turn from another model
+    gets the skip sentinel instead: Gemini 3 insists on a signed first call per step
+    (of parallel calls only the first is signed, so the others stay bare)."""
+    same = _same_model(m, model)
+    parts: list[dict[str, Any]] = []
+    first_call = True
+    for b in m.get("content") or ():
+        kind = b.get("type")
+        part: dict[str, Any]
+        if kind == "text":
+            sig = _g_signature(b.get("textSignature")) if same else None
+            part = {"text": b.get("text") or ""}
+        elif kind == "thinking" and not b.get("redacted"):
+            sig = _g_signature(b.get("thinkingSignature")) if same else None
+            part = {"thought": True, "text": b.get("thinking") or ""}
+        elif kind == "toolCall":
+            sig = _g_signature(b.get("thoughtSignature")) if same else None
+            if sig is None and sentinel and first_call and not same:
+                sig = _G_SKIP_SIGNATURE
+            first_call = False
+            args = b.get("arguments")
+            part = {"functionCall": {"name": b.get("name") or "", "args": args if isinstance(args, dict) else {}}}
+        else:
+            continue
+        if sig:
+            part["thoughtSignature"] = sig
+        elif part.get("text") == "":
+            continue  # an empty text part without a signature says nothing
+        parts.append(part)
+    return parts
+
+
+def _g_result_parts(m: Mapping[str, Any], images: bool, gen3: bool) -> list[dict[str, Any]]:
+    """A tool result as a functionResponse part. Its images go inside it for Gemini 3,
+    which takes them there, else after it in the same user turn."""
+    blocks = _user_parts(m.get("content"))
+    pictures = [_g_inline(b) for b in blocks if b.get("type") == "image"] if images else []
+    text = _text_of(blocks) or ("(see attached image)" if pictures else "")
+    response: dict[str, Any] = {"name": m.get("toolName") or "",
+                                "response": {"error" if m.get("isError") else "output": text}}
+    if pictures and gen3:
+        response["parts"] = pictures
+        return [{"functionResponse": response}]
+    return [{"functionResponse": response}] + ([{"text": "Tool result image:"}] + pictures if pictures else [])
+
+
+def _g_contents(model: Model, ctx: Context, vertex: bool) -> list[dict[str, Any]]:
+    """Context messages -> contents: roles user and model, consecutive turns of one
+    role merged (tool results join the user turn they belong to). Call ids are not
+    sent: Gemini pairs calls and responses by order and name."""
+    images = "image" in (model.get("input") or ())
+    gen3 = _g_version(model["id"]) >= 3
+    out: list[dict[str, Any]] = []
+    for m in transform_messages(ctx.get("messages") or [], model):
+        role = m.get("role")
+        if role == "user":
+            turn, parts = "user", _g_user_parts(m.get("content"), images)
+        elif role == "assistant":  # Vertex rejects the skip sentinel (it validates signatures itself)
+            turn, parts = "model", _g_model_parts(m, model, gen3 and not vertex)
+        else:
+            turn, parts = "user", _g_result_parts(m, images, gen3)
+        if not parts:
+            continue
+        if out and out[-1]["role"] == turn:
+            out[-1]["parts"].extend(parts)
+        else:
+            out.append({"role": turn, "parts": parts})
+    return out
+
+
+def _g_thinking(model: Model, o: _Options) -> dict[str, Any] | None:
+    """reasoning= -> thinkingConfig: a level for Gemini 3 (Pro takes low and high, 3.1
+    Pro medium too), a token budget for 2.5 (clamped to leave half of max_tokens to
+    the answer), just the thoughts for other reasoning models; unasked: nothing."""
+    level = o.reasoning
+    if level is None or not model.get("reasoning"):
+        return None
+    mid = model["id"].lower()
+    version = _g_version(mid)
+    effort = _effort(level, mid) if level != "off" else "off"
+    shown = level != "off"
+    if version >= 3:
+        pro = "pro" in mid
+        if pro:
+            word = {"off": "low", "minimal": "low", "low": "low"}.get(effort) or (
+                "medium" if effort == "medium" and version >= 3.1 else "high")
+        else:
+            word = {"off": "minimal"}.get(effort, effort)
+        return {"thinkingLevel": word.upper(), "includeThoughts": shown}
+    if 2.5 <= version < 3:
+        family = "flash-lite" if "flash-lite" in mid else "flash" if "flash" in mid else "pro"
+        off, budgets = _G_BUDGETS[family]
+        budget = budgets.get(effort, budgets["high"]) if shown else off
+        if o.max_tokens and budget > o.max_tokens // 2:
+            budget = max(budgets["minimal"] if shown else off, o.max_tokens // 2)
+        return {"thinkingBudget": budget, "includeThoughts": shown}
+    return {"includeThoughts": True} if shown else None
+
+
+def _g_tool_choice(choice: object) -> dict[str, Any]:
+    if isinstance(choice, dict):
+        fn = choice.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else choice.get("name")
+        return {"mode": "ANY", "allowedFunctionNames": [name]} if name else {"mode": "AUTO"}
+    mode = {"auto": "AUTO", "none": "NONE", "any": "ANY", "required": "ANY"}.get(str(choice))
+    return {"mode": mode} if mode else {"mode": "ANY", "allowedFunctionNames": [str(choice)]}
+
+
+def _g_request(model: Model, ctx: Context, o: _Options, vertex: bool) -> dict[str, Any]:
+    """The generateContent body, the same for the Gemini API and Vertex AI but for
+    the signature sentinel."""
+    body: dict[str, Any] = {"contents": _g_contents(model, ctx, vertex)}
+    if ctx.get("systemPrompt"):
+        body["systemInstruction"] = {"parts": [{"text": ctx["systemPrompt"]}]}
+    tools = ctx.get("tools")
+    if tools:  # full JSON Schema (parametersJsonSchema): "parameters" rejects additionalProperties and $ref
+        body["tools"] = [{"functionDeclarations": [
+            {"name": t.get("name"), "description": t.get("description") or "",
+             "parametersJsonSchema": t.get("parameters") or {"type": "object", "properties": {}}}
+            for t in tools]}]
+        if o.tool_choice is not None:
+            body["toolConfig"] = {"functionCallingConfig": _g_tool_choice(o.tool_choice)}
+    config: dict[str, Any] = {}
+    if o.max_tokens is not None:
+        config["maxOutputTokens"] = o.max_tokens
+    if o.temperature is not None:
+        config["temperature"] = o.temperature
+    thinking = _g_thinking(model, o)
+    if thinking:
+        config["thinkingConfig"] = thinking
+    if config:
+        body["generationConfig"] = config
+    return body
+
+
+def _g_build(model: Model, ctx: Context, o: _Options) -> _RequestParts:
+    base = o.url.rstrip("/")
+    if base.endswith("/models"):
+        base = base[:-len("/models")]
+    mid = model["id"][len("models/"):] if model["id"].startswith("models/") else model["id"]
+    url = f"{base}/models/{_quote(mid)}:streamGenerateContent?alt=sse"
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    return url, headers, _g_request(model, ctx, o, vertex=False)
+
+
+class _GeminiSSE(SSEParser):
+    """Server-sent events as Google sends them, plus what google-genai also reads: a
+    line that cannot be an SSE field because it starts like JSON (a brace, a bracket,
+    a quote, blank space) is a line of data. So an error object written mid-stream
+    without "data:" (pretty-printed over many lines) reaches the translator instead
+    of being dropped as an unknown field."""
+
+    __slots__ = ()
+
+    def _field(self, raw: bytes) -> None:
+        if raw[:1] in (b"{", b"}", b"[", b"]", b'"', b" ", b"\t"):
+            self._data_line(raw)
+        else:
+            super()._field(raw)
+
+
+class _GTranslator:
+    """GenerateContentResponse chunks -> builder calls (the first candidate only)."""
+
+    __slots__ = ("b", "finish", "details", "calls", "ids", "rid", "seen")
+
+    def __init__(self, b: _Builder, o: _Options) -> None:
+        self.b = b
+        self.finish: str | None = None
+        self.details = ""
+        self.calls = 0
+        self.ids: set[str] = set()  # call ids seen: a repeated one is replaced
+        self.rid = ""  # the responseId, the stem of the ids of calls that come without one
+        self.seen: tuple[object, ...] = ()  # the usage counts last applied
+
+    def event(self, kind: str, data: str) -> bool:
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise PiError(f"invalid JSON in the stream: {data[:200]!r}", "protocol") from None
+        for c in chunk if isinstance(chunk, list) else (chunk,):
+            if isinstance(c, dict):
+                self.chunk(c)
+        return False  # no terminator: the end of the body is the end of the stream
+
+    def chunk(self, chunk: dict[str, Any]) -> None:
+        if chunk.get("error"):
+            raise _g_error(chunk["error"])
+        if not self.rid and isinstance(chunk.get("responseId"), str):
+            self.rid = _sanitize_id(chunk["responseId"], 40)
+        usage = chunk.get("usageMetadata")
+        if isinstance(usage, dict):
+            self.usage(usage)
+        candidates = chunk.get("candidates")
+        if isinstance(candidates, list) and candidates and isinstance(candidates[0], dict):
+            candidate = candidates[0]
+            content = candidate.get("content")
+            parts = content.get("parts") if isinstance(content, dict) else None
+            for part in parts if isinstance(parts, list) else ():
+                if isinstance(part, dict):
+                    self.part(part)
+            if candidate.get("finishReason"):
+                self.finish = str(candidate["finishReason"])
+                self.details = _g_details(candidate)
+        feedback = chunk.get("promptFeedback")
+        if isinstance(feedback, dict) and feedback.get("blockReason"):
+            raise _g_blocked(feedback)
+
+    def part(self, part: dict[str, Any]) -> None:
+        b = self.b
+        sig = part.get("thoughtSignature")
+        sig = sig if isinstance(sig, str) and sig else None
+        call = part.get("functionCall")
+        if isinstance(call, dict):
+            self.call(call, sig)
+            return
+        text = part.get("text")
+        if not isinstance(text, str):
+            if not (sig and set(part) <= {"thoughtSignature", "thought"}):
+                return  # images, executable code and kinds added later: nothing to show
+            text = ""
+        kind = "thinking" if part.get("thought") is True else "text"
+        if text:
+            b.thinking(text) if kind == "thinking" else b.text(text)
+        elif sig and b.cur_type != kind:
+            b.begin(kind)  # a part that only carries a signature: kept, to be sent back
+        if sig:
+            b.sign(sig, b.cur)
+
+    def call(self, call: dict[str, Any], sig: str | None) -> None:
+        """A whole functionCall part: start, one delta (its arguments), end."""
+        b = self.b
+        name = call.get("name") if isinstance(call.get("name"), str) else ""
+        args = call.get("args")
+        if args is not None and not isinstance(args, dict):
+            raise PiError(f"function call {name!r} with arguments that are not an object: {str(args)[:200]!r}",
+                          "protocol")
+        self.calls += 1
+        key = ("g", self.calls)
+        call_id = call.get("id")
+        if not (isinstance(call_id, str) and call_id) or call_id in self.ids:
+            # absent (the Gemini API sends none) or repeated: one of ours, from the responseId
+            # when there is one, so a replay of the same bytes gives the same ids
+            call_id = f"call_{self.rid}_{self.calls}" if self.rid else None
+        block = b.tool_start(key, call_id if call_id not in self.ids else None, name)
+        self.ids.add(block["id"])
+        if sig:
+            b.tool_update(key, signature=sig)
+        b.tool_delta(key, json.dumps(args or {}, ensure_ascii=False))
+        b.tool_end(key)
+
+    def usage(self, usage: dict[str, Any]) -> None:
+        """A snapshot of the whole turn so far (the last one wins). Cached prompt
+        tokens are part of promptTokenCount: they count once, as cacheRead."""
+        counts = (usage.get("promptTokenCount"), usage.get("cachedContentTokenCount"),
+                  usage.get("candidatesTokenCount"), usage.get("thoughtsTokenCount"))
+        if counts == self.seen:
+            return  # the same snapshot again: Gemini repeats it on every chunk
+        self.seen = counts
+        prompt, cached, candidates, thoughts = (_count(c) for c in counts)
+        self.b.update_usage(input=max(0, prompt - cached), output=candidates + thoughts, cacheRead=cached)
+
+    def whole(self, obj: object) -> None:
+        """A non-streamed generateContent answer, or the JSON array of chunks that
+        streamGenerateContent sends without alt=sse."""
+        items = obj if isinstance(obj, list) else [obj]
+        chunks = [c for c in items if isinstance(c, dict) and any(k in c for k in _G_RESPONSE_KEYS)]
+        if not chunks or len(chunks) != len(items):
+            raise PiError("the server answered with JSON that is not a Gemini response", "protocol")
+        for c in chunks:
+            self.chunk(c)
+
+    def end(self, cut: bool) -> _DoneReason:
+        if self.finish is None:
+            raise PiError("the stream ended before a finishReason (cut off?)", "protocol")
+        return _stop_reason(self.finish, self.details)
+
+
+def _g_details(candidate: dict[str, Any]) -> str:
+    """What a candidate says about why it stopped: finishMessage, blocked categories."""
+    found = [str(candidate["finishMessage"])] if candidate.get("finishMessage") else []
+    ratings = candidate.get("safetyRatings")
+    blocked = [str(r.get("category")) for r in ratings if isinstance(r, dict) and r.get("blocked")] \
+        if isinstance(ratings, list) else []
+    if blocked:
+        found.append("blocked: " + ", ".join(blocked))
+    return "; ".join(found)
+
+
+def _g_blocked(feedback: dict[str, Any]) -> PiError:
+    """promptFeedback.blockReason: the prompt itself was refused, nothing was generated."""
+    details = _g_details({"finishMessage": feedback.get("blockReasonMessage"),
+                          "safetyRatings": feedback.get("safetyRatings")})
+    return PiError(f"Gemini blocked the prompt ({feedback['blockReason']})" + (f": {details}" if details else ""),
+                   "invalid_request")
+
+
+def _g_error(err: object) -> PiError:
+    """An error object inside the stream. An overload or a server fault is worth another
+    attempt while nothing was shown (the retry loop checks that)."""
+    e = _in_band_error(err)
+    if e.status in (429, 500, 503, 504):
+        e.no_retry, e.transient = False, True
+    return e
+
+
+# ---- google-vertex --------------------------------------------------------------
+# Vertex AI: Gemini models through the Gemini translator above; Claude models through
+# the anthropic-messages request builder and translator, on streamRawPredict (the
+# version in the body, the model in the URL). The table's base URL is Google's host:
+# the location picks the host actually used, and the path to the project's model is
+# built here and appended to whatever path a base URL override has (a proxy, a VPC
+# endpoint, the tests' loopback server).
+
+_VX_AM_VERSION = "vertex-2023-10-16"
+_VX_PROJECT_ENV = ("GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT", "VERTEX_PROJECT")
+_VX_LOCATION_ENV = ("GOOGLE_CLOUD_LOCATION", "VERTEX_LOCATION")
+_VX_LOCATION = "us-central1"
+
+
+def _vx_claude(model: Model) -> bool:
+    return str(model["id"]).lower().startswith("claude")
+
+
+def _vx_place(model: Model, path: str) -> tuple[str | None, str]:
+    """(project or None, location): the base URL's own /projects/P and /locations/L
+    (as pi_agent_rust writes Vertex base URLs), else the environment, else the
+    provider's "project" / "location" in models.json; location defaults to us-central1."""
+    import re
+    pid = _canonical(model["provider"]) or str(model["provider"]).lower()
+    pconf = _provider_config(pid, _read_config("models.json"))
+    found = []
+    for name, envs in (("project", _VX_PROJECT_ENV), ("location", _VX_LOCATION_ENV)):
+        m = re.search(rf"/{name}s/([^/:]+)", path)
+        value = m.group(1) if m else next((os.environ[e].strip() for e in envs if os.environ.get(e, "").strip()),
+                                          None)
+        found.append(value or (str(pconf[name]) if pconf.get(name) else None))
+    location = found[1] or _VX_LOCATION
+    if not re.fullmatch(r"[a-z0-9-]+", location):
+        raise ConfigError(f"{pid}: {location!r} is not a Vertex AI location (GOOGLE_CLOUD_LOCATION), e.g. us-central1 "
+                          "or global")
+    return found[0], location
+
+
+def _vx_host(location: str) -> str:
+    if location == "global":
+        return "aiplatform.googleapis.com"
+    if location in ("us", "eu"):  # multi-region endpoints
+        return f"aiplatform.{location}.rep.googleapis.com"
+    return f"{location}-aiplatform.googleapis.com"
+
+
+def _vx_url(model: Model, o: _Options, publisher: str, method: str) -> str:
+    """{scheme and host}{the base URL's own path}/v1/projects/{project}/locations/
+    {location}/publishers/{publisher}/models/{model}:{method}. Google's own hosts
+    follow the location; any other host is kept. Without a project an API key goes
+    to express mode (no project in the path, the global host)."""
+    import re
+    scheme, _, rest = o.url.partition("://")
+    authority, slash, path = rest.partition("/")
+    path = ("/" + path.partition("?")[0]).rstrip("/") if slash else ""
+    project, location = _vx_place(model, path)
+    m = re.search(r"/(v1|v1beta1)(?=/|$)|/projects/|/publishers/", path)
+    version = m.group(1) if m and m.group(1) else "v1"
+    prefix = path[:m.start()] if m else path
+    mid = _quote(model["id"]).replace("%40", "@")  # "claude-sonnet-4-5@20250929": the @ is Vertex's spelling
+    where = f"/publishers/{publisher}/models/{mid}:{method}"
+    if project is None:
+        if _vx_claude(model) or not (o.credential or "").startswith("AIza"):
+            raise ConfigError(f"{model['provider']}: no Google Cloud project: set GOOGLE_CLOUD_PROJECT (or "
+                              "\"project\" for the provider in models.json)"
+                              + ("" if _vx_claude(model) else ", or use an API key (GOOGLE_CLOUD_API_KEY)"))
+        location = "global"
+    else:
+        where = f"/projects/{_quote(project)}/locations/{location}" + where
+    host = authority.rpartition("@")[2].lower()
+    if host == "aiplatform.googleapis.com" or host.endswith(("-aiplatform.googleapis.com", ".rep.googleapis.com")):
+        authority = _vx_host(location)
+    return f"{scheme}://{authority}{prefix}/{version}{where}"
+
+
+def _vx_build(model: Model, ctx: Context, o: _Options) -> _RequestParts:
+    if _vx_claude(model):
+        _, headers, body = _am_build(model, ctx, o)
+        body.pop("model", None)  # Vertex names the model in the URL and wants it nowhere else
+        headers.pop("anthropic-version", None)
+        return (_vx_url(model, o, "anthropic", "streamRawPredict"), headers,
+                {"anthropic_version": _VX_AM_VERSION, **body})
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    url = _vx_url(model, o, "google", "streamGenerateContent") + "?alt=sse"
+    return url, headers, _g_request(model, ctx, o, vertex=True)
+
+
+def _vx_translator(b: _Builder, o: _Options) -> _Translator:
+    return _AMTranslator(b, o) if _vx_claude(b.model) else _GTranslator(b, o)
+
+
 # ---- faux (offline) -------------------------------------------------------------
 
 def _faux_script(model: Model, ctx: Context, o: "_Options") -> dict[str, Any]:
@@ -3296,6 +3752,8 @@ _FAMILIES = {
     "bedrock-converse-stream": _Family(_br_build, _BRTranslator, decoder=_EventStream),
     "cohere-chat": _Family(_co_build, _COTranslator),
     "gitlab-chat": _Family(_gl_build, _GLTranslator, decoder=None),
+    "google-generative-ai": _Family(_g_build, _GTranslator, decoder=_GeminiSSE),
+    "google-vertex": _Family(_vx_build, _vx_translator, decoder=_GeminiSSE),
     "faux": _Family(_faux_build, _OCTranslator, open=_faux_open),
 }
 
@@ -3551,7 +4009,7 @@ def _auth_style(model: Model, row: _Row | None, pconf: dict[str, Any]) -> str:
         return row["auth"]
     api = str(model.get("api") or "")
     return {"anthropic-messages": "x-api-key", "google-generative-ai": "x-goog-api-key",
-            "faux": "none"}.get(api, "bearer")
+            "google-vertex": "google-cloud", "faux": "none"}.get(api, "bearer")
 
 
 def _auth_json_entry(pid: str) -> tuple[str | None, Any]:
@@ -3671,6 +4129,159 @@ def _oauth_refresh_step(o: "_Options", method: str, url: str, headers: dict[str,
     for name in [k for k in headers if k.lower() in ("x-api-key", "authorization")]:
         del headers[name]
     headers["Authorization"] = "Bearer " + token
+
+
+# Google Cloud credentials (the "google-cloud" style of Vertex AI), chosen once per
+# stream: a key found the usual way, else Application Default Credentials of type
+# authorized_user (refreshed at Google's token endpoint), else the metadata server.
+# A service-account key would need an RS256-signed JWT, which the standard library
+# cannot make.
+_GC_TOKEN_URI = "https://oauth2.googleapis.com/token"
+_GC_METADATA_HOST = "metadata.google.internal"
+_GC_DMI = "/sys/class/dmi/id/product_name"  # "Google Compute Engine" on Google's VMs
+_GC_CHOICES = ("set GOOGLE_CLOUD_API_KEY (an API key: express mode) or GOOGLE_CLOUD_ACCESS_TOKEN (from `gcloud auth "
+               "print-access-token`), put \"apiKey\": \"!gcloud auth print-access-token\" for the provider in "
+               "models.json, run `gcloud auth application-default login`, or run on Google Cloud (metadata server)")
+
+
+def _gc_source(o: _Options, pid: str, trusted: bool) -> Callable[..., None] | None:
+    """The google-cloud auth style. A key ("AIza..." is an API key, sent as
+    x-goog-api-key; anything else an access token) needs no step; ADC and the
+    metadata server get one that fetches a token on the first attempt and reuses it
+    until shortly before it expires."""
+    key = o.credential
+    if key:
+        if key.startswith("AIza"):
+            o.auth_headers["x-goog-api-key"] = key
+        else:
+            o.auth_headers["Authorization"] = "Bearer " + key
+        return None
+    if not trusted:
+        return None  # this machine's credentials go to the provider's own host only
+    path = _gc_adc_path()
+    if path:
+        return _gc_adc_step(o, path)
+    host = _gc_metadata_host()
+    if host:
+        return _gc_metadata_step(host)
+    raise ConfigError(f"no Google Cloud credentials for {pid}: {_GC_CHOICES}")
+
+
+def _gc_adc_path() -> str | None:
+    """$GOOGLE_APPLICATION_CREDENTIALS, else the file `gcloud auth application-default
+    login` writes (under $CLOUDSDK_CONFIG when set), when it exists."""
+    named = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS", "").strip()
+    if named:
+        if not os.path.isfile(named):
+            raise ConfigError(f"GOOGLE_APPLICATION_CREDENTIALS names {named}, which is not a file")
+        return named
+    root = os.environ.get("CLOUDSDK_CONFIG", "").strip()
+    if not root:
+        root = os.path.join(os.environ.get("APPDATA", ""), "gcloud") if os.name == "nt" else \
+            os.path.join(os.path.expanduser("~"), ".config", "gcloud")
+    path = os.path.join(root, "application_default_credentials.json")
+    return path if os.path.isfile(path) else None
+
+
+def _gc_adc_step(o: _Options, path: str) -> Callable[..., None]:
+    """The auth step for an authorized_user ADC file; ConfigError for any other kind."""
+    try:
+        with open(path, "rb") as f:
+            info = json.loads(f.read().decode("utf-8-sig"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read the Application Default Credentials {path}: "
+                          f"{e.strerror if isinstance(e, OSError) else 'not JSON'}") from None
+    kind = info.get("type") if isinstance(info, dict) else None
+    if kind == "service_account":
+        raise ConfigError(f"{path} is a service-account key: pi_min cannot sign its token request (RS256 is not "
+                          f"in the Python standard library). Instead {_GC_CHOICES}")
+    if kind != "authorized_user":
+        raise ConfigError(f"{path} holds credentials of type {kind!r}; pi_min reads authorized_user ones (from "
+                          f"`gcloud auth application-default login`). Instead {_GC_CHOICES}")
+    missing = [k for k in ("client_id", "client_secret", "refresh_token") if not isinstance(info.get(k), str)
+               or not info[k]]
+    if missing:
+        raise ConfigError(f"{path} lacks {', '.join(missing)}: run `gcloud auth application-default login` again")
+    token_uri = str(info.get("token_uri") or _GC_TOKEN_URI)
+    _split_url(token_uri)  # a bad one is the user's to fix, now
+    o.secrets.extend((info["client_secret"], info["refresh_token"]))
+    quota = os.environ.get("GOOGLE_CLOUD_QUOTA_PROJECT", "").strip() or info.get("quota_project_id")
+    from urllib.parse import urlencode
+    form = urlencode({"grant_type": "refresh_token", "client_id": info["client_id"],
+                      "client_secret": info["client_secret"], "refresh_token": info["refresh_token"]}).encode()
+    import hashlib
+    cache_key = ("google-adc", path, hashlib.sha256(form).hexdigest())  # a new login is a new token
+
+    def step(o: _Options, method: str, url: str, headers: dict[str, str], data: bytes, watch: _Watch | None) -> None:
+        def fetch() -> tuple[str, float]:
+            try:
+                obj = _fetch_json("POST", token_uri, {"Content-Type": "application/x-www-form-urlencoded"}, form, o,
+                                  watch, "Google's token endpoint")
+            except PiError as e:
+                if e.status not in (400, 401):
+                    raise
+                # invalid_grant: the login was revoked or expired, which only a new login mends
+                raise PiError(f"{e} (run `gcloud auth application-default login` again)", "auth",
+                              e.status) from None
+            return _gc_token(obj, "Google's token endpoint")
+        _gc_bearer(o, headers, _cached_token(cache_key, fetch, margin=300.0), quota if isinstance(quota, str) else None)
+    return step
+
+
+def _gc_metadata_host() -> str | None:
+    """The metadata server: $GCE_METADATA_HOST (host[:port], as Google's libraries
+    read it), else Google's own address when this looks like Google Cloud (a Compute
+    Engine VM by its DMI product name, Cloud Run, Cloud Functions)."""
+    named = (os.environ.get("GCE_METADATA_HOST") or os.environ.get("GCE_METADATA_ROOT") or "").strip()
+    if named:
+        return named.partition("://")[2].rstrip("/") if "://" in named else named.rstrip("/")
+    try:
+        with open(_GC_DMI, encoding="utf-8", errors="replace") as f:
+            on_gce = "Google" in f.read(256)
+    except OSError:
+        on_gce = False
+    return _GC_METADATA_HOST if on_gce or os.environ.get("K_SERVICE") or os.environ.get("FUNCTION_TARGET") else None
+
+
+def _gc_metadata_step(host: str) -> Callable[..., None]:
+    token_url = f"http://{host}/computeMetadata/v1/instance/service-accounts/default/token"
+    _split_url(token_url)
+
+    def step(o: _Options, method: str, url: str, headers: dict[str, str], data: bytes, watch: _Watch | None) -> None:
+        def fetch() -> tuple[str, float]:
+            obj = _fetch_json("GET", token_url, {"Metadata-Flavor": "Google"}, b"", o, watch, "the metadata server")
+            return _gc_token(obj, "the metadata server")
+        # the metadata server itself renews a token well before it expires: the default margin is enough
+        _gc_bearer(o, headers, _cached_token(("google-metadata", host), fetch), None)
+    return step
+
+
+def _gc_token(obj: dict[str, Any], what: str) -> tuple[str, float]:
+    """(access token, expiry in epoch seconds) from a token endpoint's answer."""
+    token = obj.get("access_token")
+    if not isinstance(token, str) or not token:
+        raise PiError(f"{what} answered without an access_token", "auth")
+    return token, time.time() + float(_count(obj.get("expires_in")) or 3600)
+
+
+def _gc_bearer(o: _Options, headers: dict[str, str], token: str, quota: str | None) -> None:
+    """Send the token, unless the caller's own headers= carry an Authorization."""
+    o.secrets.append(token)
+    if not any(name.lower() == "authorization" for name in headers):
+        headers["Authorization"] = "Bearer " + token
+    if quota and not any(name.lower() == "x-goog-user-project" for name in headers):
+        headers["x-goog-user-project"] = quota  # user credentials bill the API to a quota project
+
+
+def _gc_resolve(pid: str, model: Model, row: "_Row | None", pconf: dict[str, Any], o: _Options) -> None:
+    """The google-cloud style's resolver: a key when one is configured, else this
+    machine's Google Cloud credentials (_gc_source)."""
+    trusted = _base_url(pid, model, row, pconf, o)
+    key = o.api_key if o.api_key is not None else _stored_key(pid, row, pconf) if trusted else None
+    if key and key.strip():
+        o.credential = key.strip()
+        o.secrets.append(o.credential)
+    o.auth_step = _gc_source(o, pid, trusted)
 
 
 def _quote(value: str) -> str:
@@ -4104,12 +4715,32 @@ def _sap_token_step(o: _Options, method: str, url: str, headers: dict[str, str],
 
 # style -> prepare(pid, model, row, models.json entry, o): credentials of their own shape
 _AUTH_RESOLVERS: dict[str, Callable[[str, Model, "_Row | None", dict[str, Any], _Options], None]] = {
-    "sigv4": _br_credentials, "sap": _sap_prepare}
+    "sigv4": _br_credentials, "sap": _sap_prepare, "google-cloud": _gc_resolve}
 
 
 # ==== public API ===============================================================
 
 _RETRY_STATUSES = frozenset((408, 429, 500, 502, 503, 504, 529))
+
+
+def _rpc_details(err: dict[str, Any]) -> tuple[str | None, float | None]:
+    """Google's error details (google.rpc.Status): the ErrorInfo reason, which says
+    more than the status (API_KEY_INVALID inside an INVALID_ARGUMENT 400), and the
+    RetryInfo delay ("41s"), which Google sends instead of a Retry-After header."""
+    reason, delay = None, None
+    details = err.get("details")
+    for d in details if isinstance(details, list) else ():
+        if not isinstance(d, dict):
+            continue
+        if isinstance(d.get("reason"), str) and reason is None:
+            reason = d["reason"]
+        wait = d.get("retryDelay")
+        if isinstance(wait, str) and wait.endswith("s"):
+            try:
+                delay = max(0.0, float(wait[:-1]))
+            except ValueError:
+                pass
+    return reason, delay
 
 
 def _http_error(resp: _Reply, provider: str) -> PiError:
@@ -4119,7 +4750,7 @@ def _http_error(resp: _Reply, provider: str) -> PiError:
     except PiError:
         raw = b""
     text = raw.decode("utf-8", "replace").strip()
-    message, code = text, None
+    message, code, delay = text, None, None
     try:
         obj = json.loads(text) if text[:1] in "[{\"" and text else None
     except ValueError:
@@ -4130,6 +4761,8 @@ def _http_error(resp: _Reply, provider: str) -> PiError:
         err = obj.get("error", obj)
         if isinstance(err, dict):
             code = err.get("code") if isinstance(err.get("code"), str) else (err.get("type") or err.get("status"))
+            reason, delay = _rpc_details(err)
+            code = reason or code
             message = _error_message(err)
         elif isinstance(err, str):
             message = err
@@ -4145,6 +4778,8 @@ def _http_error(resp: _Reply, provider: str) -> PiError:
         message = f"redirected to {where}; use that as the base URL"
     e = PiError(f"HTTP {resp.status} from {provider}: {message}", _classify(resp.status, message, code), resp.status)
     e.retry_after = _parse_retry_after(resp.headers)
+    if e.retry_after is None:
+        e.retry_after = delay
     e.no_retry = code in ("insufficient_quota", "credit_balance_exhausted") or "insufficient_quota" in text
     return e
 

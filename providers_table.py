@@ -8,10 +8,11 @@ PROVIDERS maps a canonical provider id to a row:
   api             API family: openai-completions, openai-responses, anthropic-messages,
                   google-generative-ai, google-vertex, bedrock-converse-stream, ...
   baseUrl         endpoint base; "{var}" placeholders are filled from urlVars/urlDefaults,
-                  {model}, {deployment_id} and the Vertex method part from the model id
+                  {model} and {deployment_id} from the model id
   envKeys         env vars tried in order for the credential
   auth            bearer | x-api-key | api-key | x-goog-api-key | none | oauth | sigv4 |
-                  copilot | sap
+                  copilot | sap | google-cloud (an API key, an access token, Application
+                  Default Credentials or the metadata server)
   defaultModel    model used when only the provider is given (listed in MODELS)
   contextWindow, maxTokens
                   limits for model ids not listed in MODELS
@@ -1249,17 +1250,15 @@ PROVIDERS = {
     "google-vertex": {
         "name": "Google Vertex AI",
         "api": "google-vertex",
-        "baseUrl": "https://{location}-aiplatform.googleapis.com/v1/projects/{project}/locations/{location}/publishers/{publisher}/models/{model}:{streamGenerateContent|streamRawPredict}",
-        "envKeys": ["GOOGLE_CLOUD_API_KEY", "VERTEX_API_KEY"],
-        "auth": "bearer",
+        "baseUrl": "https://aiplatform.googleapis.com",
+        "envKeys": ["GOOGLE_CLOUD_API_KEY", "VERTEX_API_KEY", "GOOGLE_CLOUD_ACCESS_TOKEN"],
+        "auth": "google-cloud",
         "defaultModel": "gemini-2.5-pro",
         "reasoning": True,
         "input": ["text", "image"],
         "contextWindow": 1000000,
         "maxTokens": 8192,
         "baseline": True,
-        "urlVars": {"location": ["GOOGLE_CLOUD_LOCATION", "VERTEX_LOCATION"], "project": ["GOOGLE_CLOUD_PROJECT", "VERTEX_PROJECT"]},
-        "urlDefaults": {"location": "us-central1", "publisher": "google"},
     },
     "amazon-bedrock": {
         "name": "Amazon Bedrock",

@@ -1,10 +1,10 @@
 """Throughput of pi_min.stream against the stdlib floor, on loopback.
 
-    python benchmarks/bench_stream.py [--deltas 20000] [--runs 7] [--family openai|anthropic|all]
+    python benchmarks/bench_stream.py [--deltas 20000] [--runs 7] [--family openai|anthropic|gemini|all]
 
 The server sends one recorded-style stream of the family (N text deltas, then a
-tool call of N/10 argument fragments): OpenAI chat completions or Anthropic
-Messages (named events). "floor" is the least work
+tool call of N/10 argument fragments): OpenAI chat completions, Anthropic
+Messages (named events) or Gemini (whole chunks; the call in one part). "floor" is the least work
 any stdlib client must do for it: http.client reads the body, splits lines and
 json.loads each data line. "pi_min" runs the full stream(): SSE parser,
 translator, event builder and partial-JSON on tool arguments. Medians of the
@@ -72,9 +72,30 @@ def make_am_body(deltas: int) -> bytes:
     return "".join(out).encode()
 
 
+def make_gemini_body(deltas: int) -> bytes:
+    """The same answer as Gemini streams it: one whole GenerateContentResponse per
+    event, with the usage snapshot Google puts on every chunk, `\r\n\r\n` between
+    events; the call comes whole (its N/10 lines in one part) with the finishReason."""
+    def chunk(parts, usage, finish=None):
+        cand = {"content": {"parts": parts, "role": "model"}, "index": 0}
+        if finish:
+            cand["finishReason"] = finish
+        return "data: %s\r\n\r\n" % json.dumps({"candidates": [cand], "usageMetadata": usage,
+                                                 "modelVersion": "gemini-2.5-flash", "responseId": "bench"},
+                                                separators=(",", ": "))
+    usage = {"promptTokenCount": 10, "totalTokenCount": 10,
+             "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 10}]}
+    out = [chunk([{"text": "tok%d " % i}], usage) for i in range(deltas)]
+    args = {"content": "".join("line %d\n" % i for i in range(deltas // 10))}
+    out.append(chunk([{"functionCall": {"name": "write", "args": args}}],
+                     dict(usage, candidatesTokenCount=deltas, totalTokenCount=deltas + 10), "STOP"))
+    return "".join(out).encode()
+
+
 FAMILIES = {  # name -> (body maker, provider, base path)
     "openai": (make_body, "groq", "/v1"),
     "anthropic": (make_am_body, "anthropic", ""),
+    "gemini": (make_gemini_body, "google", "/v1beta"),
 }
 
 
@@ -164,7 +185,7 @@ def bench(family: str, deltas: int, runs: int, scales) -> None:
     run_pi_min(port, family)  # warm up (table load, pooled connection)
     f = timed(floor, port, runs)
     p = timed(run_pi_min, port, runs, family)
-    frames = body.count(b"\n\n")
+    frames = body.count(b"data: ")  # one data line per frame in every family
     print("[%s] body %.1f KiB, %d frames, %d runs (medians)" % (family, len(body) / 1024, frames, runs))
     print("floor  (http.client + json.loads per line): %7.1f ms  %6.2f us/frame" % (f * 1e3, f / frames * 1e6))
     print("pi_min (stream(), all events)             : %7.1f ms  %6.2f us/frame  ratio %.2fx"
@@ -179,7 +200,7 @@ def bench(family: str, deltas: int, runs: int, scales) -> None:
         tracemalloc.stop()
         t = timed(run_pi_min, port2, 3, family)
         print("x%g deltas (%d frames): %.1f ms, %.2f us/frame, peak traced memory %.1f MiB"
-              % (scale, big.count(b"\n\n"), t * 1e3, t / big.count(b"\n\n") * 1e6, peak / 2**20))
+              % (scale, big.count(b"data: "), t * 1e3, t / big.count(b"data: ") * 1e6, peak / 2**20))
 
 
 def main():
@@ -189,7 +210,7 @@ def main():
     ap.add_argument("--family", choices=sorted(FAMILIES) + ["all"], default="all")
     args = ap.parse_args()
     for family in sorted(FAMILIES) if args.family == "all" else [args.family]:
-        scales = (0.1, 1, 10) if family == "anthropic" else (1, 4)  # anthropic: 2k to 200k events
+        scales = (0.1, 1, 10) if family in ("anthropic", "gemini") else (1, 4)  # 2k to 200k events
         bench(family, args.deltas, args.runs, scales)
     print("import pi_min (cumulative, -X importtime, median): %.1f ms" % (import_time(max(5, args.runs)) / 1e3))
 

@@ -174,8 +174,10 @@ def stream_fixture(pi_min, fixture: Dict[str, Any], url: str, strict_partial: bo
 
 
 @pytest.mark.parametrize("path, mode", _cases())
-def test_fixture(path, mode, server):
+def test_fixture(path, mode, server, monkeypatch):
     fixture = _load(path)
+    for name, value in fixture.get("env", {}).items():  # e.g. Vertex AI's project and location
+        monkeypatch.setenv(name, value)
     fixture_dir = os.path.dirname(path)
     expect = fixture.get("expect", {})
 

@@ -107,7 +107,19 @@ AUTH_PREFIXES = [
     ("bearer", "bearer"),
 ]
 AUTH_STYLES = {"bearer", "x-api-key", "api-key", "x-goog-api-key", "none", "oauth",
-               "sigv4", "copilot", "sap"}
+               "sigv4", "copilot", "sap", "google-cloud"}
+# rows whose credential is more than a header providers.json can describe: Vertex
+# takes an API key, an access token, Application Default Credentials or the
+# metadata server (pi_min's "google-cloud" style picks one per stream)
+AUTH_OVERRIDES = {"google-vertex": "google-cloud"}
+# env vars tried after providers.json's, in order
+ENV_KEYS_EXTRA = {"google-vertex": ["GOOGLE_CLOUD_ACCESS_TOKEN"]}
+# base URLs that differ from providers.json's: Vertex's is Google's host alone; the
+# family picks the location's host ({location}-aiplatform..., or this one for global)
+# and appends /v1/projects/{project}/locations/{location}/publishers/... itself, so a
+# base URL override (a proxy, a VPC endpoint) keeps that path. A fixed host also lets
+# keys from the environment go to it (a templated host is never trusted with them).
+BASE_URL_OVERRIDES = {"google-vertex": "https://aiplatform.googleapis.com"}
 
 # template var -> env vars tried in order
 URL_VARS = {
@@ -117,8 +129,6 @@ URL_VARS = {
     "azure-openai": {"resource": ["AZURE_OPENAI_RESOURCE", "AZURE_RESOURCE_NAME"],
                      "deployment": ["AZURE_OPENAI_DEPLOYMENT"],  # else the model id
                      "api_version": ["AZURE_OPENAI_API_VERSION"]},
-    "google-vertex": {"location": ["GOOGLE_CLOUD_LOCATION", "VERTEX_LOCATION"],
-                      "project": ["GOOGLE_CLOUD_PROJECT", "VERTEX_PROJECT"]},
     "amazon-bedrock": {"region": ["AWS_REGION", "AWS_DEFAULT_REGION"]},
     "sap-ai-core": {"service_url": ["SAP_AI_CORE_SERVICE_URL"],  # else the service key's (pi_min's code)
                     "api_version": ["SAP_AI_CORE_API_VERSION"]},
@@ -128,14 +138,13 @@ URL_VARS = {
 # template var -> value used when none of its env vars is set
 URL_DEFAULTS = {
     "azure-openai": {"api_version": "2024-12-01-preview"},
-    "google-vertex": {"location": "us-central1", "publisher": "google"},
     "amazon-bedrock": {"region": "us-east-1"},
     "sap-ai-core": {"api_version": "2024-10-21"},  # the default of SAP's AI SDK
     "gitlab": {"gitlab_url": "https://gitlab.com"},
     "cohere": {"co_api_url": "https://api.cohere.com"},
 }
 # placeholders filled by code from the model id (never listed in urlVars/urlDefaults)
-CODE_FILLED_PLACEHOLDERS = {"model", "deployment_id", "streamGenerateContent|streamRawPredict"}
+CODE_FILLED_PLACEHOLDERS = {"model", "deployment_id"}
 
 COMPAT = {
     "openai": {"supportsStore": True, "supportsDeveloperRole": True,
@@ -668,7 +677,8 @@ def build(report=False):
 
         entry = {
             "name": row["display_name"], "api": api, "baseUrl": base_url,
-            "envKeys": list(row["env_keys"]), "auth": auth_style(row),
+            "envKeys": list(row["env_keys"]) + ENV_KEYS_EXTRA.get(pid, []),
+            "auth": AUTH_OVERRIDES.get(pid) or auth_style(row),
             "defaultModel": default, "reasoning": reasoning, "input": list(inp),
             "contextWindow": ctx, "maxTokens": mx,
             "baseline": bool(row["in_85_id_baseline_docs"]),
@@ -754,10 +764,11 @@ PROVIDERS maps a canonical provider id to a row:
   api             API family: openai-completions, openai-responses, anthropic-messages,
                   google-generative-ai, google-vertex, bedrock-converse-stream, ...
   baseUrl         endpoint base; "{var}" placeholders are filled from urlVars/urlDefaults,
-                  {model}, {deployment_id} and the Vertex method part from the model id
+                  {model} and {deployment_id} from the model id
   envKeys         env vars tried in order for the credential
   auth            bearer | x-api-key | api-key | x-goog-api-key | none | oauth | sigv4 |
-                  copilot | sap
+                  copilot | sap | google-cloud (an API key, an access token, Application
+                  Default Credentials or the metadata server)
   defaultModel    model used when only the provider is given (listed in MODELS)
   contextWindow, maxTokens
                   limits for model ids not listed in MODELS
