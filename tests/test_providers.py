@@ -225,3 +225,15 @@ def test_readme_provider_list_is_generated_from_the_table():
     run = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gen_readme.py"), "--check"],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_the_table_is_what_its_generator_makes():
+    """providers_table.py is generated: the generator's own consistency checks pass and
+    its output is the committed file (needs shared/spec beside the repository)."""
+    import subprocess
+    import sys
+    if not os.path.exists(SPEC):
+        pytest.skip("shared/spec/providers.json is not beside the repository")
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gen_providers_table.py"), "--check"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr

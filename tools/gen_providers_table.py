@@ -117,9 +117,8 @@ ENV_KEYS_EXTRA = {"google-vertex": ["GOOGLE_CLOUD_ACCESS_TOKEN"]}
 # base URLs that differ from providers.json's: Vertex's is Google's host alone; the
 # family picks the location's host ({location}-aiplatform..., or this one for global)
 # and appends /v1/projects/{project}/locations/{location}/publishers/... itself, so a
-# base URL override (a proxy, a VPC endpoint) keeps that path. A fixed host also lets
-# keys from the environment go to it (a templated host is never trusted with them).
-BASE_URL_OVERRIDES = {"google-vertex": "https://aiplatform.googleapis.com"}
+# base URL override (a proxy, a VPC endpoint) keeps that path.
+BASE_URL_OVERRIDES["google-vertex"] = "https://aiplatform.googleapis.com"
 
 # template var -> env vars tried in order
 URL_VARS = {
