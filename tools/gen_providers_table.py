@@ -96,16 +96,21 @@ AUTH_PREFIXES = [
     ("bearer", "bearer"),
 ]
 AUTH_STYLES = {"bearer", "x-api-key", "api-key", "x-goog-api-key", "none", "oauth",
-               "sigv4", "copilot", "sap"}
+               "sigv4", "copilot", "sap", "azure"}
+# Azure takes an api-key header or an Entra ID bearer token (AZURE_OPENAI_AD_TOKEN)
+AUTH_OVERRIDES = {"azure-openai": "azure"}
+# env vars tried after providers.json's own
+EXTRA_ENV_KEYS = {"azure-openai": ["AZURE_OPENAI_AD_TOKEN"]}
 
 # template var -> env vars tried in order
 URL_VARS = {
     "cloudflare-ai-gateway": {"account_id": ["CLOUDFLARE_ACCOUNT_ID"],
                               "gateway_id": ["CLOUDFLARE_GATEWAY_ID"]},
     "cloudflare-workers-ai": {"account_id": ["CLOUDFLARE_ACCOUNT_ID"]},
-    "azure-openai": {"resource": ["AZURE_OPENAI_RESOURCE", "AZURE_RESOURCE_NAME"],
-                     "deployment": ["AZURE_OPENAI_DEPLOYMENT"],  # else the model id
-                     "api_version": ["AZURE_OPENAI_API_VERSION"]},
+    # {deployment} is the model's (pi_min maps it through models.json "deployment")
+    "azure-openai": {"resource": ["AZURE_OPENAI_RESOURCE_NAME", "AZURE_OPENAI_RESOURCE",
+                                  "AZURE_RESOURCE_NAME"],
+                     "api_version": ["AZURE_OPENAI_API_VERSION", "OPENAI_API_VERSION"]},
     "google-vertex": {"location": ["GOOGLE_CLOUD_LOCATION", "VERTEX_LOCATION"],
                       "project": ["GOOGLE_CLOUD_PROJECT", "VERTEX_PROJECT"]},
     "amazon-bedrock": {"region": ["AWS_REGION", "AWS_DEFAULT_REGION"]},
@@ -113,16 +118,21 @@ URL_VARS = {
 }
 # template var -> value used when none of its env vars is set
 URL_DEFAULTS = {
-    "azure-openai": {"api_version": "2024-12-01-preview"},
+    "azure-openai": {"api_version": "2025-04-01-preview"},  # = pi_min's _AZ_API_VERSION
     "google-vertex": {"location": "us-central1", "publisher": "google"},
     "amazon-bedrock": {"region": "us-east-1"},
 }
+# env vars whose value is a whole endpoint, replacing the template's scheme and host
+URL_ORIGIN = {"azure-openai": ["AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_BASE_URL"]}
 # placeholders filled by code from the model id (never listed in urlVars/urlDefaults)
-CODE_FILLED_PLACEHOLDERS = {"model", "deployment_id", "streamGenerateContent|streamRawPredict"}
+CODE_FILLED_PLACEHOLDERS = {"model", "deployment", "deployment_id",
+                            "streamGenerateContent|streamRawPredict"}
 
 COMPAT = {
     "openai": {"supportsStore": True, "supportsDeveloperRole": True,
                "maxTokensField": "max_completion_tokens"},
+    # deployment chat completions: reasoning models need both (api-version 2024-12-01-preview on)
+    "azure-openai": {"supportsDeveloperRole": True, "maxTokensField": "max_completion_tokens"},
     "xai": {"supportsReasoningEffort": False},
     "zai": {"thinkingFormat": "zai"},
     "zai-coding-plan": {"thinkingFormat": "zai"},
@@ -154,6 +164,9 @@ HEADERS = {
 MODEL_FORCE = {
     "gitlab": {"input": ["text"], "reasoning": False},
 }
+# provider -> (model id regex, api): models served only by another family of the provider
+# (Azure deploys the codex and pro models for its v1 Responses API alone)
+MODEL_API = {"azure-openai": (r"codex|-pro$", "azure-openai-responses")}
 
 # ---------------------------------------------------------------------------
 # Model selection
@@ -644,6 +657,8 @@ def build(report=False):
         for mid in chosen:
             rec = dict(cands[mid]["rec"])
             rec.update(MODEL_FORCE.get(pid, {}))
+            if pid in MODEL_API and re.search(MODEL_API[pid][0], mid):
+                rec["api"] = MODEL_API[pid][1]
             mc = MODEL_COMPAT.get((pid, mid))
             if mc:
                 rec["compat"] = mc
@@ -651,7 +666,8 @@ def build(report=False):
 
         entry = {
             "name": row["display_name"], "api": api, "baseUrl": base_url,
-            "envKeys": list(row["env_keys"]), "auth": auth_style(row),
+            "envKeys": list(row["env_keys"]) + EXTRA_ENV_KEYS.get(pid, []),
+            "auth": AUTH_OVERRIDES.get(pid) or auth_style(row),
             "defaultModel": default, "reasoning": reasoning, "input": list(inp),
             "contextWindow": ctx, "maxTokens": mx,
             "baseline": bool(row["in_85_id_baseline_docs"]),
@@ -660,6 +676,8 @@ def build(report=False):
             entry["urlVars"] = URL_VARS[pid]
         if pid in URL_DEFAULTS:
             entry["urlDefaults"] = URL_DEFAULTS[pid]
+        if pid in URL_ORIGIN:
+            entry["urlOrigin"] = URL_ORIGIN[pid]
         if pid in COMPAT:
             entry["compat"] = COMPAT[pid]
         if pid in HEADERS:
@@ -740,7 +758,7 @@ PROVIDERS maps a canonical provider id to a row:
                   {model}, {deployment_id} and the Vertex method part from the model id
   envKeys         env vars tried in order for the credential
   auth            bearer | x-api-key | api-key | x-goog-api-key | none | oauth | sigv4 |
-                  copilot | sap
+                  copilot | sap | azure (api-key, or bearer for an Entra ID token)
   defaultModel    model used when only the provider is given (listed in MODELS)
   contextWindow, maxTokens
                   limits for model ids not listed in MODELS
@@ -750,11 +768,13 @@ PROVIDERS maps a canonical provider id to a row:
   baseline        true for the 85 canonical ids of the original provider baseline
   urlVars         optional: placeholder -> env vars tried in order
   urlDefaults     optional: placeholder -> value when no env var is set
+  urlOrigin       optional: env vars whose value (a whole endpoint) replaces the
+                  template's scheme and host
   compat          optional: openai-completions quirks (thinkingFormat, supportsStore, ...)
   headers         optional: static extra request headers
 
 MODELS maps a provider id to its known models as JSON lines, one model a line:
-  {"id", "name", "reasoning", "input", "cost", "contextWindow", "maxTokens", "compat"?}
+  {"id", "name", "reasoning", "input", "cost", "contextWindow", "maxTokens", "compat"?, "api"?}
   cost is USD per million tokens {input, output, cacheRead, cacheWrite}, 0 where
   unknown. Strings, not dict literals, so importing this module compiles in a few
   milliseconds; pi_min parses only the provider it is asked for.
@@ -765,7 +785,7 @@ ALIASES maps a lowercase alias to its canonical provider id.
 
 ROW_KEYS = ("name", "api", "baseUrl", "envKeys", "auth", "defaultModel", "reasoning",
             "input", "contextWindow", "maxTokens", "baseline", "urlVars", "urlDefaults",
-            "compat", "headers")
+            "urlOrigin", "compat", "headers")
 
 
 def render(providers, aliases):
