@@ -1702,10 +1702,25 @@ def _oc_name(have: str, piece: str) -> str:
     return piece if piece.startswith(have) else have + piece
 
 
+def _oc_filtered(results: Any) -> list[str]:
+    """The categories that Azure's content_filter_results flagged, with the
+    severity, detection or blocklist id: ["hate (high)", "custom_blocklists (svir)"]."""
+    found: list[str] = []
+    for name, result in results.items() if isinstance(results, dict) else ():
+        hits = result if isinstance(result, list) else [result]
+        if isinstance(result, dict) and isinstance(result.get("details"), list):
+            hits = result["details"]  # blocklists: {"filtered", "details": [{"filtered", "id"}]}
+        for hit in hits:
+            if isinstance(hit, dict) and hit.get("filtered"):
+                what = hit.get("severity") or hit.get("id") or ("detected" if hit.get("detected") else "")
+                found.append(f"{name} ({what})" if what else str(name))
+    return found
+
+
 class _OCTranslator:
     """openai-completions chunks -> builder calls."""
 
-    __slots__ = ("b", "finish", "ended", "slots", "signatures", "refusal", "rid")
+    __slots__ = ("b", "finish", "ended", "slots", "signatures", "refusal", "rid", "filtered")
 
     def __init__(self, b: _Builder, o: "_Options"):
         self.b = b
@@ -1715,6 +1730,7 @@ class _OCTranslator:
         self.signatures: dict = {}  # tool-call id -> encrypted reasoning detail (JSON)
         self.refusal = ""       # delta.refusal pieces: never text, the message of the error at the end
         self.rid = ""           # the response id of the chunks, for the id of a legacy function_call
+        self.filtered: list[str] = []  # categories Azure's content filter flagged, for a content_filter finish
 
     def event(self, kind: str, data: str) -> bool:
         if data[:6] == "[DONE]":
@@ -1746,6 +1762,8 @@ class _OCTranslator:
             if isinstance(delta, dict):
                 self.delta(delta)
             usage = usage or choice.get("usage")
+            if "content_filter_results" in choice:  # Azure's, also in chunks that carry nothing else
+                self.filtered.extend(_oc_filtered(choice["content_filter_results"]))
             finish = choice.get("finish_reason")
             if finish:
                 if finish == "error":
@@ -1876,7 +1894,8 @@ class _OCTranslator:
             return _stop_reason("refusal", self.refusal)  # raises, keeping the refusal text
         # an unknown word: the stream was well formed, the server ended the turn for a
         # reason we cannot vouch for (vLLM's "abort", a gateway's own word): kind server
-        return _stop_reason(self.finish or "stop")
+        filtered = ", ".join(dict.fromkeys(self.filtered))
+        return _stop_reason(self.finish or "stop", f"filtered: {filtered}" if filtered else "")
 
 
 # ---- anthropic-messages -------------------------------------------------------
