@@ -2368,17 +2368,23 @@ def _or_text_signature(item: dict[str, Any]) -> "str | None":
     return json.dumps({"v": 1, "id": item_id, "phase": phase}) if isinstance(phase, str) and phase else item_id
 
 
+def _or_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _or_texts(parts: Any) -> list[str]:
+    return [p["text"] for p in _or_list(parts) if isinstance(p, dict) and isinstance(p.get("text"), str)
+            and p["text"] and p.get("type") != "refusal"]
+
+
 def _or_item_text(item: dict[str, Any], raw: bool) -> str:
     """The whole text of a finished item: a message's output_text parts, a
-    reasoning item's summary (a blank line between parts) or, raw, its reasoning
-    text (servers that show the reasoning itself)."""
+    reasoning item's summary (a blank line between parts), or its reasoning text
+    itself (raw: what some servers stream instead of a summary)."""
     if item.get("type") == "message":
-        parts = item.get("content")
-    else:
-        parts = item.get("content" if raw else "summary")
-    texts = [p.get("text") for p in parts or () if isinstance(p, dict) and p.get("type") != "refusal"]
-    joiner = "\n\n" if item.get("type") == "reasoning" and not raw else ""
-    return joiner.join(t for t in texts if isinstance(t, str) and t)
+        return "".join(_or_texts(item.get("content")))
+    summary = "" if raw else "\n\n".join(_or_texts(item.get("summary")))
+    return summary or "".join(_or_texts(item.get("content")))
 
 
 class _ORItem:
@@ -2440,7 +2446,7 @@ class _ORTranslator:
         b = self.b
         if it.block != b.cur or b.cur_type != kind:  # its block is not the open one: open one
             it.block = b.begin(kind)
-            if it.signature:
+            if it.signature and not it.length:  # (a message item's id goes back once, on its first block)
                 b.sign(it.signature, it.block)
         if kind == "text":
             b.text(delta)
@@ -2571,7 +2577,7 @@ class _ORTranslator:
         if len(text) > it.length:  # not streamed, or not all of it: the rest now
             self.grow("text" if it.kind == "message" else "thinking", it, text[it.length:])
         if it.kind == "message" and not self.refusal:
-            self.refusal = "".join(str(p.get("refusal") or "") for p in item.get("content") or ()
+            self.refusal = "".join(str(p.get("refusal") or "") for p in _or_list(item.get("content"))
                                    if isinstance(p, dict) and p.get("type") == "refusal")
         if it.kind == "reasoning" and item.get("encrypted_content"):
             self.sign_reasoning(it, item)
@@ -2597,7 +2603,7 @@ class _ORTranslator:
         """The final response: usage, the last word on every item, the status."""
         self.ended = True
         self.usage(resp.get("usage"))
-        for n, item in enumerate(resp.get("output") or ()):
+        for n, item in enumerate(_or_list(resp.get("output"))):
             if not isinstance(item, dict):
                 continue
             seen = self.items.get(str(item.get("id")))

@@ -421,7 +421,8 @@ def test_a_server_that_rejects_the_encrypted_reasoning_gets_the_body_without_it(
     {"type": "response.function_call_arguments.delta", "item_id": ["x"], "output_index": {}, "delta": "{}"},
     {"type": "response.reasoning_summary_text.delta", "item_id": "rs", "summary_index": [2], "delta": "t"},
     {"type": 5}, [1, 2], "text", None, {"type": "response.output_item.done", "item": {"type": "reasoning",
-                                                                                       "summary": "x"}}])
+                                                                                       "summary": "x"}},
+    {"type": "response.output_item.done", "item": {"type": "message", "id": "m2", "content": 7}}])
 def test_odd_events_never_escape_as_exceptions(server, bad):
     good = rs_stream("fine")
     cut = good.index(b"event: response.completed")
@@ -432,6 +433,34 @@ def test_odd_events_never_escape_as_exceptions(server, bad):
     msg = checker.finish()
     assert "unexpected" not in (msg.get("errorMessage") or ""), msg.get("errorMessage")
     assert msg["content"][0]["text"] == "fine"
+
+
+def test_an_odd_final_response_still_ends_the_turn(server):
+    good = rs_stream("fine")
+    cut = good.index(b"event: response.completed")
+    server.script([sse(good[:cut] + event({"type": "response.completed",
+                                           "response": {"output": 5, "usage": "x", "status": 3}}))])
+    msg = pi_min.complete("openai", "hi", base_url=server.url, api_key="k", timeout=5)
+    assert msg["stopReason"] == "stop" and msg["content"] == [{"type": "text", "text": "fine",
+                                                               "textSignature": "msg_1"}]
+
+
+def test_reasoning_text_itself_streamed_or_whole(server):
+    """Servers that show the reasoning itself (reasoning_text parts, no summary): thinking, not repeated."""
+    item = {"id": "rs_1", "type": "reasoning", "summary": [], "content": [{"type": "reasoning_text", "text": "abc"}]}
+    streamed = b"".join([event({"type": "response.output_item.added", "output_index": 0,
+                                "item": dict(item, content=[])}),
+                         event({"type": "response.reasoning_text.delta", "item_id": "rs_1", "output_index": 0,
+                                "content_index": 0, "delta": "ab"}),
+                         event({"type": "response.reasoning_text.delta", "item_id": "rs_1", "output_index": 0,
+                                "content_index": 0, "delta": "c"}),
+                         event({"type": "response.output_item.done", "output_index": 0, "item": item})])
+    server.script([sse(streamed + rs_stream("ok")), Reply(headers={"Content-Type": "application/json"},
+                                                          body=json.dumps({"status": "completed",
+                                                                           "output": [item]}).encode())])
+    for _ in range(2):
+        msg = pi_min.complete("openai", "hi", base_url=server.url, api_key="k", timeout=5)
+        assert msg["content"][0] == {"type": "thinking", "thinking": "abc"}
 
 
 def test_random_mutations_end_in_one_terminal_event(server):
