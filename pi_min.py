@@ -3311,8 +3311,14 @@ def _oauth_refresh_step(o: "_Options", method: str, url: str, headers: dict, dat
         o.secrets.append(str(refresh))
         request = {"grant_type": "refresh_token", "refresh_token": refresh,
                    "client_id": entry.get("client_id") or client_id}
-        obj = _fetch_json("POST", entry.get("token_url") or token_url, {"Content-Type": "application/json"},
-                          _json_body(request), o, watch, f"the {pid} OAuth token endpoint")
+        try:
+            obj = _fetch_json("POST", entry.get("token_url") or token_url, {"Content-Type": "application/json"},
+                              _json_body(request), o, watch, f"the {pid} OAuth token endpoint")
+        except PiError as e:
+            if e.status is None or not 400 <= e.status < 500:
+                raise
+            # the refresh token was refused (revoked, expired, used twice): only a new login helps
+            raise PiError(f"{e}; log in to {pid} again with pi", "auth", e.status) from None
         access = obj.get("access_token")
         if not isinstance(access, str) or not access:
             raise PiError(f"the {pid} OAuth token endpoint answered without an access_token", "auth")

@@ -116,6 +116,12 @@ def test_azure_resource_name_builds_the_openai_azure_com_url(monkeypatch):
     assert url == "https://my-res.openai.azure.com/openai/deployments/gpt-4.1/chat/completions?api-version=2024-10-21"
     url = pi_min._build_request(pi_min.get_model("azure", "gpt-5-codex"), {"messages": []}, o)[0]
     assert url == "https://my-res.openai.azure.com/openai/v1/responses"
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", "https://my-ai.cognitiveservices.azure.com/")  # wins over the name
+    o = pi_min._Options()
+    pi_min._prepare(model, o)
+    assert o.credential == "azure-key-0123456789"
+    assert pi_min._build_request(model, {"messages": []}, o)[0] == \
+        "https://my-ai.cognitiveservices.azure.com/openai/deployments/gpt-4.1/chat/completions?api-version=2024-10-21"
 
 
 def test_azure_resource_name_is_where_the_connection_goes(monkeypatch):
@@ -345,15 +351,18 @@ def test_codex_expired_token_is_refreshed_and_written_back(isolated_env, codex, 
     assert not [p for p in os.listdir(isolated_env) if p.startswith(".auth.json.")]
 
 
-def test_codex_failing_refresh_is_an_auth_error_event(isolated_env, codex):
+@pytest.mark.parametrize("status, body", [
+    (401, b'{"error": {"message": "Refresh token the-refresh-token has been revoked", '
+          b'"type": "invalid_request_error", "code": "refresh_token_invalidated"}}'),
+    (400, b'{"error": "invalid_grant", "error_description": "the-refresh-token expired"}')])
+def test_codex_failing_refresh_is_an_auth_error_event(isolated_env, codex, status, body):
     write(isolated_env, "auth.json", {"openai-codex": codex_entry(True, codex.url + "/oauth/token")})
-    codex.script([Reply(401, {"Content-Type": "application/json"},
-                        b'{"error": {"message": "Refresh token the-refresh-token has been revoked", '
-                        b'"type": "invalid_request_error", "code": "refresh_token_invalidated"}}')])
+    codex.script([Reply(status, {"Content-Type": "application/json"}, body)])
     events = list(pi_min.stream("codex", "hi", timeout=5))
     assert [e["type"] for e in events] == ["start", "error"]
     msg = events[-1]["error"]
-    assert msg["errorKind"] == "auth" and msg["errorStatus"] == 401 and "token endpoint" in msg["errorMessage"]
+    assert msg["errorKind"] == "auth" and msg["errorStatus"] == status and "token endpoint" in msg["errorMessage"]
+    assert "log in to openai-codex again" in msg["errorMessage"]
     assert "the-refresh-token" not in msg["errorMessage"]
     assert json.loads((isolated_env / "auth.json").read_text())["openai-codex"]["refresh"] == "the-refresh-token"
 
