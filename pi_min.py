@@ -2831,7 +2831,7 @@ def _cx_build(model: dict[str, Any], ctx: dict[str, Any],
     elif o.auth_step is None:  # neither a token nor one to refresh
         raise ConfigError(f"{model['provider']}: no ChatGPT login: log in to OpenAI Codex with pi (/login), which "
                           f"writes an \"openai-codex\" entry to auth.json in the agent directory "
-                          f"($PI_CODING_AGENT_DIR or ~/.pi/agent), or pass api_key= with its access token")
+                          f"($PI_CODING_AGENT_DIR or ~/.pi/agent), or pass its access token as api_key= (--api-key)")
     if o.session_id:
         headers["session_id"] = o.session_id
     body = _or_body(model, ctx, o)
