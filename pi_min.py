@@ -2829,7 +2829,8 @@ def _cx_build(model: dict[str, Any], ctx: dict[str, Any],
                               f"OpenAI Codex again with pi (/login)")
         headers["chatgpt-account-id"] = account
     elif o.auth_step is None:  # neither a token nor one to refresh
-        raise ConfigError(f"{model['provider']}: no ChatGPT login: log in to OpenAI Codex with pi (/login), which "
+        raise ConfigError(f"{model['provider']}: no ChatGPT login (or one expired without a refresh token): log "
+                          f"in to OpenAI Codex with pi (/login), which "
                           f"writes an \"openai-codex\" entry to auth.json in the agent directory "
                           f"($PI_CODING_AGENT_DIR or ~/.pi/agent), or pass its access token as api_key= (--api-key)")
     if o.session_id:
