@@ -254,6 +254,7 @@ if TYPE_CHECKING:  # typing costs nothing at run time
         baseline: bool
         urlVars: dict[str, list[str]]
         urlDefaults: dict[str, str]
+        urlOrigin: list[str]  # env vars of a whole endpoint that replaces the template's scheme and host
         compat: dict[str, Any]
         headers: dict[str, str]
 
@@ -2138,10 +2139,25 @@ def _oc_name(have: str, piece: str) -> str:
     return piece if piece.startswith(have) else have + piece
 
 
+def _oc_filtered(results: Any) -> list[str]:
+    """The categories that Azure's content_filter_results flagged, with the
+    severity, detection or blocklist id: ["hate (high)", "custom_blocklists (svir)"]."""
+    found: list[str] = []
+    for name, result in results.items() if isinstance(results, dict) else ():
+        hits = result if isinstance(result, list) else [result]
+        if isinstance(result, dict) and isinstance(result.get("details"), list):
+            hits = result["details"]  # blocklists: {"filtered", "details": [{"filtered", "id"}]}
+        for hit in hits:
+            if isinstance(hit, dict) and hit.get("filtered"):
+                what = hit.get("severity") or hit.get("id") or ("detected" if hit.get("detected") else "")
+                found.append(f"{name} ({what})" if what else str(name))
+    return found
+
+
 class _OCTranslator:
     """openai-completions chunks -> builder calls."""
 
-    __slots__ = ("b", "finish", "ended", "slots", "signatures", "refusal", "rid")
+    __slots__ = ("b", "finish", "ended", "slots", "signatures", "refusal", "rid", "filtered")
 
     def __init__(self, b: _Builder, o: "_Options") -> None:
         self.b = b
@@ -2151,6 +2167,7 @@ class _OCTranslator:
         self.signatures: dict[str, str] = {}  # tool-call id -> encrypted reasoning detail (JSON)
         self.refusal = ""       # delta.refusal pieces: never text, the message of the error at the end
         self.rid = ""           # the response id of the chunks, for the id of a legacy function_call
+        self.filtered: list[str] = []  # categories Azure's content filter flagged, for a content_filter finish
 
     def event(self, kind: str, data: str) -> bool:
         if data[:6] == "[DONE]":
@@ -2182,6 +2199,8 @@ class _OCTranslator:
             if isinstance(delta, dict):
                 self.delta(delta)
             usage = usage or choice.get("usage")
+            if "content_filter_results" in choice:  # Azure's, also in chunks that carry nothing else
+                self.filtered.extend(_oc_filtered(choice["content_filter_results"]))
             finish = choice.get("finish_reason")
             if finish:
                 if finish == "error":
@@ -2312,7 +2331,8 @@ class _OCTranslator:
             return _stop_reason("refusal", self.refusal)  # raises, keeping the refusal text
         # an unknown word: the stream was well formed, the server ended the turn for a
         # reason we cannot vouch for (vLLM's "abort", a gateway's own word): kind server
-        return _stop_reason(self.finish or "stop")
+        filtered = ", ".join(dict.fromkeys(self.filtered))
+        return _stop_reason(self.finish or "stop", f"filtered: {filtered}" if filtered else "")
 
 
 # ---- anthropic-messages -------------------------------------------------------
@@ -3642,6 +3662,659 @@ def _vx_translator(b: _Builder, o: _Options) -> _Translator:
     return _AMTranslator(b, o) if _vx_claude(b.model) else _GTranslator(b, o)
 
 
+# ---- openai-responses ---------------------------------------------------------
+# OpenAI's Responses API: OpenAI itself and Sakana here; Azure's v1 surface and the
+# ChatGPT (Codex) backend below build on it. Named SSE events whose JSON repeats the
+# name in "type". Output items (reasoning, message, function_call) are addressed by
+# their id, the output_index where a proxy leaves it out; they may interleave and
+# finish in any order, so each item keeps its own block.
+
+_OR_APIS = ("openai-responses", "azure-openai-responses", "openai-codex-responses")
+
+
+def _or_id(call_id: str) -> str:
+    """A tool-call id for the Responses API, "call_id|item_id": both halves
+    [A-Za-z0-9_-]{1,64} without a trailing "_" (Codex rejects it), the item id
+    starting with "fc". An id without "|" (another family's) is the call_id; its
+    item id is derived from it, so it is the same every turn."""
+    call, sep, item = call_id.partition("|")
+    call = _sanitize_id(call, 64).rstrip("_") or "call"
+    if sep and item:
+        item = _sanitize_id(item if item.startswith("fc") else "fc_" + item, 64).rstrip("_")
+    else:
+        import hashlib
+        item = "fc_" + hashlib.sha256(call_id.encode()).hexdigest()[:24]
+    return f"{call}|{item}"
+
+
+def _or_image(block: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "input_image", "detail": "auto",
+            "image_url": f"data:{block.get('mimeType') or 'image/png'};base64,{block.get('data') or ''}"}
+
+
+def _or_user(content: Any, images: bool) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = []
+    for b in _user_parts(content):
+        if b.get("type") == "text" and b.get("text"):
+            parts.append({"type": "input_text", "text": b["text"]})
+        elif b.get("type") == "image" and images:
+            parts.append(_or_image(b))
+    return parts
+
+
+def _or_text_item(block: dict[str, Any], same: bool) -> dict[str, Any]:
+    """Assistant text. The model's own keeps its message item id (and phase) from
+    textSignature, so it stays paired with the reasoning item before it."""
+    sig = block.get("textSignature") if same else None
+    meta = _json_or_none(sig)
+    item_id, phase = (meta.get("id"), meta.get("phase")) if isinstance(meta, dict) else (sig, None)
+    if not isinstance(item_id, str) or not item_id:
+        return {"role": "assistant", "content": block["text"]}
+    item: dict[str, Any] = {"type": "message", "role": "assistant", "id": item_id, "status": "completed",
+                            "content": [{"type": "output_text", "text": block["text"], "annotations": []}]}
+    if isinstance(phase, str) and phase:
+        item["phase"] = phase
+    return item
+
+
+def _or_assistant(m: Mapping[str, Any], model: Model) -> list[dict[str, Any]]:
+    """An assistant turn as input items. Reasoning items go back, verbatim, only to
+    the model that made them, and so do the item ids of its function calls, which
+    the API pairs with those reasoning items: another Responses model gets the
+    calls without one. Calls from other families keep their made-up "fc" id."""
+    same = _same_model(m, model)
+    item_ids = same or m.get("api") not in _OR_APIS
+    items: list[dict[str, Any]] = []
+    for b in m.get("content") or ():
+        kind = b.get("type")
+        if kind == "thinking" and same:
+            reasoning = _json_or_none(b.get("thinkingSignature"))
+            if isinstance(reasoning, dict) and reasoning.get("type") == "reasoning":
+                items.append(reasoning)
+        elif kind == "text" and b.get("text"):
+            items.append(_or_text_item(b, same))
+        elif kind == "toolCall":
+            call_id, _, item_id = str(b.get("id") or "").partition("|")
+            call = {"type": "function_call", "call_id": call_id, "name": b.get("name") or "",
+                    "arguments": json.dumps(b.get("arguments") or {})}
+            if item_id and item_ids:
+                call["id"] = item_id
+            items.append(call)
+    return items
+
+
+def _or_tool_output(m: Mapping[str, Any], images: bool) -> dict[str, Any]:
+    blocks = _user_parts(m.get("content"))
+    text = _text_of(blocks)
+    pictures = [_or_image(b) for b in blocks if b.get("type") == "image"] if images else []
+    output: Any = text
+    if pictures:  # images go inside the output, after its text
+        output = ([{"type": "input_text", "text": text}] if text else []) + pictures
+    return {"type": "function_call_output", "call_id": str(m.get("toolCallId") or "").partition("|")[0],
+            "output": output}
+
+
+def _or_input(model: Model, ctx: Context) -> list[dict[str, Any]]:
+    images = "image" in (model.get("input") or ())
+    items: list[dict[str, Any]] = []
+    for m in transform_messages(ctx.get("messages") or [], model, _or_id):
+        role = m.get("role")
+        if role == "user":
+            parts = _or_user(m.get("content"), images)
+            if parts:
+                items.append({"role": "user", "content": parts})
+        elif role == "assistant":
+            items.extend(_or_assistant(m, model))
+        elif role == "toolResult":
+            items.append(_or_tool_output(m, images))
+    return items
+
+
+def _or_tool_choice(choice: Any) -> Any:
+    if isinstance(choice, dict):
+        fn = choice.get("function")
+        return {"type": "function", "name": fn["name"]} if isinstance(fn, dict) and fn.get("name") else choice
+    if choice in ("auto", "none", "required"):
+        return choice
+    return "required" if choice == "any" else {"type": "function", "name": choice}
+
+
+def _or_body(model: Model, ctx: Context, o: "_Options") -> dict[str, Any]:
+    """The request body every Responses surface sends."""
+    reasons = bool(model.get("reasoning"))
+    body: dict[str, Any] = {"model": model["id"], "input": _or_input(model, ctx), "stream": True, "store": False}
+    if ctx.get("systemPrompt"):
+        body["instructions"] = ctx["systemPrompt"]
+    if o.max_tokens is not None:
+        body["max_output_tokens"] = o.max_tokens
+    if o.temperature is not None and not reasons:  # reasoning models reject any but their own
+        body["temperature"] = o.temperature
+    tools = ctx.get("tools")
+    if tools:
+        # strict false: else the API holds every schema to its strict subset and rejects the rest
+        body["tools"] = [{"type": "function", "name": t.get("name"), "description": t.get("description") or "",
+                          "parameters": t.get("parameters") or {"type": "object", "properties": {}},
+                          "strict": False} for t in tools]
+        if o.tool_choice is not None:
+            body["tool_choice"] = _or_tool_choice(o.tool_choice)
+    if reasons:
+        # nothing is stored (store: false), so reasoning goes back next turn only as this
+        # encrypted copy; the API wants it back before the function calls it led to
+        body["include"] = ["reasoning.encrypted_content"]
+        if o.reasoning and o.reasoning != "off":
+            body["reasoning"] = {"effort": _effort(o.reasoning, model["id"]), "summary": "auto"}
+    if o.session_id and o.cache_retention != "none":
+        body["prompt_cache_key"] = o.session_id
+    return body
+
+
+def _or_build(model: Model, ctx: Context, o: _Options) -> _RequestParts:
+    body = _or_body(model, ctx, o)
+    if o.cache_retention == "long" and "api.openai.com" in o.url:
+        body["prompt_cache_retention"] = "24h"
+    return _join_url(o.url, "responses"), {"Content-Type": "application/json", "Accept": "text/event-stream"}, body
+
+
+def _or_relax(body: dict[str, Any], error: PiError) -> "dict[str, Any] | None":
+    """A 400/422 that names an optional field we add (the encrypted reasoning; the
+    reasoning summary, which an unverified organisation may not get): the same body
+    without it."""
+    if error.status not in (400, 422):
+        return None
+    text = str(error).lower()
+    if "include" in body and ("include" in text or "encrypted" in text):
+        return {k: v for k, v in body.items() if k != "include"}
+    reasoning = body.get("reasoning")
+    if isinstance(reasoning, dict) and "summary" in reasoning and "summar" in text:
+        return dict(body, reasoning={k: v for k, v in reasoning.items() if k != "summary"})
+    return None
+
+
+def _or_text_signature(item: dict[str, Any]) -> "str | None":
+    """A message item's id for textSignature; with its phase as pi stores it."""
+    item_id = item.get("id")
+    if not isinstance(item_id, str) or not item_id:
+        return None
+    phase = item.get("phase")
+    return json.dumps({"v": 1, "id": item_id, "phase": phase}) if isinstance(phase, str) and phase else item_id
+
+
+def _or_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _or_texts(parts: Any) -> list[str]:
+    return [p["text"] for p in _or_list(parts) if isinstance(p, dict) and isinstance(p.get("text"), str)
+            and p["text"] and p.get("type") != "refusal"]
+
+
+def _or_item_text(item: dict[str, Any], raw: bool) -> str:
+    """The whole text of a finished item: a message's output_text parts, a
+    reasoning item's summary (a blank line between parts), or its reasoning text
+    itself (raw: what some servers stream instead of a summary)."""
+    if item.get("type") == "message":
+        return "".join(_or_texts(item.get("content")))
+    summary = "" if raw else "\n\n".join(_or_texts(item.get("summary")))
+    return summary or "".join(_or_texts(item.get("content")))
+
+
+class _ORItem:
+    """What the translator knows of one output item."""
+
+    __slots__ = ("kind", "block", "length", "part", "signature", "args", "state")
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind            # message | reasoning | function_call | another type (ignored)
+        self.block = -1             # content index of its text or thinking block
+        self.length = 0             # characters of text or thinking streamed
+        self.part: Any = 0          # summary_index being streamed; None: raw reasoning text
+        self.signature: str | None = None  # a message's textSignature
+        self.args: list[str] = []   # argument pieces streamed
+        self.state = 0              # 0 new, 1 going (a call started), 2 done
+
+
+class _ORTranslator:
+    """openai-responses events -> builder calls. Text and thinking deltas go to
+    their item's block (reopened as a new block should another item's come in
+    between), function calls are builder tool calls keyed by item id."""
+
+    __slots__ = ("b", "items", "by_index", "stop", "refusal", "ended")
+
+    def __init__(self, b: _Builder, o: "_Options") -> None:
+        self.b = b
+        self.items: dict[str, _ORItem] = {}
+        self.by_index: dict[Any, str] = {}  # output_index -> item id
+        self.stop = ""      # incomplete_details.reason of an incomplete response
+        self.refusal = ""   # refusal text: never an answer, the message of the error at the end
+        self.ended = False
+
+    def event(self, kind: str, data: str) -> bool:
+        if data[:6] == "[DONE]":  # not this API's, yet some proxies add it
+            return self.ended
+        try:
+            ev = json.loads(data)
+        except ValueError:
+            if kind == "error":
+                raise PiError(data[:2000] or "the server sent an error event", "server") from None
+            raise PiError(f"invalid JSON in the stream: {data[:200]!r}", "protocol") from None
+        etype = ev.get("type") or kind if isinstance(ev, dict) else None
+        handler = _OR_EVENTS.get(etype) if isinstance(etype, str) else None
+        return bool(handler(self, ev)) if handler is not None else False  # the rest are ignored
+
+    def item(self, ev: dict[str, Any], kind: str) -> "tuple[str, _ORItem]":
+        """The item a delta is about (made here when its output_item.added is late)."""
+        iid = ev.get("item_id")
+        if not isinstance(iid, str) or not iid:
+            index = ev.get("output_index")
+            iid = self.by_index.get(index) if isinstance(index, int) else None
+            iid = iid or f"#{index}"
+        it = self.items.get(iid)
+        if it is None:
+            it = self.items[iid] = _ORItem(kind)
+        return iid, it
+
+    def grow(self, kind: str, it: _ORItem, delta: str) -> None:
+        b = self.b
+        if it.block != b.cur or b.cur_type != kind:  # its block is not the open one: open one
+            it.block = b.begin(kind)
+            if it.signature and not it.length:  # (a message item's id goes back once, on its first block)
+                b.sign(it.signature, it.block)
+        if kind == "text":
+            b.text(delta)
+        else:
+            b.thinking(delta)
+        it.length += len(delta)
+
+    def text_delta(self, ev: dict[str, Any]) -> None:
+        delta = ev.get("delta")
+        if delta and isinstance(delta, str):
+            self.grow("text", self.item(ev, "message")[1], delta)
+
+    def summary_delta(self, ev: dict[str, Any]) -> None:
+        delta = ev.get("delta")
+        if not delta or not isinstance(delta, str):
+            return
+        it = self.item(ev, "reasoning")[1]
+        part = ev.get("summary_index", 0)
+        if part != it.part:  # the next summary part, a blank line after the one before
+            it.part = part
+            if it.length:
+                delta = "\n\n" + delta
+        self.grow("thinking", it, delta)
+
+    def reasoning_delta(self, ev: dict[str, Any]) -> None:
+        delta = ev.get("delta")
+        if delta and isinstance(delta, str):
+            it = self.item(ev, "reasoning")[1]
+            it.part = None
+            self.grow("thinking", it, delta)
+
+    def refusal_delta(self, ev: dict[str, Any]) -> None:
+        delta = ev.get("delta")
+        if delta and isinstance(delta, str):
+            self.refusal += delta
+
+    def call(self, iid: str, it: _ORItem, item: dict[str, Any]) -> None:
+        """Start, or name, the call of a function_call item: "call_id|item_id"."""
+        call_id, item_id, name = item.get("call_id"), item.get("id"), item.get("name")
+        call_id = call_id if isinstance(call_id, str) and call_id else None
+        item_id = item_id if isinstance(item_id, str) and item_id else None
+        full = f"{call_id or item_id}|{item_id}" if item_id else call_id
+        name = name if isinstance(name, str) and name else None
+        if it.state == 0:
+            it.state = 1
+            self.b.tool_start(iid, full, name)
+        elif it.state == 1:
+            self.b.tool_update(iid, call_id=full, name=name)
+
+    def args_delta(self, ev: dict[str, Any]) -> None:
+        delta = ev.get("delta")
+        if not delta or not isinstance(delta, str):
+            return
+        iid, it = self.item(ev, "function_call")
+        if it.state == 0:
+            self.call(iid, it, {})
+        if it.state == 1:  # (pieces after the call's output_item.done are not its arguments)
+            self.b.tool_delta(iid, delta)
+            it.args.append(delta)
+
+    def args_done(self, ev: dict[str, Any]) -> None:
+        iid, it = self.item(ev, "function_call")
+        if it.state == 0:
+            self.call(iid, it, {"name": ev.get("name")})
+        self.final_args(iid, it, ev.get("arguments"))
+
+    def final_args(self, iid: str, it: _ORItem, final: Any) -> None:
+        """Arguments given whole (a .done event, the item): final unless empty, as
+        some servers stream none. What was streamed must be their beginning."""
+        if not isinstance(final, str) or not final.strip() or it.state != 1:
+            return
+        raw = "".join(it.args)
+        if final.startswith(raw):
+            if len(final) > len(raw):
+                self.b.tool_delta(iid, final[len(raw):])
+                it.args = [final]
+            return
+        try:
+            same = json.loads(final) == json.loads(raw)
+        except ValueError:
+            same = False
+        if not same:
+            raise PiError(f"the arguments of tool call {iid} streamed as {raw[:200]!r} but ended as "
+                          f"{final[:200]!r}", "protocol")
+
+    def added(self, ev: dict[str, Any]) -> None:
+        item = ev.get("item")
+        if isinstance(item, dict):
+            self.begin_item(ev.get("output_index"), item)
+
+    def begin_item(self, index: Any, item: dict[str, Any]) -> "tuple[str, _ORItem]":
+        given = item.get("id")
+        iid = given if isinstance(given, str) and given else f"#{index}"
+        if isinstance(index, int):
+            self.by_index[index] = iid
+        kind = str(item.get("type") or "")
+        it = self.items.get(iid)
+        if it is None:
+            it = self.items[iid] = _ORItem(kind)
+        it.kind = kind
+        if kind == "function_call":
+            self.call(iid, it, item)
+            self.final_args(iid, it, item.get("arguments"))  # a call sent whole
+        elif kind == "message":
+            it.signature = _or_text_signature(item)
+            if it.signature and it.block >= 0:
+                self.b.sign(it.signature, it.block)
+        return iid, it
+
+    def done_item(self, ev: dict[str, Any]) -> None:
+        item = ev.get("item")
+        if isinstance(item, dict):
+            self.finish_item(ev.get("output_index"), item)
+
+    def finish_item(self, index: Any, item: dict[str, Any]) -> None:
+        """An item's last word: the text that was not streamed, the final
+        arguments, the encrypted reasoning; its block or call ends."""
+        iid, it = self.begin_item(index, item)
+        if it.kind == "function_call":
+            if it.state == 1:
+                it.state = 2
+                self.b.tool_end(iid)
+            return
+        if it.kind not in ("message", "reasoning") or it.state == 2:
+            return
+        it.state = 2
+        text = _or_item_text(item, it.part is None)
+        if len(text) > it.length:  # not streamed, or not all of it: the rest now
+            self.grow("text" if it.kind == "message" else "thinking", it, text[it.length:])
+        if it.kind == "message" and not self.refusal:
+            self.refusal = "".join(str(p.get("refusal") or "") for p in _or_list(item.get("content"))
+                                   if isinstance(p, dict) and p.get("type") == "refusal")
+        if it.kind == "reasoning" and item.get("encrypted_content"):
+            self.sign_reasoning(it, item)
+        if it.block >= 0 and it.block == self.b.cur:
+            self.b.close_current()
+
+    def sign_reasoning(self, it: _ORItem, item: dict[str, Any]) -> None:
+        """The reasoning item, its encrypted content included, is the thinking's
+        signature (as pi keeps it). Every event that carries encrypted_content
+        replaces it: the final one holds what the API wants back."""
+        if it.block < 0:  # no summary: an empty thinking block carries it
+            it.block = self.b.begin("thinking")
+            self.b.close_current()
+        self.b.sign(json.dumps(item, separators=(",", ":")), it.block)
+
+    def terminal(self, ev: dict[str, Any]) -> bool:
+        resp = ev.get("response")
+        status = {"response.failed": "failed", "response.incomplete": "incomplete"}.get(str(ev.get("type")))
+        self.finish(resp if isinstance(resp, dict) else {}, status)
+        return True
+
+    def finish(self, resp: dict[str, Any], status: "str | None") -> None:
+        """The final response: usage, the last word on every item, the status."""
+        self.ended = True
+        self.usage(resp.get("usage"))
+        for n, item in enumerate(_or_list(resp.get("output"))):
+            if not isinstance(item, dict):
+                continue
+            seen = self.items.get(str(item.get("id")))
+            if seen is None or seen.state != 2:  # not (all) in the stream: taken from here
+                self.finish_item(n, item)
+            elif seen.kind == "reasoning" and item.get("encrypted_content"):
+                self.sign_reasoning(seen, item)
+        status = resp.get("status") or status or "completed"
+        if status == "failed":
+            raise _in_band_error(resp.get("error") or "the response failed without saying why")
+        if status == "cancelled":
+            raise PiError("the response was cancelled", "server")
+        if status == "incomplete":
+            details = resp.get("incomplete_details")
+            reason = details.get("reason") if isinstance(details, dict) else None
+            self.stop = reason if isinstance(reason, str) and reason else "max_output_tokens"
+
+    def usage(self, usage: Any) -> None:
+        """Input without the cached tokens (those are cacheRead); reasoning is inside output."""
+        if not isinstance(usage, dict):
+            return
+        details = usage.get("input_tokens_details")
+        details = details if isinstance(details, dict) else {}
+        cached, written = _count(details.get("cached_tokens")), _count(details.get("cache_write_tokens"))
+        self.b.set_usage(max(0, _count(usage.get("input_tokens")) - cached - written),
+                         _count(usage.get("output_tokens")), cached, written)
+
+    def error(self, ev: dict[str, Any]) -> bool:
+        err = ev.get("error")
+        raise _in_band_error(err if isinstance(err, dict) else ev)
+
+    def whole(self, obj: Any) -> None:
+        """A complete (non-streamed) response object."""
+        if not isinstance(obj, dict) or not isinstance(obj.get("output"), list):
+            raise PiError("the server answered with JSON that is not a Responses object", "protocol")
+        self.finish(obj, None)
+
+    def end(self, cut: bool) -> _DoneReason:
+        if not self.ended:
+            raise PiError("the stream ended before response.completed (cut off?)", "protocol")
+        if self.refusal:
+            return _stop_reason("refusal", self.refusal)
+        return _stop_reason(self.stop or "stop")
+
+
+# event type -> its handler; any other type (response.created, web search, ...) is ignored
+_OR_EVENTS: "dict[str, Callable[[_ORTranslator, dict[str, Any]], Any]]" = {
+    "response.output_text.delta": _ORTranslator.text_delta,
+    "response.reasoning_summary_text.delta": _ORTranslator.summary_delta,
+    "response.reasoning_text.delta": _ORTranslator.reasoning_delta,
+    "response.refusal.delta": _ORTranslator.refusal_delta,
+    "response.function_call_arguments.delta": _ORTranslator.args_delta,
+    "response.function_call_arguments.done": _ORTranslator.args_done,
+    "response.output_item.added": _ORTranslator.added,
+    "response.output_item.done": _ORTranslator.done_item,
+    "response.completed": _ORTranslator.terminal,
+    "response.done": _ORTranslator.terminal,  # the ChatGPT backend's name for it
+    "response.incomplete": _ORTranslator.terminal,
+    "response.failed": _ORTranslator.terminal,
+    "error": _ORTranslator.error,
+}
+
+
+# ---- azure-openai -------------------------------------------------------------
+# Azure OpenAI: a deployment's chat completions (the completions translator, which
+# passes over Azure's filter chunks) and the v1 Responses API (the Responses
+# translator), chosen by the model's api. The endpoint is the base URL up to
+# "/openai": the table's template filled from AZURE_OPENAI_ENDPOINT or the resource
+# name, or a base_url / models.json baseUrl.
+
+_AZ_API_VERSION = "2025-04-01-preview"  # also the table's default (tools/gen_providers_table.py)
+_AZ_VERSION_ENV = ("AZURE_OPENAI_API_VERSION", "OPENAI_API_VERSION")
+
+
+def _az_endpoint(url: str) -> str:
+    """scheme://host[/prefix] of an Azure base URL: what comes before /openai (a
+    gateway may put a prefix there), without the query."""
+    scheme, _, rest = url.split("?", 1)[0].rstrip("/").partition("://")
+    parts = rest.split("/")
+    if "openai" in parts[1:]:
+        parts = parts[:parts.index("openai", 1)]
+    return f"{scheme}://{'/'.join(parts)}"
+
+
+def _az_version(url: str) -> str:
+    """The api-version: the base URL's (the template's, from AZURE_OPENAI_API_VERSION
+    or the default), else the environment's, else the default."""
+    from urllib.parse import parse_qs, urlsplit
+    found = parse_qs(urlsplit(url).query).get("api-version")
+    if found and found[0].strip():
+        return found[0].strip()
+    for name in _AZ_VERSION_ENV:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return _AZ_API_VERSION
+
+
+def _az_deployment(model: Model) -> str:
+    """The deployment serving the model: its "deployment" (models.json), else its
+    entry in AZURE_OPENAI_DEPLOYMENT_NAME_MAP ("model=deployment,...", as pi reads
+    it), else the model id."""
+    name = model.get("deployment")
+    if name is not None:
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{model['provider']}: the deployment of {model['id']} (models.json) must be a "
+                              f"non-empty string, not {name!r}")
+        return name.strip()
+    for pair in os.environ.get("AZURE_OPENAI_DEPLOYMENT_NAME_MAP", "").split(","):
+        if not pair.strip():
+            continue
+        mid, sep, deployment = (s.strip() for s in pair.partition("="))
+        if not (sep and mid and deployment):
+            raise ConfigError(f"AZURE_OPENAI_DEPLOYMENT_NAME_MAP: {pair.strip()!r} is not model=deployment "
+                              f"(entries are separated by commas)")
+        if mid == model["id"]:
+            return deployment
+    return str(model["id"])
+
+
+def _az_build(model: Model, ctx: Context, o: _Options) -> _RequestParts:
+    _, headers, body = _oc_build(model, ctx, o)
+    deployment = _az_deployment(model)
+    body["model"] = deployment  # Azure goes by the URL's; gateways in front of it may not
+    if model.get("reasoning"):  # o-series and gpt-5 deployments reject any temperature
+        body.pop("temperature", None)
+    url = (f"{_az_endpoint(o.url)}/openai/deployments/{_quote(deployment)}/chat/completions"
+           f"?api-version={_quote(_az_version(o.url))}")
+    return url, headers, body
+
+
+def _az_responses_build(model: Model, ctx: Context, o: _Options) -> _RequestParts:
+    body = _or_body(model, ctx, o)
+    body["model"] = _az_deployment(model)  # the v1 API takes the deployment as the model
+    return (_az_endpoint(o.url) + "/openai/v1/responses",
+            {"Content-Type": "application/json", "Accept": "text/event-stream"}, body)
+
+
+def _az_token(credential: str) -> "str | None":
+    """The Entra ID access token in a credential: a JWT, or the JSON that
+    `az account get-access-token` prints without -o tsv. None: an API key."""
+    if credential.startswith("{"):
+        obj = _json_or_none(credential)
+        token = obj.get("accessToken") if isinstance(obj, dict) else None
+        return token if isinstance(token, str) and token else None
+    return credential if credential.startswith("eyJ") and credential.count(".") == 2 else None
+
+
+def _az_auth(o: "_Options", method: str, url: str, headers: dict[str, str], data: bytes, watch: Any) -> None:
+    """Auth step of Azure: an Entra ID token (AZURE_OPENAI_AD_TOKEN, an apiKey
+    "!az account get-access-token ...") goes as a bearer token, a key as api-key.
+    An auth header set by headers= or models.json stays as it is."""
+    key = o.credential
+    if not key or any(name.lower() in ("api-key", "authorization") for name in headers):
+        return
+    token = _az_token(key)
+    if token:
+        o.secrets.append(token)
+        headers["Authorization"] = "Bearer " + token
+    else:
+        headers["api-key"] = key
+
+
+# ---- openai-codex ---------------------------------------------------------------
+# ChatGPT subscriptions (Codex): the Responses API of the ChatGPT backend, with the
+# OAuth token pi keeps in auth.json under "openai-codex" (refreshed when expired by
+# the credentials' auth step, which adds the account header through _OAUTH_TOKEN_HEADERS).
+
+def _cx_account(token: str) -> "str | None":
+    """The ChatGPT account id that the access token (a JWT) carries."""
+    import base64
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:  # bad base64 (binascii.Error), bad JSON or bad UTF-8
+        return None
+    auth = claims.get("https://api.openai.com/auth") if isinstance(claims, dict) else None
+    account = auth.get("chatgpt_account_id") if isinstance(auth, dict) else None
+    return account if isinstance(account, str) and account else None
+
+
+def _cx_headers(token: str, headers: dict[str, str]) -> None:
+    """The account header of a refreshed token."""
+    account = _cx_account(token)
+    if account is None:
+        raise PiError("the refreshed openai-codex token carries no ChatGPT account id; log in again with pi",
+                      "auth")
+    headers["chatgpt-account-id"] = account
+
+
+def _cx_url(base: str) -> str:
+    base = base.rstrip("/")
+    if base.endswith("/responses"):
+        return base
+    if base.endswith("/codex"):
+        return base + "/responses"
+    return base + ("/codex/responses" if base.endswith("/backend-api") else "/backend-api/codex/responses")
+
+
+def _cx_effort(level: str, model_id: str) -> str:
+    """The efforts each Codex model takes: codex-mini medium or high; from gpt-5.2
+    on, low is the least."""
+    effort = _effort(level, model_id)
+    if "codex-mini" in model_id:
+        return "high" if effort in ("high", "xhigh") else "medium"
+    if effort == "minimal" and model_id.startswith(("gpt-5.2", "gpt-5.3", "gpt-5.4", "gpt-5.5")):
+        return "low"
+    return effort
+
+
+def _cx_build(model: Model, ctx: Context, o: _Options) -> _RequestParts:
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream",
+               "OpenAI-Beta": "responses=experimental", "originator": "pi"}
+    if o.credential is not None:
+        account = _cx_account(o.credential)
+        if account is None:
+            raise ConfigError(f"{model['provider']}: the access token carries no ChatGPT account id; log in to "
+                              f"OpenAI Codex again with pi (/login)")
+        headers["chatgpt-account-id"] = account
+    elif o.auth_step is None:  # neither a token nor one to refresh
+        raise ConfigError(f"{model['provider']}: no ChatGPT login (or one expired without a refresh token): log "
+                          f"in to OpenAI Codex with pi (/login), which "
+                          f"writes an \"openai-codex\" entry to auth.json in the agent directory "
+                          f"($PI_CODING_AGENT_DIR or ~/.pi/agent), or pass its access token as api_key= (--api-key)")
+    if o.session_id:
+        headers["session_id"] = o.session_id
+    body = _or_body(model, ctx, o)
+    body.pop("max_output_tokens", None)  # the backend rejects it; the plan decides
+    body.pop("temperature", None)
+    body.setdefault("tool_choice", "auto")
+    body["parallel_tool_calls"] = True
+    body["text"] = {"verbosity": "medium"}
+    body["include"] = ["reasoning.encrypted_content"]
+    if o.reasoning and o.reasoning != "off":
+        body["reasoning"] = {"effort": _cx_effort(o.reasoning, model["id"]), "summary": "auto"}
+    return _cx_url(o.url), headers, body
+
+
 # ---- faux (offline) -------------------------------------------------------------
 
 def _faux_script(model: Model, ctx: Context, o: "_Options") -> dict[str, Any]:
@@ -3754,6 +4427,10 @@ _FAMILIES = {
     "gitlab-chat": _Family(_gl_build, _GLTranslator, decoder=None),
     "google-generative-ai": _Family(_g_build, _GTranslator, decoder=_GeminiSSE),
     "google-vertex": _Family(_vx_build, _vx_translator, decoder=_GeminiSSE),
+    "openai-responses": _Family(_or_build, _ORTranslator, relax=_or_relax),
+    "azure-openai": _Family(_az_build, _OCTranslator, relax=_oc_relax),
+    "azure-openai-responses": _Family(_az_responses_build, _ORTranslator, relax=_or_relax),
+    "openai-codex-responses": _Family(_cx_build, _ORTranslator, relax=_or_relax),
     "faux": _Family(_faux_build, _OCTranslator, open=_faux_open),
 }
 
@@ -3770,13 +4447,14 @@ _BY_HOST: "dict[str, _Row] | None" = None
 # "off" sends no credential at all (models.json "authHeader": false).
 _AUTH_HEADERS = {"bearer": ("Authorization", "Bearer "), "x-api-key": ("x-api-key", ""),
                  "api-key": ("api-key", ""), "x-goog-api-key": ("x-goog-api-key", ""),
+                 "oauth": ("Authorization", "Bearer "),  # a subscription's access token (auth.json)
                  "none": ("Authorization", "Bearer "), "off": None}
-_AUTH_STEPS: dict[str, _AuthStep] = {}  # style -> step(o, method, url, headers, data, watch), editing headers
-# A style with a credential chain of its own (SigV4, SAP's service key) has a resolver
-# in _AUTH_RESOLVERS (after the SAP section): resolve(pid, model, row, models.json entry, o)
-# sets the URL, headers and step itself, in stream(), instead of the key lookup.
+_AUTH_STEPS: dict[str, _AuthStep] = {"azure": _az_auth}  # style -> step(o, method, url, headers, data, watch)
+# A style with a credential chain of its own (SigV4, SAP's service key, Google Cloud) has a
+# resolver in _AUTH_RESOLVERS (after the SAP section): resolve(pid, model, row, models.json
+# entry, o) sets the URL, headers and step itself, in stream(), instead of the key lookup.
 _MODEL_FIELDS = ("id", "name", "api", "provider", "baseUrl", "reasoning", "input", "cost",
-                 "contextWindow", "maxTokens", "headers", "compat", "faux")
+                 "contextWindow", "maxTokens", "headers", "compat", "faux", "deployment")
 
 
 def _table() -> _Table:
@@ -4009,7 +4687,8 @@ def _auth_style(model: Model, row: _Row | None, pconf: dict[str, Any]) -> str:
         return row["auth"]
     api = str(model.get("api") or "")
     return {"anthropic-messages": "x-api-key", "google-generative-ai": "x-goog-api-key",
-            "google-vertex": "google-cloud", "faux": "none"}.get(api, "bearer")
+            "google-vertex": "google-cloud", "azure-openai": "azure", "azure-openai-responses": "azure",
+            "openai-codex-responses": "oauth", "faux": "none"}.get(api, "bearer")
 
 
 def _auth_json_entry(pid: str) -> tuple[str | None, Any]:
@@ -4054,7 +4733,10 @@ def _auth_json_key(pid: str) -> str | None:
 # OAuth refresh of subscription tokens stored by pi: provider -> (token URL, client id).
 # An auth.json entry may name its own "token_url" and "client_id" (pi_agent_rust's form).
 _OAUTH_REFRESH = {"anthropic": ("https://console.anthropic.com/v1/oauth/token",
-                                "9d1c250a-e61b-44d9-88ed-5944d1962f5e")}
+                                "9d1c250a-e61b-44d9-88ed-5944d1962f5e"),
+                  "openai-codex": ("https://auth.openai.com/oauth/token", "app_EMoamEEZ73f0CkXaXp7hrann")}
+# provider -> what else goes with a refreshed token: (token, headers) -> None
+_OAUTH_TOKEN_HEADERS = {"openai-codex": _cx_headers}
 
 
 def _is_oauth_key(pid: str, key: str) -> bool:
@@ -4111,8 +4793,14 @@ def _oauth_refresh_step(o: "_Options", method: str, url: str, headers: dict[str,
         o.secrets.append(str(refresh))
         request = {"grant_type": "refresh_token", "refresh_token": refresh,
                    "client_id": entry.get("client_id") or client_id}
-        obj = _fetch_json("POST", entry.get("token_url") or token_url, {"Content-Type": "application/json"},
-                          _json_body(request), o, watch, f"the {pid} OAuth token endpoint")
+        try:
+            obj = _fetch_json("POST", entry.get("token_url") or token_url, {"Content-Type": "application/json"},
+                              _json_body(request), o, watch, f"the {pid} OAuth token endpoint")
+        except PiError as e:
+            if e.status is None or not 400 <= e.status < 500:
+                raise
+            # the refresh token was refused (revoked, expired, used twice): only a new login helps
+            raise PiError(f"{e}; log in to {pid} again with pi", "auth", e.status) from None
         access = obj.get("access_token")
         if not isinstance(access, str) or not access:
             raise PiError(f"the {pid} OAuth token endpoint answered without an access_token", "auth")
@@ -4129,6 +4817,9 @@ def _oauth_refresh_step(o: "_Options", method: str, url: str, headers: dict[str,
     for name in [k for k in headers if k.lower() in ("x-api-key", "authorization")]:
         del headers[name]
     headers["Authorization"] = "Bearer " + token
+    extra = _OAUTH_TOKEN_HEADERS.get(pid)
+    if extra is not None:
+        extra(token, headers)
 
 
 # Google Cloud credentials (the "google-cloud" style of Vertex AI), chosen once per
@@ -4301,6 +4992,12 @@ def _fill_url(url: str, row: _Row | None, model: Model) -> str:
     row = row or {}
     env_map = row.get("urlVars") or {}
     defaults = row.get("urlDefaults") or {}
+    origin_env = row.get("urlOrigin") or ()
+    for env in origin_env:  # a whole endpoint instead of the template's scheme and host (Azure)
+        value = os.environ.get(env, "").strip()
+        if value:
+            url = value.rstrip("/") + "/" + url.partition("://")[2].partition("/")[2]
+            break
 
     def value_of(name: str) -> str:
         for env in env_map.get(name, ()):
@@ -4311,7 +5008,7 @@ def _fill_url(url: str, row: _Row | None, model: Model) -> str:
             return defaults[name]
         if name in ("model", "deployment", "deployment_id"):
             return model["id"]
-        names = " or ".join(env_map.get(name, ())) or "a baseUrl in models.json"
+        names = " or ".join([*origin_env, *env_map.get(name, ())]) or "a baseUrl in models.json"
         raise ConfigError(f"{model['provider']}: the base URL needs {{{name}}}: set {names}")
 
     def fill(m: re.Match[str]) -> str:

@@ -12,7 +12,8 @@ PROVIDERS maps a canonical provider id to a row:
   envKeys         env vars tried in order for the credential
   auth            bearer | x-api-key | api-key | x-goog-api-key | none | oauth | sigv4 |
                   copilot | sap | google-cloud (an API key, an access token, Application
-                  Default Credentials or the metadata server)
+                  Default Credentials or the metadata server) | azure (api-key, or bearer
+                  for an Entra ID token)
   defaultModel    model used when only the provider is given (listed in MODELS)
   contextWindow, maxTokens
                   limits for model ids not listed in MODELS
@@ -22,11 +23,13 @@ PROVIDERS maps a canonical provider id to a row:
   baseline        true for the 85 canonical ids of the original provider baseline
   urlVars         optional: placeholder -> env vars tried in order
   urlDefaults     optional: placeholder -> value when no env var is set
+  urlOrigin       optional: env vars whose value (a whole endpoint) replaces the
+                  template's scheme and host
   compat          optional: openai-completions quirks (thinkingFormat, supportsStore, ...)
   headers         optional: static extra request headers
 
 MODELS maps a provider id to its known models as JSON lines, one model a line:
-  {"id", "name", "reasoning", "input", "cost", "contextWindow", "maxTokens", "compat"?}
+  {"id", "name", "reasoning", "input", "cost", "contextWindow", "maxTokens", "compat"?, "api"?}
   cost is USD per million tokens {input, output, cacheRead, cacheWrite}, 0 where
   unknown. Strings, not dict literals, so importing this module compiles in a few
   milliseconds; pi_min parses only the provider it is asked for.
@@ -1294,16 +1297,18 @@ PROVIDERS = {
         "name": "Azure OpenAI",
         "api": "azure-openai",
         "baseUrl": "https://{resource}.openai.azure.com/openai/deployments/{deployment}/chat/completions?api-version={api_version}",
-        "envKeys": ["AZURE_OPENAI_API_KEY"],
-        "auth": "api-key",
+        "envKeys": ["AZURE_OPENAI_API_KEY", "AZURE_OPENAI_AD_TOKEN"],
+        "auth": "azure",
         "defaultModel": "gpt-5.2",
         "reasoning": True,
         "input": ["text", "image"],
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
-        "urlVars": {"api_version": ["AZURE_OPENAI_API_VERSION"], "deployment": ["AZURE_OPENAI_DEPLOYMENT"], "resource": ["AZURE_OPENAI_RESOURCE", "AZURE_RESOURCE_NAME"]},
-        "urlDefaults": {"api_version": "2024-12-01-preview"},
+        "urlVars": {"api_version": ["AZURE_OPENAI_API_VERSION", "OPENAI_API_VERSION"], "resource": ["AZURE_OPENAI_RESOURCE_NAME", "AZURE_OPENAI_RESOURCE", "AZURE_RESOURCE_NAME"]},
+        "urlDefaults": {"api_version": "2025-04-01-preview"},
+        "urlOrigin": ["AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_BASE_URL"],
+        "compat": {"maxTokensField": "max_completion_tokens", "supportsDeveloperRole": True},
     },
     "github-copilot": {
         "name": "GitHub Copilot",
@@ -2748,28 +2753,28 @@ MODELS = {
 {"id": "gpt-5.5", "name": "gpt-5.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5.0, "output": 30.0, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000}
 """,
     "azure-openai": r"""
-{"id": "codex-mini", "name": "Codex Mini", "reasoning": true, "input": ["text"], "cost": {"input": 1.5, "output": 6.0, "cacheRead": 0.375, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 100000}
+{"id": "codex-mini", "name": "Codex Mini", "reasoning": true, "input": ["text"], "cost": {"input": 1.5, "output": 6.0, "cacheRead": 0.375, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 100000, "api": "azure-openai-responses"}
 {"id": "gpt-4.1", "name": "GPT-4.1", "reasoning": false, "input": ["text", "image"], "cost": {"input": 2, "output": 8, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1047576, "maxTokens": 32768}
 {"id": "gpt-4.1-mini", "name": "GPT-4.1 mini", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.4, "output": 1.6, "cacheRead": 0.1, "cacheWrite": 0}, "contextWindow": 1047576, "maxTokens": 32768}
 {"id": "gpt-4.1-nano", "name": "GPT-4.1 nano", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0.1, "output": 0.4, "cacheRead": 0.03, "cacheWrite": 0}, "contextWindow": 1047576, "maxTokens": 32768}
 {"id": "gpt-5", "name": "GPT-5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
-{"id": "gpt-5-codex", "name": "GPT-5-Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5-codex", "name": "GPT-5-Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000, "api": "azure-openai-responses"}
 {"id": "gpt-5-mini", "name": "GPT-5 Mini", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 2, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
 {"id": "gpt-5-nano", "name": "GPT-5 Nano", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.05, "output": 0.4, "cacheRead": 0.005, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
-{"id": "gpt-5-pro", "name": "GPT-5 Pro", "reasoning": true, "input": ["text", "image"], "cost": {"input": 15, "output": 120, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 272000}
+{"id": "gpt-5-pro", "name": "GPT-5 Pro", "reasoning": true, "input": ["text", "image"], "cost": {"input": 15, "output": 120, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 272000, "api": "azure-openai-responses"}
 {"id": "gpt-5.1", "name": "GPT-5.1", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.13, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
-{"id": "gpt-5.1-codex", "name": "GPT-5.1 Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
-{"id": "gpt-5.1-codex-max", "name": "GPT-5.1 Codex Max", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
-{"id": "gpt-5.1-codex-mini", "name": "GPT-5.1 Codex mini", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 2, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.1-codex", "name": "GPT-5.1 Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000, "api": "azure-openai-responses"}
+{"id": "gpt-5.1-codex-max", "name": "GPT-5.1 Codex Max", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.25, "output": 10, "cacheRead": 0.125, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000, "api": "azure-openai-responses"}
+{"id": "gpt-5.1-codex-mini", "name": "GPT-5.1 Codex mini", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.25, "output": 2, "cacheRead": 0.025, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000, "api": "azure-openai-responses"}
 {"id": "gpt-5.2", "name": "GPT-5.2", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
 {"id": "gpt-5.2-chat", "name": "GPT-5.2 Chat", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384}
-{"id": "gpt-5.2-codex", "name": "GPT-5.2 Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.2-codex", "name": "GPT-5.2 Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000, "api": "azure-openai-responses"}
 {"id": "gpt-5.3-chat", "name": "GPT-5.3 Chat", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14.0, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16384}
-{"id": "gpt-5.3-codex", "name": "GPT-5.3 Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
+{"id": "gpt-5.3-codex", "name": "GPT-5.3 Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.75, "output": 14, "cacheRead": 0.175, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000, "api": "azure-openai-responses"}
 {"id": "gpt-5.4", "name": "GPT-5.4", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2.5, "output": 15, "cacheRead": 0.25, "cacheWrite": 0}, "contextWindow": 272000, "maxTokens": 128000}
 {"id": "gpt-5.4-mini", "name": "GPT-5.4 Mini", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.75, "output": 4.5, "cacheRead": 0.075, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
 {"id": "gpt-5.4-nano", "name": "GPT-5.4 Nano", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.25, "cacheRead": 0.02, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}
-{"id": "gpt-5.4-pro", "name": "GPT-5.4 Pro", "reasoning": true, "input": ["text", "image"], "cost": {"input": 30, "output": 180, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000}
+{"id": "gpt-5.4-pro", "name": "GPT-5.4 Pro", "reasoning": true, "input": ["text", "image"], "cost": {"input": 30, "output": 180, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000, "api": "azure-openai-responses"}
 {"id": "gpt-5.5", "name": "GPT-5.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 30, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 1050000, "maxTokens": 128000}
 {"id": "o3", "name": "o3", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2, "output": 8, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 100000}
 {"id": "o4-mini", "name": "o4-mini", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.1, "output": 4.4, "cacheRead": 0.28, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 100000}

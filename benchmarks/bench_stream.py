@@ -1,10 +1,11 @@
 """Throughput of pi_min.stream against the stdlib floor, on loopback.
 
-    python benchmarks/bench_stream.py [--deltas 20000] [--runs 7] [--family openai|anthropic|gemini|all]
+    python benchmarks/bench_stream.py [--deltas 20000] [--runs 7] [--family openai|anthropic|gemini|responses|all]
 
 The server sends one recorded-style stream of the family (N text deltas, then a
 tool call of N/10 argument fragments): OpenAI chat completions, Anthropic
-Messages (named events) or Gemini (whole chunks; the call in one part). "floor" is the least work
+Messages or OpenAI Responses (named events), or Gemini (whole chunks; the call in
+one part). "floor" is the least work
 any stdlib client must do for it: http.client reads the body, splits lines and
 json.loads each data line. "pi_min" runs the full stream(): SSE parser,
 translator, event builder and partial-JSON on tool arguments. Medians of the
@@ -89,6 +90,43 @@ def make_gemini_body(deltas: int) -> bytes:
     args = {"content": "".join("line %d\n" % i for i in range(deltas // 10))}
     out.append(chunk([{"functionCall": {"name": "write", "args": args}}],
                      dict(usage, candidatesTokenCount=deltas, totalTokenCount=deltas + 10), "STOP"))
+
+
+def make_or_body(deltas: int) -> bytes:
+    """The same answer as make_body, as OpenAI Responses events (ids and sequence numbers as sent live)."""
+    seq = [0]
+
+    def ev(data):
+        data["sequence_number"] = seq[0]
+        seq[0] += 1
+        return "event: %s\ndata: %s\n\n" % (data["type"], json.dumps(data, separators=(",", ":")))
+    resp = {"id": "resp_b", "object": "response", "status": "in_progress", "model": "m", "output": [], "usage": None}
+    msg = {"id": "msg_b", "type": "message", "status": "in_progress", "role": "assistant", "content": []}
+    call = {"id": "fc_b", "type": "function_call", "status": "in_progress", "arguments": "", "call_id": "call_b",
+            "name": "write"}
+    out = [ev({"type": "response.created", "response": resp}),
+           ev({"type": "response.output_item.added", "output_index": 0, "item": msg}),
+           ev({"type": "response.content_part.added", "item_id": "msg_b", "output_index": 0, "content_index": 0,
+               "part": {"type": "output_text", "annotations": [], "text": ""}})]
+    text = []
+    for i in range(deltas):
+        text.append("tok%d " % i)
+        out.append(ev({"type": "response.output_text.delta", "item_id": "msg_b", "output_index": 0,
+                       "content_index": 0, "delta": text[-1], "logprobs": []}))
+    done = dict(msg, status="completed", content=[{"type": "output_text", "annotations": [], "text": "".join(text)}])
+    out.append(ev({"type": "response.output_item.done", "output_index": 0, "item": done}))
+    out.append(ev({"type": "response.output_item.added", "output_index": 1, "item": call}))
+    pieces = ['{"content":"'] + ["line %d\\n" % i for i in range(deltas // 10)] + ['"}']
+    for piece in pieces:
+        out.append(ev({"type": "response.function_call_arguments.delta", "item_id": "fc_b", "output_index": 1,
+                       "delta": piece}))
+    args = "".join(pieces)
+    out.append(ev({"type": "response.function_call_arguments.done", "item_id": "fc_b", "output_index": 1,
+                   "arguments": args}))
+    out.append(ev({"type": "response.output_item.done", "output_index": 1,
+                   "item": dict(call, status="completed", arguments=args)}))
+    out.append(ev({"type": "response.completed", "response": dict(resp, status="completed", output=[], usage={
+        "input_tokens": 10, "output_tokens": deltas, "total_tokens": 10 + deltas})}))
     return "".join(out).encode()
 
 
@@ -96,6 +134,7 @@ FAMILIES = {  # name -> (body maker, provider, base path)
     "openai": (make_body, "groq", "/v1"),
     "anthropic": (make_am_body, "anthropic", ""),
     "gemini": (make_gemini_body, "google", "/v1beta"),
+    "responses": (make_or_body, "openai", "/v1"),
 }
 
 
@@ -210,7 +249,7 @@ def main():
     ap.add_argument("--family", choices=sorted(FAMILIES) + ["all"], default="all")
     args = ap.parse_args()
     for family in sorted(FAMILIES) if args.family == "all" else [args.family]:
-        scales = (0.1, 1, 10) if family in ("anthropic", "gemini") else (1, 4)  # 2k to 200k events
+        scales = (0.1, 1, 10) if family in ("anthropic", "gemini", "responses") else (1, 4)  # 2k to 200k events
         bench(family, args.deltas, args.runs, scales)
     print("import pi_min (cumulative, -X importtime, median): %.1f ms" % (import_time(max(5, args.runs)) / 1e3))
 

@@ -76,11 +76,11 @@ def test_dropped_rows_and_their_families_are_gone():
 
 
 # env vars a row adds after the baseline's (Vertex also takes an access token)
-EXTRA_ENV_KEYS = {"google-vertex": ["GOOGLE_CLOUD_ACCESS_TOKEN"]}
+EXTRA_ENV_KEYS = {"google-vertex": ["GOOGLE_CLOUD_ACCESS_TOKEN"], "azure-openai": ["AZURE_OPENAI_AD_TOKEN"]}
 
 
 def test_baseline_env_keys_in_order():
-    for row in _spec_rows():
+    for row in _spec_rows():  # the baseline's first, in its order; a row may add more after them
         keys = providers_table.PROVIDERS[row["id"]]["envKeys"]
         assert keys == row["env_keys"] + EXTRA_ENV_KEYS.get(row["id"], []), row["id"]
 

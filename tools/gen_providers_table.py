@@ -107,13 +107,14 @@ AUTH_PREFIXES = [
     ("bearer", "bearer"),
 ]
 AUTH_STYLES = {"bearer", "x-api-key", "api-key", "x-goog-api-key", "none", "oauth",
-               "sigv4", "copilot", "sap", "google-cloud"}
+               "sigv4", "copilot", "sap", "google-cloud", "azure"}
 # rows whose credential is more than a header providers.json can describe: Vertex
 # takes an API key, an access token, Application Default Credentials or the
-# metadata server (pi_min's "google-cloud" style picks one per stream)
-AUTH_OVERRIDES = {"google-vertex": "google-cloud"}
+# metadata server (pi_min's "google-cloud" style picks one per stream); Azure takes an
+# api-key header or an Entra ID bearer token (AZURE_OPENAI_AD_TOKEN)
+AUTH_OVERRIDES = {"google-vertex": "google-cloud", "azure-openai": "azure"}
 # env vars tried after providers.json's, in order
-ENV_KEYS_EXTRA = {"google-vertex": ["GOOGLE_CLOUD_ACCESS_TOKEN"]}
+ENV_KEYS_EXTRA = {"google-vertex": ["GOOGLE_CLOUD_ACCESS_TOKEN"], "azure-openai": ["AZURE_OPENAI_AD_TOKEN"]}
 # base URLs that differ from providers.json's: Vertex's is Google's host alone; the
 # family picks the location's host ({location}-aiplatform..., or this one for global)
 # and appends /v1/projects/{project}/locations/{location}/publishers/... itself, so a
@@ -125,9 +126,10 @@ URL_VARS = {
     "cloudflare-ai-gateway": {"account_id": ["CLOUDFLARE_ACCOUNT_ID"],
                               "gateway_id": ["CLOUDFLARE_GATEWAY_ID"]},
     "cloudflare-workers-ai": {"account_id": ["CLOUDFLARE_ACCOUNT_ID"]},
-    "azure-openai": {"resource": ["AZURE_OPENAI_RESOURCE", "AZURE_RESOURCE_NAME"],
-                     "deployment": ["AZURE_OPENAI_DEPLOYMENT"],  # else the model id
-                     "api_version": ["AZURE_OPENAI_API_VERSION"]},
+    # {deployment} is the model's (pi_min maps it through models.json "deployment")
+    "azure-openai": {"resource": ["AZURE_OPENAI_RESOURCE_NAME", "AZURE_OPENAI_RESOURCE",
+                                  "AZURE_RESOURCE_NAME"],
+                     "api_version": ["AZURE_OPENAI_API_VERSION", "OPENAI_API_VERSION"]},
     "amazon-bedrock": {"region": ["AWS_REGION", "AWS_DEFAULT_REGION"]},
     "sap-ai-core": {"service_url": ["SAP_AI_CORE_SERVICE_URL"],  # else the service key's (pi_min's code)
                     "api_version": ["SAP_AI_CORE_API_VERSION"]},
@@ -136,18 +138,23 @@ URL_VARS = {
 }
 # template var -> value used when none of its env vars is set
 URL_DEFAULTS = {
-    "azure-openai": {"api_version": "2024-12-01-preview"},
+    "azure-openai": {"api_version": "2025-04-01-preview"},  # = pi_min's _AZ_API_VERSION
     "amazon-bedrock": {"region": "us-east-1"},
     "sap-ai-core": {"api_version": "2024-10-21"},  # the default of SAP's AI SDK
     "gitlab": {"gitlab_url": "https://gitlab.com"},
     "cohere": {"co_api_url": "https://api.cohere.com"},
 }
+# env vars whose value is a whole endpoint, replacing the template's scheme and host
+URL_ORIGIN = {"azure-openai": ["AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_BASE_URL"]}
 # placeholders filled by code from the model id (never listed in urlVars/urlDefaults)
-CODE_FILLED_PLACEHOLDERS = {"model", "deployment_id"}
+CODE_FILLED_PLACEHOLDERS = {"model", "deployment", "deployment_id",
+                            "streamGenerateContent|streamRawPredict"}
 
 COMPAT = {
     "openai": {"supportsStore": True, "supportsDeveloperRole": True,
                "maxTokensField": "max_completion_tokens"},
+    # deployment chat completions: reasoning models need both (api-version 2024-12-01-preview on)
+    "azure-openai": {"supportsDeveloperRole": True, "maxTokensField": "max_completion_tokens"},
     "xai": {"supportsReasoningEffort": False},
     "zai": {"thinkingFormat": "zai"},
     "zai-coding-plan": {"thinkingFormat": "zai"},
@@ -179,6 +186,9 @@ HEADERS = {
 MODEL_FORCE = {
     "gitlab": {"input": ["text"], "reasoning": False},
 }
+# provider -> (model id regex, api): models served only by another family of the provider
+# (Azure deploys the codex and pro models for its v1 Responses API alone)
+MODEL_API = {"azure-openai": (r"codex|-pro$", "azure-openai-responses")}
 
 # ---------------------------------------------------------------------------
 # Model selection
@@ -669,6 +679,8 @@ def build(report=False):
         for mid in chosen:
             rec = dict(cands[mid]["rec"])
             rec.update(MODEL_FORCE.get(pid, {}))
+            if pid in MODEL_API and re.search(MODEL_API[pid][0], mid):
+                rec["api"] = MODEL_API[pid][1]
             mc = MODEL_COMPAT.get((pid, mid))
             if mc:
                 rec["compat"] = mc
@@ -686,6 +698,8 @@ def build(report=False):
             entry["urlVars"] = URL_VARS[pid]
         if pid in URL_DEFAULTS:
             entry["urlDefaults"] = URL_DEFAULTS[pid]
+        if pid in URL_ORIGIN:
+            entry["urlOrigin"] = URL_ORIGIN[pid]
         if pid in COMPAT:
             entry["compat"] = COMPAT[pid]
         if pid in HEADERS:
@@ -767,7 +781,8 @@ PROVIDERS maps a canonical provider id to a row:
   envKeys         env vars tried in order for the credential
   auth            bearer | x-api-key | api-key | x-goog-api-key | none | oauth | sigv4 |
                   copilot | sap | google-cloud (an API key, an access token, Application
-                  Default Credentials or the metadata server)
+                  Default Credentials or the metadata server) | azure (api-key, or bearer
+                  for an Entra ID token)
   defaultModel    model used when only the provider is given (listed in MODELS)
   contextWindow, maxTokens
                   limits for model ids not listed in MODELS
@@ -777,11 +792,13 @@ PROVIDERS maps a canonical provider id to a row:
   baseline        true for the 85 canonical ids of the original provider baseline
   urlVars         optional: placeholder -> env vars tried in order
   urlDefaults     optional: placeholder -> value when no env var is set
+  urlOrigin       optional: env vars whose value (a whole endpoint) replaces the
+                  template's scheme and host
   compat          optional: openai-completions quirks (thinkingFormat, supportsStore, ...)
   headers         optional: static extra request headers
 
 MODELS maps a provider id to its known models as JSON lines, one model a line:
-  {"id", "name", "reasoning", "input", "cost", "contextWindow", "maxTokens", "compat"?}
+  {"id", "name", "reasoning", "input", "cost", "contextWindow", "maxTokens", "compat"?, "api"?}
   cost is USD per million tokens {input, output, cacheRead, cacheWrite}, 0 where
   unknown. Strings, not dict literals, so importing this module compiles in a few
   milliseconds; pi_min parses only the provider it is asked for.
@@ -792,7 +809,7 @@ ALIASES maps a lowercase alias to its canonical provider id.
 
 ROW_KEYS = ("name", "api", "baseUrl", "envKeys", "auth", "defaultModel", "reasoning",
             "input", "contextWindow", "maxTokens", "baseline", "urlVars", "urlDefaults",
-            "compat", "headers")
+            "urlOrigin", "compat", "headers")
 
 
 def render(providers, aliases):
