@@ -237,8 +237,9 @@ if TYPE_CHECKING:  # typing costs nothing at run time
     _Build = Callable[[Model, Context, "_Options"], _RequestParts]
     _Relax = Callable[[dict[str, Any], "PiError"], Optional[dict[str, Any]]]
     _Open = Callable[[Model, Context, "_Options"], _Reply]
-    # step(o, method, url, headers, data, watch), editing headers
-    _AuthStep = Callable[["_Options", str, str, dict[str, str], bytes, Optional["_Watch"]], None]
+    # step(o, method, url, headers, data, watch), editing headers; it may return the URL
+    # to use instead (a token exchange that names the API host, as Copilot's does)
+    _AuthStep = Callable[["_Options", str, str, dict[str, str], bytes, Optional["_Watch"]], Optional[str]]
 
     class _Row(TypedDict, total=False):  # a provider of providers_table.py (read with .get)
         name: str
@@ -5614,7 +5615,7 @@ def _attempt(model: Model, ctx: Context, o: _Options, b: _Builder, url: str, hea
     else:
         if o.auth_step is not None:  # signatures and tokens are made per attempt, on the final bytes
             headers = dict(headers)
-            o.auth_step(o, "POST", url, headers, data, watch)
+            url = o.auth_step(o, "POST", url, headers, data, watch) or url  # a token may name its API host
         resp = _request("POST", url, headers, data, o.timeout, watch)
     try:
         if not 200 <= resp.status < 300:
