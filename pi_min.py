@@ -1623,49 +1623,71 @@ def transform_messages(messages: Sequence[Mapping[str, Any]], model: Model,
     only to the model that made them, tool-call ids are rewritten by
     ``normalize_id``, errored/aborted assistant turns are dropped and tool calls
     left without a result get a synthetic error result."""
-    id_map: dict[str, str] = {}  # original tool-call id -> the id sent
-    taken: dict[str, str] = {}   # id sent -> original id
+    ids = _CallIds(normalize_id)
     kept: list[Mapping[str, Any]] = []
     for m in messages:
         role = m.get("role")
         if role == "assistant":
-            if m.get("stopReason") in ("error", "aborted"):
-                continue
-            same = _same_model(m, model)
-            blocks = []
-            for b in m.get("content") or ():
-                kind = b.get("type")
-                if kind == "thinking":
-                    if b.get("redacted"):
-                        if same:
-                            blocks.append(b)
-                    elif same and b.get("thinkingSignature"):
-                        blocks.append(b)
-                    elif (b.get("thinking") or "").strip():
-                        blocks.append(b if same else {"type": "text", "text": b["thinking"]})
-                elif kind == "text":
-                    blocks.append(b if same else {"type": "text", "text": b.get("text") or ""})
-                elif kind == "toolCall":
-                    if not same and "thoughtSignature" in b:
-                        b = {k: v for k, v in b.items() if k != "thoughtSignature"}
-                    if normalize_id is not None:
-                        old_id = b.get("id") or ""
-                        new_id = id_map.get(old_id) or normalize_id(old_id)
-                        if taken.get(new_id, old_id) != old_id:  # two ids collapsed into one
-                            import hashlib
-                            tag = hashlib.sha256(old_id.encode()).hexdigest()[:6]
-                            new_id = normalize_id(new_id[:max(1, len(new_id) - 7)] + "_" + tag)
-                        taken[new_id] = old_id
-                        if new_id != old_id:
-                            id_map[old_id] = new_id
-                            b = dict(b, id=new_id)
-                    blocks.append(b)
-            kept.append(dict(m, content=blocks))
+            if m.get("stopReason") not in ("error", "aborted"):
+                kept.append(dict(m, content=_assistant_blocks(m, model, ids)))
         elif role == "toolResult":
             old = m.get("toolCallId")
-            kept.append(dict(m, toolCallId=id_map[old]) if old in id_map else m)
+            kept.append(dict(m, toolCallId=ids.map[old]) if old in ids.map else m)
         else:
             kept.append(m)
+    return _answer_orphans(kept)
+
+
+class _CallIds:
+    """Tool-call ids rewritten to a target's rules, consistently in calls and
+    results, and never two calls collapsed into one id."""
+
+    def __init__(self, normalize: Callable[[str], str] | None) -> None:
+        self.normalize = normalize
+        self.map: dict[str, str] = {}    # original id -> the id sent
+        self.taken: dict[str, str] = {}  # id sent -> original id
+
+    def call(self, b: Mapping[str, Any]) -> Mapping[str, Any]:
+        if self.normalize is None:
+            return b
+        old_id = b.get("id") or ""
+        new_id = self.map.get(old_id) or self.normalize(old_id)
+        if self.taken.get(new_id, old_id) != old_id:  # two ids collapsed into one
+            import hashlib
+            tag = hashlib.sha256(old_id.encode()).hexdigest()[:6]
+            new_id = self.normalize(new_id[:max(1, len(new_id) - 7)] + "_" + tag)
+        self.taken[new_id] = old_id
+        if new_id == old_id:
+            return b
+        self.map[old_id] = new_id
+        return dict(b, id=new_id)
+
+
+def _assistant_blocks(m: Mapping[str, Any], model: Model, ids: _CallIds) -> list[Mapping[str, Any]]:
+    same = _same_model(m, model)
+    blocks: list[Mapping[str, Any]] = []
+    for b in m.get("content") or ():
+        kind = b.get("type")
+        if kind == "thinking":
+            if b.get("redacted"):
+                if same:
+                    blocks.append(b)
+            elif same and b.get("thinkingSignature"):
+                blocks.append(b)
+            elif (b.get("thinking") or "").strip():
+                blocks.append(b if same else {"type": "text", "text": b["thinking"]})
+        elif kind == "text":
+            blocks.append(b if same else {"type": "text", "text": b.get("text") or ""})
+        elif kind == "toolCall":
+            if not same and "thoughtSignature" in b:
+                b = {k: v for k, v in b.items() if k != "thoughtSignature"}
+            blocks.append(ids.call(b))
+    return blocks
+
+
+def _answer_orphans(kept: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """A synthetic error result for every tool call still unanswered when the next
+    assistant or user turn comes (a trailing turn's calls are left alone)."""
     result: list[Mapping[str, Any]] = []
     pending: dict[str | None, str | None] = {}  # tool-call id -> name, calls still waiting for a result
     for m in kept:
