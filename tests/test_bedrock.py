@@ -386,3 +386,19 @@ def test_no_credentials_and_no_botocore_says_what_to_do(monkeypatch):
     monkeypatch.setitem(sys.modules, "botocore.session", None)
     with pytest.raises(pi_min.ConfigError, match=r"AWS_BEARER_TOKEN_BEDROCK.*pip install 'pi-min\[bedrock\]'"):
         pi_min.stream("bedrock", "hi")
+
+
+def test_the_decoder_agrees_with_botocores_on_the_same_bytes():
+    pytest.importorskip("botocore")
+    from botocore.eventstream import EventStreamBuffer
+    data = FRAME_B + TOOL + FRAME_A + TEXT + FRAME_C
+    theirs = []
+    buf = EventStreamBuffer()
+    for i in range(0, len(data), 37):
+        buf.add_data(data[i:i + 37])
+        for message in buf:
+            h = message.headers
+            kind = ("!exception:" + h[":exception-type"] if h.get(":message-type") == "exception"
+                    else h.get(":event-type", ""))
+            theirs.append((kind, message.payload.decode()))
+    assert decode(data, 37) == theirs and len(theirs) == 2 + 11 + 6 + 1
