@@ -258,6 +258,7 @@ if TYPE_CHECKING:  # typing costs nothing at run time
         urlOrigin: list[str]  # env vars of a whole endpoint that replaces the template's scheme and host
         compat: dict[str, Any]
         headers: dict[str, str]
+        modelApis: list[list[str]]  # [model id regex, api]: the family of an id MODELS does not list
 
     class _Table(Protocol):  # providers_table.py
         PROVIDERS: dict[str, _Row]  # canonical id -> row
@@ -4623,6 +4624,9 @@ def get_model(provider: str, model_id: str | None = None, **overrides: Any) -> M
         known = _known_models(pid).get(mid)
         if known:
             _merge(model, known)
+        elif row.get("modelApis"):  # a provider serving each family of model on its own API (Copilot)
+            import re
+            model["api"] = next((api for pattern, api in row["modelApis"] if re.search(pattern, mid)), model["api"])
     _merge(model, pconf)
     if mid in listed:
         _merge(model, listed[mid])
