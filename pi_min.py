@@ -258,6 +258,7 @@ if TYPE_CHECKING:  # typing costs nothing at run time
         urlOrigin: list[str]  # env vars of a whole endpoint that replaces the template's scheme and host
         compat: dict[str, Any]
         headers: dict[str, str]
+        modelApis: list[list[str]]  # [model id regex, api]: the family of an id MODELS does not list
 
     class _Table(Protocol):  # providers_table.py
         PROVIDERS: dict[str, _Row]  # canonical id -> row
@@ -4645,6 +4646,9 @@ def get_model(provider: str, model_id: str | None = None, **overrides: Any) -> M
         known = _known_models(pid).get(mid)
         if known:
             _merge(model, known)
+        elif row.get("modelApis"):  # a provider serving each family of model on its own API (Copilot)
+            import re
+            model["api"] = next((api for pattern, api in row["modelApis"] if re.search(pattern, mid)), model["api"])
     _merge(model, pconf)
     if mid in listed:
         _merge(model, listed[mid])
@@ -5048,7 +5052,7 @@ class _Options:
     __slots__ = ("api_key", "base_url", "headers", "temperature", "max_tokens", "reasoning", "tool_choice",
                  "session_id", "cache_retention", "signal", "timeout", "max_retries", "on_payload", "extra",
                  "url", "host_row", "compat", "auth_headers", "secrets", "credential", "auth_step",
-                 "oauth", "oauth_provider")
+                 "oauth", "oauth_provider", "context_headers")
 
     def __init__(self, api_key: str | None = None, base_url: str | None = None, headers: dict[str, Any] | None = None,
                  temperature: float | None = None, max_tokens: int | None = None,
@@ -5080,6 +5084,8 @@ class _Options:
         self.auth_step: "_AuthStep | None" = None  # run before every attempt (_AUTH_STEPS)
         self.oauth = False                  # the credential is a subscription (OAuth) token
         self.oauth_provider = ""            # whose auth.json OAuth entry the auth step refreshes
+        # headers an auth style derives from the conversation (Copilot's initiator and vision flags)
+        self.context_headers: "Callable[[Context], dict[str, str]] | None" = None
         self._validate()
 
     def _validate(self) -> None:
@@ -5433,9 +5439,203 @@ def _sap_token_step(o: _Options, method: str, url: str, headers: dict[str, str],
     headers["Authorization"] = "Bearer " + token
 
 
+# ---- github-copilot ----------------------------------------------------------------
+# Copilot serves each model on the API its "api" names (chat completions, Responses,
+# Messages) behind one host, with a Copilot token of about half an hour. That token is
+# given as it is (GITHUB_COPILOT_API_KEY) or made from a GitHub token: the auth step
+# exchanges it at GitHub's API, once per process until shortly before it expires, and
+# sends the request to the API host the answer names (individual, business and
+# enterprise accounts each have their own) instead of the table's generic one.
+
+_COPILOT_GITHUB_API = "https://api.github.com"
+# Copilot serves editors only: a request that does not name one is a 400
+_COPILOT_EDITOR = {"Editor-Version": "vscode/1.107.0", "Editor-Plugin-Version": "copilot-chat/0.35.0",
+                   "User-Agent": "GitHubCopilotChat/0.35.0", "X-Github-Api-Version": "2025-04-01"}
+_COPILOT_HEADERS = {**_COPILOT_EDITOR, "Copilot-Integration-Id": "vscode-chat",
+                    "Openai-Intent": "conversation-edits"}
+
+
+class _CopilotAuth:
+    """The auth step's credential: a GitHub token, where to exchange it, where it came
+    from (for messages) and the base URL the token's API host replaces ("": none)."""
+
+    __slots__ = ("github_token", "token_url", "source", "base")
+
+    def __init__(self, github_token: str, token_url: str, source: str, base: str) -> None:
+        self.github_token, self.token_url, self.source, self.base = github_token, token_url, source, base
+
+
+def _copilot_is_github_token(token: str) -> bool:
+    """A GitHub token (gho_, ghu_, ghp_, github_pat_..., or a classic 40-hex one), to
+    be exchanged. Anything else where either kind may be given (api_key=,
+    GITHUB_COPILOT_API_KEY) is a Copilot token ("tid=...;exp=...") or a proxy's key,
+    sent as it is."""
+    import re
+    return re.fullmatch(r"gh[opusr]_\w+|github_pat_\w+|[0-9a-f]{40}", token) is not None
+
+
+def _copilot_login(entry: Any, path: str) -> tuple[str, bool, str] | None:
+    """(token, exchange it, GitHub Enterprise host) of pi's github-copilot entry in
+    auth.json. The GitHub token is TS pi's OAuth "refresh" (its "access" is a Copilot
+    token, soon stale) and pi_agent_rust's "access_token"; a key entry is either kind."""
+    if isinstance(entry, str):
+        entry = {"key": entry}
+    if not isinstance(entry, dict):
+        return None
+    oauth = entry.get("type") in ("oauth", "o_auth")
+    value = (entry.get("refresh") or entry.get("access_token") if oauth
+             else entry.get("token") or entry.get("key") or entry.get("api_key"))
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{path}: the github-copilot entry's token must be a string, not {type(value).__name__}")
+    value = (value or "").strip()
+    host = entry.get("enterpriseUrl")
+    host = host.strip() if isinstance(host, str) else ""
+    return (value, oauth or _copilot_is_github_token(value), host) if value else None
+
+
+def _copilot_credential(pid: str, row: "_Row | None", pconf: dict[str, Any], o: _Options,
+                        trusted: bool) -> tuple[str, str, bool, str] | None:
+    """(token, where it came from, exchange it, GitHub Enterprise host) from, in order:
+    api_key=, the env vars in table order, auth.json, models.json apiKey. Stored ones
+    only for Copilot's own hosts."""
+    if o.api_key is not None:
+        key = o.api_key.strip()
+        return (key, "api_key", _copilot_is_github_token(key), "") if key else None
+    if not trusted:
+        return None
+    for name in (row.get("envKeys") or ()) if row else ():
+        value = os.environ.get(name, "").strip()
+        if value:  # GITHUB_COPILOT_API_KEY holds a Copilot token; the others GitHub tokens
+            return value, name, name != "GITHUB_COPILOT_API_KEY" or _copilot_is_github_token(value), ""
+    path = os.path.join(_agent_dir(), "auth.json")
+    login = _copilot_login(_auth_json_entry(pid)[1], path)
+    if login is not None:
+        return login[0], f"the {pid} login in {path}", login[1], login[2]
+    configured = _resolve_value(pconf.get("apiKey"), _agent_dir(), f"{pid} apiKey", required=True)
+    return (configured, "the apiKey in models.json", _copilot_is_github_token(configured), "") if configured else None
+
+
+def _copilot_github_api(enterprise: str) -> str:
+    """GitHub's API: PI_COPILOT_GITHUB_API_BASE, else GITHUB_API_URL (GitHub Enterprise
+    Server's .../api/v3, as Actions set it), else api.<host> of the enterprise pi logged
+    in to (GitHub Enterprise Cloud, <name>.ghe.com), else api.github.com."""
+    base = (os.environ.get("PI_COPILOT_GITHUB_API_BASE") or os.environ.get("GITHUB_API_URL") or "").strip()
+    if not base and enterprise:
+        host = enterprise.partition("://")[2] if "://" in enterprise else enterprise
+        base = "https://api." + host.split("/")[0]
+    base = (base or _COPILOT_GITHUB_API).rstrip("/")
+    return base if "://" in base else "https://" + base
+
+
+def _copilot_token_api(token: str) -> str:
+    """The API host a Copilot token names (its proxy-ep field, as pi reads it), or ""."""
+    for field in token.split(";"):
+        name, _, value = field.partition("=")
+        if name == "proxy-ep" and value and not _bad_chars(value) and "/" not in value:
+            return "https://" + (value.replace("proxy.", "api.", 1) if value.startswith("proxy.") else value)
+    return ""
+
+
+def _copilot_prepare(pid: str, model: Model, row: "_Row | None", pconf: dict[str, Any], o: _Options) -> None:
+    """The copilot style's resolver: the editor headers, the credential and, for a
+    GitHub token, the step that exchanges it."""
+    trusted = _base_url(pid, model, row, pconf, o)
+    scheme, host = (_origin(o.url) or ("", "", 0))[:2]
+    trusted = trusted or scheme == "https" and host.endswith(".githubcopilot.com")  # GitHub's own hosts
+    o.auth_headers.update(_COPILOT_HEADERS)
+    o.context_headers = _copilot_context_headers
+    found = _copilot_credential(pid, row, pconf, o, trusted)
+    if found is None:
+        if o.api_key is None and trusted:
+            keys = list(row.get("envKeys") or ()) if row else []
+            raise ConfigError(
+                f"no GitHub Copilot credentials for {pid}: set {keys[0] if keys else 'GITHUB_COPILOT_API_KEY'} "
+                f"(a Copilot token) or {' or '.join(keys[1:]) or 'GITHUB_TOKEN'} (a GitHub token of an "
+                f"account with Copilot), log in to GitHub Copilot with pi (/login), which writes its entry to "
+                f"{os.path.join(_agent_dir(), 'auth.json')}, or pass api_key= (--api-key)")
+        return  # another server than Copilot's: no stored credential goes there
+    token, source, exchange, enterprise = found
+    o.secrets.append(token)
+    if _bad_chars(token):
+        raise ConfigError(f"{pid}: the token in {source} contains a line break or control character")
+    # the table's generic host gives way to the account's; a base URL the user chose does not
+    base = o.url.rstrip("/") if not o.base_url and o.url.rstrip("/") == (row or {}).get("baseUrl") else ""
+    if not exchange:
+        o.auth_headers["Authorization"] = "Bearer " + token
+        o.url = (_copilot_token_api(token) if base else "") or o.url
+        return
+    token_url = _copilot_github_api(enterprise) + "/copilot_internal/v2/token"
+    _split_url(token_url)  # a bad PI_COPILOT_GITHUB_API_BASE is the user's to fix, now
+    o.credential = _CopilotAuth(token, token_url, source, base)
+    o.auth_step = _copilot_step
+
+
+def _copilot_step(o: _Options, method: str, url: str, headers: dict[str, str], data: bytes,
+                  watch: "_Watch | None") -> str | None:
+    """Auth step: the GitHub token's Copilot token as the bearer token, and the API
+    host it names in place of the table's. -> the URL to use, or None."""
+    auth: _CopilotAuth = o.credential
+    if any(name.lower() == "authorization" for name in headers):
+        return None  # headers= or models.json carry a credential of their own
+    token, api = _copilot_exchange(auth, o, watch)
+    o.secrets.append(token)
+    headers["Authorization"] = "Bearer " + token
+    rest = url[len(auth.base):] if auth.base and url.startswith(auth.base) else None
+    return api + rest if api and rest is not None and rest[:1] in ("", "/", "?") else None
+
+
+def _copilot_exchange(auth: _CopilotAuth, o: _Options, watch: "_Watch | None") -> tuple[str, str]:
+    """(Copilot token, API base or "") for the GitHub token, from this process's cache
+    or GitHub. A refusal is an auth error saying what to check; a 5xx, a 429 or a
+    network failure keeps its kind, so the attempt is retried like any request."""
+    import hashlib
+
+    def fetch() -> tuple[str, float]:
+        headers = {"Authorization": "token " + auth.github_token, "Accept": "application/json", **_COPILOT_EDITOR}
+        try:
+            obj = _fetch_json("GET", auth.token_url, headers, b"", o, watch, "the GitHub Copilot token endpoint")
+        except PiError as e:
+            if e.status is None or e.status in _RETRY_STATUSES:
+                raise
+            github = auth.token_url.rsplit("/copilot_internal/", 1)[0]
+            raise PiError(f"{e}; check that {auth.source} is a GitHub token of an account with Copilot access "
+                          f"(a Copilot plan, or a seat in an organisation that allows it) and that {github} is "
+                          f"its GitHub API (PI_COPILOT_GITHUB_API_BASE or GITHUB_API_URL for GitHub "
+                          f"Enterprise)", "auth", e.status) from None
+        token = obj.get("token")
+        if not isinstance(token, str) or not token.strip() or _bad_chars(token):
+            raise PiError("the GitHub Copilot token endpoint answered without a usable token", "auth")
+        endpoints = obj.get("endpoints")
+        api = endpoints.get("api") if isinstance(endpoints, dict) else None
+        api = api.strip().rstrip("/") if isinstance(api, str) else ""
+        if api and _origin(api) is None:
+            raise PiError(f"the GitHub Copilot token endpoint named an API host that is not a URL: {api[:100]!r}",
+                          "protocol")
+        expires = float(_count(obj.get("expires_at")))
+        expires = expires / 1000 if expires > 1e11 else expires  # seconds, as GitHub sends; ms tolerated
+        return json.dumps([token.strip(), api]), expires or time.time() + float(_count(obj.get("refresh_in")) or 1500)
+
+    key = ("copilot", auth.token_url, hashlib.sha256(auth.github_token.encode()).hexdigest())
+    token, api = json.loads(_cached_token(key, fetch))  # packed: the cache holds one string per key
+    return str(token), str(api)
+
+
+def _copilot_context_headers(ctx: Context) -> dict[str, str]:
+    """Copilot's per-request headers: X-Initiator says whether a person asked (the last
+    message is the user's) or the agent goes on by itself (after tool results), which
+    Copilot counts differently; Copilot-Vision-Request must come with any image."""
+    messages = ctx.get("messages") or []
+    last = messages[-1].get("role") if messages else "user"
+    headers = {"X-Initiator": "user" if last == "user" else "agent"}
+    if any(isinstance(m.get("content"), list) and any(isinstance(b, dict) and b.get("type") == "image"
+                                                      for b in m["content"]) for m in messages):
+        headers["Copilot-Vision-Request"] = "true"
+    return headers
+
+
 # style -> prepare(pid, model, row, models.json entry, o): credentials of their own shape
 _AUTH_RESOLVERS: dict[str, Callable[[str, Model, "_Row | None", dict[str, Any], _Options], None]] = {
-    "sigv4": _br_credentials, "sap": _sap_prepare, "google-cloud": _gc_resolve}
+    "sigv4": _br_credentials, "sap": _sap_prepare, "google-cloud": _gc_resolve, "copilot": _copilot_prepare}
 
 
 # ==== public API ===============================================================
@@ -5543,6 +5743,8 @@ def _build_request(model: Model, ctx: Context, o: _Options) -> _RequestParts:
     sent: what is wrong here is a ConfigError raised by stream()."""
     family = _FAMILIES[model["api"]]
     url, headers, body = family.build(model, ctx, o)
+    if o.context_headers is not None:
+        headers.update(o.context_headers(ctx))
     if family.open is None:
         scheme, host, _, _ = _split_url(url)
         _proxy_for(scheme, host)

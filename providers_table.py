@@ -27,6 +27,8 @@ PROVIDERS maps a canonical provider id to a row:
                   template's scheme and host
   compat          optional: openai-completions quirks (thinkingFormat, supportsStore, ...)
   headers         optional: static extra request headers
+  modelApis       optional: [[model id regex, api], ...]: the family of a model id not
+                  listed in MODELS, by the first regex it matches (else the row's api)
 
 MODELS maps a provider id to its known models as JSON lines, one model a line:
   {"id", "name", "reasoning", "input", "cost", "contextWindow", "maxTokens", "compat"?, "api"?}
@@ -1314,7 +1316,7 @@ PROVIDERS = {
         "name": "GitHub Copilot",
         "api": "openai-completions",
         "baseUrl": "https://api.githubcopilot.com",
-        "envKeys": ["GITHUB_COPILOT_API_KEY", "GITHUB_TOKEN"],
+        "envKeys": ["GITHUB_COPILOT_API_KEY", "GITHUB_TOKEN", "GH_TOKEN", "COPILOT_GITHUB_TOKEN"],
         "auth": "copilot",
         "defaultModel": "gpt-4.1",
         "reasoning": True,
@@ -1322,6 +1324,8 @@ PROVIDERS = {
         "contextWindow": 128000,
         "maxTokens": 16384,
         "baseline": True,
+        "compat": {"supportsReasoningEffort": False},
+        "modelApis": [["^claude-", "anthropic-messages"], ["^gpt-5|codex", "openai-responses"]],
     },
     "gitlab": {
         "name": "GitLab Duo",
@@ -2780,23 +2784,31 @@ MODELS = {
 {"id": "o4-mini", "name": "o4-mini", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.1, "output": 4.4, "cacheRead": 0.28, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 100000}
 """,
     "github-copilot": r"""
-{"id": "claude-fable-5", "name": "Claude Fable 5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 10, "output": 50, "cacheRead": 1, "cacheWrite": 12.5}, "contextWindow": 1000000, "maxTokens": 128000}
-{"id": "claude-haiku-4.5", "name": "Claude Haiku 4.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000}
-{"id": "claude-opus-4.5", "name": "Claude Opus 4.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000}
-{"id": "claude-opus-4.6", "name": "Claude Opus 4.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 64000}
-{"id": "claude-opus-4.7", "name": "Claude Opus 4.7", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 200000, "maxTokens": 32000}
-{"id": "claude-opus-4.8", "name": "Claude Opus 4.8", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 200000, "maxTokens": 64000}
-{"id": "claude-sonnet-4", "name": "Claude Sonnet 4", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16000}
-{"id": "claude-sonnet-4.5", "name": "Claude Sonnet 4.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000}
-{"id": "claude-sonnet-4.6", "name": "Claude Sonnet 4.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000}
-{"id": "claude-sonnet-5", "name": "Claude Sonnet 5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2.0, "output": 10.0, "cacheRead": 0.2, "cacheWrite": 2.5}, "contextWindow": 1000000, "maxTokens": 128000}
+{"id": "claude-fable-5", "name": "Claude Fable 5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 10, "output": 50, "cacheRead": 1, "cacheWrite": 12.5}, "contextWindow": 1000000, "maxTokens": 128000, "api": "anthropic-messages"}
+{"id": "claude-haiku-4.5", "name": "Claude Haiku 4.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000, "api": "anthropic-messages"}
+{"id": "claude-opus-4.5", "name": "Claude Opus 4.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000, "api": "anthropic-messages"}
+{"id": "claude-opus-4.6", "name": "Claude Opus 4.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 64000, "api": "anthropic-messages"}
+{"id": "claude-opus-4.7", "name": "Claude Opus 4.7", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 200000, "maxTokens": 32000, "api": "anthropic-messages"}
+{"id": "claude-opus-4.8", "name": "Claude Opus 4.8", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 25, "cacheRead": 0.5, "cacheWrite": 6.25}, "contextWindow": 200000, "maxTokens": 64000, "api": "anthropic-messages"}
+{"id": "claude-sonnet-4", "name": "Claude Sonnet 4", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 16000, "api": "anthropic-messages"}
+{"id": "claude-sonnet-4.5", "name": "Claude Sonnet 4.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000, "api": "anthropic-messages"}
+{"id": "claude-sonnet-4.6", "name": "Claude Sonnet 4.6", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 32000, "api": "anthropic-messages"}
+{"id": "claude-sonnet-5", "name": "Claude Sonnet 5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 2.0, "output": 10.0, "cacheRead": 0.2, "cacheWrite": 2.5}, "contextWindow": 1000000, "maxTokens": 128000, "api": "anthropic-messages"}
 {"id": "gemini-2.5-pro", "name": "Gemini 2.5 Pro", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 64000}
 {"id": "gemini-3-flash-preview", "name": "Gemini 3 Flash", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 64000}
 {"id": "gemini-3-pro-preview", "name": "Gemini 3 Pro Preview", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 64000}
 {"id": "gemini-3.1-pro-preview", "name": "Gemini 3.1 Pro Preview", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 64000}
 {"id": "gemini-3.5-flash", "name": "Gemini 3.5 Flash", "reasoning": true, "input": ["text", "image"], "cost": {"input": 1.5, "output": 9, "cacheRead": 0.15, "cacheWrite": 0}, "contextWindow": 200000, "maxTokens": 64000}
 {"id": "gpt-4.1", "name": "GPT-4.1", "reasoning": false, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 64000, "maxTokens": 16384}
-{"id": "grok-code-fast-1", "name": "Grok Code Fast 1", "reasoning": true, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 64000}
+{"id": "gpt-5-mini", "name": "GPT-5-mini", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 64000, "api": "openai-responses"}
+{"id": "gpt-5.1", "name": "GPT-5.1", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 128000, "maxTokens": 64000, "api": "openai-responses"}
+{"id": "gpt-5.2", "name": "GPT-5.2", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 264000, "maxTokens": 64000, "api": "openai-responses"}
+{"id": "gpt-5.2-codex", "name": "GPT-5.2-Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000, "api": "openai-responses"}
+{"id": "gpt-5.3-codex", "name": "GPT-5.3-Codex", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000, "api": "openai-responses"}
+{"id": "gpt-5.4", "name": "GPT-5.4", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000, "api": "openai-responses"}
+{"id": "gpt-5.4-mini", "name": "GPT-5.4 mini", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.75, "output": 4.5, "cacheRead": 0.075, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000, "api": "openai-responses"}
+{"id": "gpt-5.4-nano", "name": "GPT-5.4 nano", "reasoning": true, "input": ["text", "image"], "cost": {"input": 0.2, "output": 1.25, "cacheRead": 0.02, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000, "api": "openai-responses"}
+{"id": "gpt-5.5", "name": "GPT-5.5", "reasoning": true, "input": ["text", "image"], "cost": {"input": 5, "output": 30, "cacheRead": 0.5, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000, "api": "openai-responses"}
 """,
     "gitlab": r"""
 {"id": "duo-chat-gpt-5-1", "name": "Agentic Chat (GPT-5.1)", "reasoning": false, "input": ["text"], "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 400000, "maxTokens": 128000}

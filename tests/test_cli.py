@@ -85,7 +85,7 @@ def test_version_and_list_providers(capsys):
     assert pi_min.get_model("groq")["id"] in groq
     moonshot = next(line for line in out.splitlines() if line.startswith("moonshotai "))
     assert moonshot.endswith("aliases: kimi, moonshot")
-    assert "(planned)" in next(line for line in out.splitlines() if line.startswith("github-copilot "))
+    assert "(planned)" not in next(line for line in out.splitlines() if line.startswith("github-copilot "))
     assert "(planned)" not in next(line for line in out.splitlines() if line.startswith("amazon-bedrock "))
     assert "(planned)" not in next(line for line in out.splitlines() if line.startswith("anthropic "))
     assert len(out.splitlines()) == len(pi_min.list_providers()) + 1

@@ -75,8 +75,10 @@ def test_dropped_rows_and_their_families_are_gone():
             assert family not in text, (name, family)
 
 
-# env vars a row adds after the baseline's (Vertex also takes an access token)
-EXTRA_ENV_KEYS = {"google-vertex": ["GOOGLE_CLOUD_ACCESS_TOKEN"], "azure-openai": ["AZURE_OPENAI_AD_TOKEN"]}
+# env vars a row adds after the baseline's (Vertex also takes an access token; Copilot the
+# GitHub tokens of gh and of GitHub's Copilot CLI)
+EXTRA_ENV_KEYS = {"google-vertex": ["GOOGLE_CLOUD_ACCESS_TOKEN"], "azure-openai": ["AZURE_OPENAI_AD_TOKEN"],
+                  "github-copilot": ["GH_TOKEN", "COPILOT_GITHUB_TOKEN"]}
 
 
 def test_baseline_env_keys_in_order():
@@ -149,6 +151,27 @@ def test_unknown_model_id_gets_table_limits_and_neutral_capabilities(provider):
                             "contextWindow": row["contextWindow"], "maxTokens": row["maxTokens"]},
                            **{k: row[k] for k in ("headers", "compat") if k in row})
     assert pi_min.get_model(provider, "some-new-model", reasoning=True)["reasoning"] is True
+
+
+def test_a_row_with_model_apis_routes_ids_it_does_not_list_by_their_shape(isolated_env):
+    """Copilot serves Claude on Messages and the gpt-5 family and codex on Responses only;
+    a listed model keeps the table's api, an unlisted one goes by the row's rules."""
+    rules = providers_table.PROVIDERS["github-copilot"]["modelApis"]
+    assert rules and all(api in pi_min._FAMILIES for _, api in rules)
+    for mid, api in [("gpt-5.9", "openai-responses"), ("gpt-5.9-codex-max", "openai-responses"),
+                     ("my-codex", "openai-responses"), ("claude-opus-9", "anthropic-messages"),
+                     ("gemini-9-pro", "openai-completions"), ("gpt-4.5", "openai-completions")]:
+        assert mid not in pi_min._known_models("github-copilot")
+        assert pi_min.get_model("copilot", mid)["api"] == api, mid
+    known = pi_min._known_models("github-copilot")
+    assert {m: e.get("api") for m, e in known.items() if m.startswith("gpt-5")} and all(
+        e.get("api") == "openai-responses" for m, e in known.items() if m.startswith("gpt-5") or "codex" in m)
+    assert pi_min.get_model("copilot", "gpt-4.1")["api"] == "openai-completions"
+    # models.json says more than the rules
+    (isolated_env / "models.json").write_text(json.dumps({"providers": {"github-copilot": {
+        "models": [{"id": "gpt-5.9", "api": "openai-completions"}]}}}))
+    assert pi_min.get_model("copilot", "gpt-5.9")["api"] == "openai-completions"
+    assert pi_min.get_model("groq", "gpt-5.9")["api"] == "openai-completions"  # rows without rules: the row's
 
 
 def test_known_model_has_its_own_prices():

@@ -72,8 +72,8 @@ MODELSDEV_IDS = {
 # Row-level settings
 # ---------------------------------------------------------------------------
 
-# providers.json `api` is a per-model list for Copilot; chat completions serves all
-# of its chat models except the Responses-only OpenAI ones (filtered below).
+# providers.json `api` is a per-model list for Copilot: its models carry their own "api"
+# (MODEL_API below); the row's is the family of an id that no MODEL_API rule matches.
 API_OVERRIDES = {"github-copilot": "openai-completions"}
 
 # base URLs that differ from providers.json on purpose
@@ -114,7 +114,9 @@ AUTH_STYLES = {"bearer", "x-api-key", "api-key", "x-goog-api-key", "none", "oaut
 # api-key header or an Entra ID bearer token (AZURE_OPENAI_AD_TOKEN)
 AUTH_OVERRIDES = {"google-vertex": "google-cloud", "azure-openai": "azure"}
 # env vars tried after providers.json's, in order
-ENV_KEYS_EXTRA = {"google-vertex": ["GOOGLE_CLOUD_ACCESS_TOKEN"], "azure-openai": ["AZURE_OPENAI_AD_TOKEN"]}
+ENV_KEYS_EXTRA = {"google-vertex": ["GOOGLE_CLOUD_ACCESS_TOKEN"], "azure-openai": ["AZURE_OPENAI_AD_TOKEN"],
+                  # the GitHub tokens gh and GitHub's own Copilot CLI read (exchanged by pi_min)
+                  "github-copilot": ["GH_TOKEN", "COPILOT_GITHUB_TOKEN"]}
 # base URLs that differ from providers.json's: Vertex's is Google's host alone; the
 # family picks the location's host ({location}-aiplatform..., or this one for global)
 # and appends /v1/projects/{project}/locations/{location}/publishers/... itself, so a
@@ -156,6 +158,8 @@ COMPAT = {
     # deployment chat completions: reasoning models need both (api-version 2024-12-01-preview on)
     "azure-openai": {"supportsDeveloperRole": True, "maxTokensField": "max_completion_tokens"},
     "xai": {"supportsReasoningEffort": False},
+    # pi-ai's Copilot chat-completions models: no reasoning_effort on that surface
+    "github-copilot": {"supportsReasoningEffort": False},
     "zai": {"thinkingFormat": "zai"},
     "zai-coding-plan": {"thinkingFormat": "zai"},
     "zhipuai": {"thinkingFormat": "zai"},
@@ -186,9 +190,21 @@ HEADERS = {
 MODEL_FORCE = {
     "gitlab": {"input": ["text"], "reasoning": False},
 }
-# provider -> (model id regex, api): models served only by another family of the provider
-# (Azure deploys the codex and pro models for its v1 Responses API alone)
-MODEL_API = {"azure-openai": (r"codex|-pro$", "azure-openai-responses")}
+# provider -> [(model id regex, api), ...]: models served only by another family of the
+# provider; the first rule that matches (re.search) wins. Azure deploys the codex and pro
+# models for its v1 Responses API alone. Copilot serves Claude on its Messages API and
+# OpenAI's gpt-5 family and codex models on /responses only (never /chat/completions);
+# a model pi-ai's catalog lists keeps the catalog's api (CATALOG_MODEL_API), and the
+# rules must agree with it (checked). Copilot's rules go into its row as "modelApis",
+# where pi_min routes a model id the table does not list by them.
+MODEL_API = {
+    "azure-openai": [(r"codex|-pro$", "azure-openai-responses")],
+    "github-copilot": [(r"^claude-", "anthropic-messages"), (r"^gpt-5|codex", "openai-responses")],
+}
+# providers whose pi-ai catalog models keep the catalog's per-model api
+CATALOG_MODEL_API = {"github-copilot"}
+# providers whose MODEL_API rules are written into the row (modelApis)
+ROW_MODEL_APIS = {"github-copilot"}
 
 # ---------------------------------------------------------------------------
 # Model selection
@@ -196,8 +212,6 @@ MODEL_API = {"azure-openai": (r"codex|-pro$", "azure-openai-responses")}
 
 # pi-ai catalog rows whose api our row's wire family cannot reach
 CATALOG_SKIP_APIS = {
-    # Copilot: Responses-only models (gpt-5 family) need /responses
-    "github-copilot": {"openai-responses"},
     # OpenCode Zen/Go: Claude goes to /messages, GPT to /responses, Gemini to
     # /models; only the rest is served on /chat/completions
     "opencode": {"anthropic-messages", "openai-responses", "google-generative-ai"},
@@ -219,8 +233,6 @@ MODEL_INCLUDE = {
 }
 # model ids dropped per provider (re.search)
 MODEL_EXCLUDE = {
-    # Copilot serves the gpt-5 family (and codex) only through /responses
-    "github-copilot": r"^gpt-5|codex",
     # Responses-only OpenAI models
     "cloudflare-ai-gateway": r"codex|-pro$|-deep-research",
     # cross-region inference profiles that only work outside the default region
@@ -304,7 +316,7 @@ DEFAULT_MODELS = {
     "umans": "umans-coder",
     "qianfan": "ernie-4.5-turbo-128k",
     "gitlab": "duo-chat-sonnet-4-6",  # the GitLab chat API ignores the model id
-    "github-copilot": "gpt-4.1",  # included in every plan, served on /chat/completions
+    "github-copilot": "gpt-4.1",  # included in every plan (chat completions)
     "github-models": "openai/gpt-4.1",
     "google-vertex": "gemini-2.5-pro",  # pi-ai's gemini-3-pro-preview is retired
     # {deployment_id} comes from the model id, so this is only a label
@@ -576,6 +588,14 @@ def modelsdev_candidates(pid, row_api, base_url, md, index, row_defaults):
     return out
 
 
+def model_api(pid, mid, row_api):
+    """The family of a model id by its provider's MODEL_API rules, else the row's."""
+    for pattern, api in MODEL_API.get(pid, ()):
+        if re.search(pattern, mid):
+            return api
+    return row_api
+
+
 def catalog_candidates(pid, cat, md_dates):
     out = {}
     skip = CATALOG_SKIP_APIS.get(pid, set())
@@ -589,6 +609,7 @@ def catalog_candidates(pid, cat, md_dates):
                     "contextWindow": int(m["contextWindow"]), "maxTokens": int(m["maxTokens"])},
             "date": md_dates.get(norm_key(m["id"]), ""),
             "listed": False,
+            "api": m["api"],
         }
     return out
 
@@ -679,8 +700,14 @@ def build(report=False):
         for mid in chosen:
             rec = dict(cands[mid]["rec"])
             rec.update(MODEL_FORCE.get(pid, {}))
-            if pid in MODEL_API and re.search(MODEL_API[pid][0], mid):
-                rec["api"] = MODEL_API[pid][1]
+            api_of = model_api(pid, mid, api)
+            if cands[mid].get("api") and pid in CATALOG_MODEL_API:
+                if cands[mid]["api"] != api_of:
+                    problems.append("%s: %s is %s in pi-ai's catalog, %s by MODEL_API"
+                                    % (pid, mid, cands[mid]["api"], api_of))
+                api_of = cands[mid]["api"]
+            if api_of != api:
+                rec["api"] = api_of
             mc = MODEL_COMPAT.get((pid, mid))
             if mc:
                 rec["compat"] = mc
@@ -704,6 +731,8 @@ def build(report=False):
             entry["compat"] = COMPAT[pid]
         if pid in HEADERS:
             entry["headers"] = HEADERS[pid]
+        if pid in ROW_MODEL_APIS:
+            entry["modelApis"] = [list(rule) for rule in MODEL_API[pid]]
         entry["models"] = models
         providers[pid] = entry
         for a in row["aliases"]:
@@ -796,6 +825,8 @@ PROVIDERS maps a canonical provider id to a row:
                   template's scheme and host
   compat          optional: openai-completions quirks (thinkingFormat, supportsStore, ...)
   headers         optional: static extra request headers
+  modelApis       optional: [[model id regex, api], ...]: the family of a model id not
+                  listed in MODELS, by the first regex it matches (else the row's api)
 
 MODELS maps a provider id to its known models as JSON lines, one model a line:
   {"id", "name", "reasoning", "input", "cost", "contextWindow", "maxTokens", "compat"?, "api"?}
@@ -809,7 +840,7 @@ ALIASES maps a lowercase alias to its canonical provider id.
 
 ROW_KEYS = ("name", "api", "baseUrl", "envKeys", "auth", "defaultModel", "reasoning",
             "input", "contextWindow", "maxTokens", "baseline", "urlVars", "urlDefaults",
-            "urlOrigin", "compat", "headers")
+            "urlOrigin", "compat", "headers", "modelApis")
 
 
 def render(providers, aliases):

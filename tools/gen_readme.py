@@ -24,7 +24,10 @@ def table() -> str:
     for pid in sorted(providers_table.PROVIDERS):
         row = providers_table.PROVIDERS[pid]
         api = row["api"]
-        if api not in pi_min._FAMILIES or not pi_min._auth_built(row["auth"]):
+        if row.get("modelApis"):  # one family per model (Copilot)
+            per_model = dict.fromkeys([row["api"]] + [rule[1] for rule in row["modelApis"]])
+            api = ", ".join(per_model) + " (per model)"
+        if row["api"] not in pi_min._FAMILIES or not pi_min._auth_built(row["auth"]):
             api += " *(planned)*"
         env = ", ".join(f"`{k}`" for k in row["envKeys"]) or "-"
         alias = ", ".join(f"`{a}`" for a in sorted(aliases.get(pid, ()))) or "-"
