@@ -90,6 +90,7 @@ def make_gemini_body(deltas: int) -> bytes:
     args = {"content": "".join("line %d\n" % i for i in range(deltas // 10))}
     out.append(chunk([{"functionCall": {"name": "write", "args": args}}],
                      dict(usage, candidatesTokenCount=deltas, totalTokenCount=deltas + 10), "STOP"))
+    return "".join(out).encode()
 
 
 def make_or_body(deltas: int) -> bytes:
