@@ -2235,6 +2235,11 @@ class _OCTranslator:
 
     def delta(self, delta: dict[str, Any]) -> None:
         b = self.b
+        if len(delta) == 1:  # the chunk almost every delta is: text alone
+            content = delta.get("content")
+            if content and type(content) is str:
+                b.text(content)
+                return
         for field in ("reasoning_content", "reasoning", "reasoning_text"):
             value = delta.get(field)
             if value and isinstance(value, str):
