@@ -1814,6 +1814,18 @@ _STOP_ERRORS = {
 }
 
 
+def _frame_json(kind: str, data: str) -> Any:
+    """One decoded frame's JSON. An "event: error" whose data is not JSON is a
+    server error carrying that text; any other frame that is not JSON is a
+    protocol error."""
+    try:
+        return json.loads(data)
+    except ValueError:
+        if kind == "error":
+            raise PiError(data[:2000] or "the server sent an error event", "server") from None
+        raise PiError(f"invalid JSON in the stream: {data[:200]!r}", "protocol") from None
+
+
 def _stop_reason(word: object, details: str = "") -> _DoneReason:
     """The done reason for a provider's stop word, or raise the PiError it means
     (a refusal or filter keeps the provider's details in the message)."""
@@ -2197,12 +2209,7 @@ class _OCTranslator:
         if data[:6] == "[DONE]":
             self.ended = True
             return True
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            if kind == "error":
-                raise PiError(data[:2000] or "the server sent an error event", "server") from None
-            raise PiError(f"invalid JSON in the stream: {data[:200]!r}", "protocol") from None
+        chunk = _frame_json(kind, data)
         if isinstance(chunk, dict):
             if kind == "error" and not chunk.get("error"):  # "event: error" with a bare error object
                 raise _in_band_error(chunk)
@@ -2543,12 +2550,7 @@ class _AMTranslator:
     def event(self, kind: str, data: str) -> bool:
         if data[:6] == "[DONE]":  # OpenRouter's trailer after message_stop
             return self.ended
-        try:
-            ev = json.loads(data)
-        except ValueError:
-            if kind == "error":
-                raise PiError(data[:2000] or "the server sent an error event", "server") from None
-            raise PiError(f"invalid JSON in the stream: {data[:200]!r}", "protocol") from None
+        ev = _frame_json(kind, data)
         if not isinstance(ev, dict):
             return False
         etype = ev.get("type") or kind
@@ -3081,10 +3083,7 @@ class _COTranslator:
     def event(self, kind: str, data: str) -> bool:
         if data[:6] == "[DONE]":  # the SDK's end of stream; end() judges whether message-end came
             return True
-        try:
-            ev = json.loads(data)
-        except ValueError:
-            raise PiError(f"invalid JSON in the stream: {data[:200]!r}", "protocol") from None
+        ev = _frame_json(kind, data)
         if not isinstance(ev, dict):
             return False
         etype = str(ev.get("type") or kind)
@@ -3470,10 +3469,7 @@ class _GTranslator:
         self.seen: tuple[object, ...] = ()  # the usage counts last applied
 
     def event(self, kind: str, data: str) -> bool:
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            raise PiError(f"invalid JSON in the stream: {data[:200]!r}", "protocol") from None
+        chunk = _frame_json(kind, data)
         for c in chunk if isinstance(chunk, list) else (chunk,):
             if isinstance(c, dict):
                 self.chunk(c)
@@ -3920,12 +3916,7 @@ class _ORTranslator:
     def event(self, kind: str, data: str) -> bool:
         if data[:6] == "[DONE]":  # not this API's, yet some proxies add it
             return self.ended
-        try:
-            ev = json.loads(data)
-        except ValueError:
-            if kind == "error":
-                raise PiError(data[:2000] or "the server sent an error event", "server") from None
-            raise PiError(f"invalid JSON in the stream: {data[:200]!r}", "protocol") from None
+        ev = _frame_json(kind, data)
         etype = ev.get("type") or kind if isinstance(ev, dict) else None
         handler = _OR_EVENTS.get(etype) if isinstance(etype, str) else None
         return bool(handler(self, ev)) if handler is not None else False  # the rest are ignored
