@@ -1632,36 +1632,50 @@ def transform_messages(messages: Sequence[Mapping[str, Any]], model: Model,
             if m.get("stopReason") not in ("error", "aborted"):
                 kept.append(dict(m, content=_assistant_blocks(m, model, ids)))
         elif role == "toolResult":
-            old = m.get("toolCallId")
-            kept.append(dict(m, toolCallId=ids.map[old]) if old in ids.map else m)
+            new_id = ids.result(m.get("toolCallId"))
+            if new_id is not None:  # else it answers a call of a dropped turn: no API takes it
+                kept.append(m if new_id == m.get("toolCallId") else dict(m, toolCallId=new_id))
         else:
             kept.append(m)
     return _answer_orphans(kept)
 
 
+def _id_hash(text: str, size: int) -> str:
+    """A short stable digest of an id (lone surrogates included)."""
+    import hashlib
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:size]
+
+
 class _CallIds:
-    """Tool-call ids rewritten to a target's rules, consistently in calls and
-    results, and never two calls collapsed into one id."""
+    """Tool-call ids as a target accepts them: rewritten by its rules, the same in
+    calls and results, and unique per call, also when two ids normalise alike or a
+    server reused one id in several turns (results answer the calls in order)."""
 
     def __init__(self, normalize: Callable[[str], str] | None) -> None:
         self.normalize = normalize
-        self.map: dict[str, str] = {}    # original id -> the id sent
-        self.taken: dict[str, str] = {}  # id sent -> original id
+        self.used: set[str] = set()              # ids sent for calls so far
+        self.pending: dict[str, list[str]] = {}  # original id -> ids sent, not answered yet
+        self.last: dict[str, str] = {}           # original id -> the id sent for its latest call
 
     def call(self, b: Mapping[str, Any]) -> Mapping[str, Any]:
-        if self.normalize is None:
-            return b
-        old_id = b.get("id") or ""
-        new_id = self.map.get(old_id) or self.normalize(old_id)
-        if self.taken.get(new_id, old_id) != old_id:  # two ids collapsed into one
-            import hashlib
-            tag = hashlib.sha256(old_id.encode()).hexdigest()[:6]
-            new_id = self.normalize(new_id[:max(1, len(new_id) - 7)] + "_" + tag)
-        self.taken[new_id] = old_id
-        if new_id == old_id:
-            return b
-        self.map[old_id] = new_id
-        return dict(b, id=new_id)
+        old_id = str(b.get("id") or "")
+        new_id = base = self.normalize(old_id) if self.normalize is not None else old_id
+        for n in range(1, 64):  # bounded: a target's rules might map everything alike
+            if new_id not in self.used or self.normalize is None:
+                break
+            new_id = self.normalize(base[:max(1, len(base) - 7)] + "_" + _id_hash(f"{old_id}#{n}", 6))
+        self.used.add(new_id)
+        self.pending.setdefault(old_id, []).append(new_id)
+        self.last[old_id] = new_id
+        return b if new_id == old_id else dict(b, id=new_id)
+
+    def result(self, old_id: object) -> str | None:
+        """The id a result answers, or None when no kept call has its id."""
+        key = str(old_id or "")
+        queue = self.pending.get(key)
+        if queue:
+            return queue.pop(0)
+        return self.last.get(key)
 
 
 def _assistant_blocks(m: Mapping[str, Any], model: Model, ids: _CallIds) -> list[Mapping[str, Any]]:
@@ -1896,6 +1910,30 @@ def _cache_mark(o: "_Options") -> "dict[str, str] | None":
     return {"type": "ephemeral", "ttl": "1h"} if retention == "long" else {"type": "ephemeral"}
 
 
+def _alternate(messages: list[dict[str, Any]], filler: dict[str, Any]) -> list[dict[str, Any]]:
+    """Turns as APIs with strict roles want them (Anthropic, Bedrock): consecutive
+    turns of one role merged, their content lists joined in order (a user's words
+    after tool results, turns around a dropped one), and a user turn first
+    (``filler`` when the conversation starts with the assistant)."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if out and out[-1]["role"] == m["role"]:
+            out[-1] = dict(out[-1], content=out[-1]["content"] + m["content"])
+        else:
+            out.append(m)
+    if out and out[0]["role"] != "user":
+        out.insert(0, {"role": "user", "content": [filler]})
+    return out
+
+
+def _tool_text(name: Any, args: Any = None, result: Any = None) -> str:
+    """A tool call or result as words, for a request that cannot carry them as
+    tool blocks (no tools sent, or a model that would refuse another's calls)."""
+    if result is None:
+        return f"[called the tool {name} with {json.dumps(args if isinstance(args, dict) else {})}]"
+    return f"[the tool {name} returned: {result}]"
+
+
 # ---- openai-completions -------------------------------------------------------
 
 _OC_COMPAT: dict[str, Any] = {
@@ -1931,14 +1969,9 @@ def _oc_compat(model: Model, o: "_Options | None" = None) -> dict[str, Any]:
 
 def _oc_normalizer(compat: dict[str, Any]) -> Callable[[str], str]:
     if compat.get("toolIdFormat") == "mistral":
-        import hashlib
-
         def mistral(call_id: str) -> str:
             alnum = "".join(c for c in call_id if c.isascii() and c.isalnum())
-            if len(alnum) == 9:
-                return alnum
-            digest = hashlib.sha256(call_id.encode()).hexdigest()
-            return digest[:9]
+            return alnum if len(alnum) == 9 else _id_hash(call_id, 9)
         return mistral
     return lambda call_id: _sanitize_id(call_id.split("|", 1)[0], 40)
 
@@ -2433,8 +2466,9 @@ def _am_tool_result(m: Mapping[str, Any], images: bool) -> dict[str, Any]:
             content.append({"type": "text", "text": part.get("text") or ""})
         elif part.get("type") == "image" and images:
             content.append(_am_image(part))
-    if content and all(c["type"] == "image" for c in content):
-        content.insert(0, {"type": "text", "text": "(see attached image)"})
+    content = [c for c in content if c["type"] != "text" or c["text"].strip()]
+    if not any(c["type"] == "text" for c in content):  # Anthropic refuses empty text blocks
+        content.insert(0, {"type": "text", "text": "(see attached image)" if content else "(no output)"})
     block: dict[str, Any] = {"type": "tool_result", "tool_use_id": m.get("toolCallId") or "", "content": content}
     if m.get("isError"):
         block["is_error"] = True
@@ -2459,7 +2493,40 @@ def _am_messages(model: Model, ctx: Context) -> list[dict[str, Any]]:
                 continue
         if blocks:
             out.append({"role": role_out, "content": blocks})
-    return out
+    return _alternate(out, {"type": "text", "text": "(the conversation continues)"})
+
+
+def _am_tools_as_text(messages: list[dict[str, Any]]) -> None:
+    """Tool blocks as words, for a request that sends no tools (the API refuses
+    tool_use and tool_result blocks without tool definitions)."""
+    names: dict[str, Any] = {}
+    for m in messages:
+        content = []
+        for c in m["content"]:
+            if c["type"] == "tool_use":
+                names[c["id"]] = c["name"]
+                content.append({"type": "text", "text": _tool_text(c["name"], c["input"])})
+            elif c["type"] == "tool_result":
+                said = " ".join(x["text"] for x in c["content"] if x["type"] == "text")
+                content.append({"type": "text", "text": _tool_text(names.get(c["tool_use_id"], "a tool"),
+                                                                   result=said)})
+            else:
+                content.append(c)
+        m["content"] = content
+
+
+def _am_thinking_blocked(messages: list[dict[str, Any]]) -> bool:
+    """With thinking on, the assistant turn of the tool loop still open must begin
+    with its (signed) thinking. A turn from another model, or one whose thinking
+    could not go back, cannot: thinking stays off for this request."""
+    for m in reversed(messages):
+        if m["role"] == "assistant":
+            content = m["content"]
+            return (any(c["type"] == "tool_use" for c in content)
+                    and content[0]["type"] not in ("thinking", "redacted_thinking"))
+        if any(c["type"] != "tool_result" for c in m["content"]):
+            return False  # the user spoke since: a new turn, no open tool loop
+    return False
 
 
 def _am_tool_choice(choice: Any) -> Any:
@@ -2470,11 +2537,11 @@ def _am_tool_choice(choice: Any) -> Any:
             "required": {"type": "any"}}.get(choice) or {"type": "tool", "name": choice}
 
 
-def _am_thinking(body: dict[str, Any], model: Model, o: "_Options") -> None:
+def _am_thinking(body: dict[str, Any], model: Model, o: "_Options", off: bool = False) -> None:
     """reasoning= -> adaptive thinking with an effort (the 4.6 generation on), or a
-    token budget with max_tokens raised to fit it; "off" or unasked: nothing."""
+    token budget with max_tokens raised to fit it; "off", unasked or ``off``: nothing."""
     level = o.reasoning
-    if level is None or level == "off" or not model.get("reasoning"):
+    if off or level is None or level == "off" or not model.get("reasoning"):
         if o.temperature is not None:
             body["temperature"] = o.temperature
         return
@@ -2511,7 +2578,12 @@ def _am_build(model: Model, ctx: Context, o: "_Options") -> _RequestParts:
                          for t in tools]
         if o.tool_choice is not None:
             body["tool_choice"] = _am_tool_choice(o.tool_choice)
-    _am_thinking(body, model, o)
+    else:
+        _am_tools_as_text(body["messages"])
+    if _am_thinking_blocked(body["messages"]):
+        _am_thinking(body, model, o, off=True)
+    else:
+        _am_thinking(body, model, o)
     if mark:  # cache up to the system prompt and up to the last user block
         for block in system[-1:]:
             block["cache_control"] = mark
@@ -2731,7 +2803,37 @@ def _br_messages(model: Model, ctx: Context) -> "list[dict[str, Any]]":
                 continue
         if blocks:
             out.append({"role": who, "content": blocks})
-    return out
+    return _alternate(out, {"text": "(the conversation continues)"})
+
+
+def _br_tools_as_text(messages: list[dict[str, Any]]) -> None:
+    """toolUse/toolResult blocks as words: Converse refuses them without a toolConfig."""
+    names: dict[str, Any] = {}
+    for m in messages:
+        content = []
+        for c in m["content"]:
+            if "toolUse" in c:
+                use = c["toolUse"]
+                names[use["toolUseId"]] = use["name"]
+                content.append({"text": _tool_text(use["name"], use["input"])})
+            elif "toolResult" in c:
+                res = c["toolResult"]
+                said = " ".join(x["text"] for x in res["content"] if "text" in x)
+                content.append({"text": _tool_text(names.get(res["toolUseId"], "a tool"), result=said)})
+            else:
+                content.append(c)
+        m["content"] = content
+
+
+def _br_thinking_blocked(messages: list[dict[str, Any]]) -> bool:
+    """As _am_thinking_blocked, in Converse's blocks."""
+    for m in reversed(messages):
+        if m["role"] == "assistant":
+            content = m["content"]
+            return any("toolUse" in c for c in content) and "reasoningContent" not in content[0]
+        if any("toolResult" not in c for c in m["content"]):
+            return False
+    return False
 
 
 def _br_tool_choice(choice: Any) -> "dict[str, Any] | None":
@@ -2750,7 +2852,7 @@ def _br_build(model: Model, ctx: Context, o: "_Options") -> _RequestParts:
     # thinking, max tokens and temperature as for Anthropic itself, then moved to Converse's fields
     am: dict[str, Any] = {"max_tokens": o.max_tokens or int(model.get("maxTokens") or 4096)}
     if claude:
-        _am_thinking(am, model, o)
+        _am_thinking(am, model, o, off=_br_thinking_blocked(body["messages"]))
     elif o.temperature is not None:
         am["temperature"] = o.temperature
     body["inferenceConfig"] = {"maxTokens": am["max_tokens"]}
@@ -2767,6 +2869,8 @@ def _br_build(model: Model, ctx: Context, o: "_Options") -> _RequestParts:
             "inputSchema": {"json": t.get("parameters") or {"type": "object", "properties": {}}}}} for t in tools]}
         if choice:
             body["toolConfig"]["toolChoice"] = choice
+    else:
+        _br_tools_as_text(body["messages"])
     if _cache_mark(o) and (claude or "nova" in model["id"].lower()):  # models with prompt caching
         if "system" in body:
             body["system"].append({"cachePoint": {"type": "default"}})
@@ -3325,6 +3429,19 @@ def _g_model_parts(m: Mapping[str, Any], model: Model, sentinel: bool) -> list[d
     return parts
 
 
+def _g_worded_calls(m: Mapping[str, Any], worded: dict[str, str]) -> list[dict[str, Any]]:
+    """Another model's assistant turn with its tool calls as words (the results
+    that answer them follow as words too: their ids are noted in ``worded``)."""
+    parts: list[dict[str, Any]] = []
+    for b in m.get("content") or ():
+        if b.get("type") == "text" and (b.get("text") or "").strip():
+            parts.append({"text": b["text"]})
+        elif b.get("type") == "toolCall":
+            worded[b.get("id") or ""] = b.get("name") or "a tool"
+            parts.append({"text": _tool_text(b.get("name"), b.get("arguments"))})
+    return parts
+
+
 def _g_result_parts(m: Mapping[str, Any], images: bool, gen3: bool) -> list[dict[str, Any]]:
     """A tool result as a functionResponse part. Its images go inside it for Gemini 3,
     which takes them there, else after it in the same user turn."""
@@ -3346,12 +3463,23 @@ def _g_contents(model: Model, ctx: Context, vertex: bool) -> list[dict[str, Any]
     images = "image" in (model.get("input") or ())
     gen3 = _g_version(model["id"]) >= 3
     out: list[dict[str, Any]] = []
-    for m in transform_messages(ctx.get("messages") or [], model):
+    worded: dict[str, str] = {}  # call id -> name: calls sent as words, and so their results
+    messages = transform_messages(ctx.get("messages") or [], model)
+    # the current turn starts after the user's last words; Gemini 3 checks its calls' signatures
+    current = max((n for n, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    for n, m in enumerate(messages):
         role = m.get("role")
         if role == "user":
             turn, parts = "user", _g_user_parts(m.get("content"), images)
-        elif role == "assistant":  # Vertex rejects the skip sentinel (it validates signatures itself)
+        elif role == "assistant" and vertex and gen3 and n > current and not _same_model(m, model):
+            # Vertex's Gemini 3 wants the current turn's calls signed and refuses the skip
+            # sentinel: another model's calls (and their results) go as words instead
+            turn, parts = "model", _g_worded_calls(m, worded)
+        elif role == "assistant":
             turn, parts = "model", _g_model_parts(m, model, gen3 and not vertex)
+        elif m.get("toolCallId") in worded:
+            said = _text_of(_user_parts(m.get("content"))) or "(no output)"
+            turn, parts = "user", [{"text": _tool_text(worded[m["toolCallId"]], result=said)}]
         else:
             turn, parts = "user", _g_result_parts(m, images, gen3)
         if not parts:
@@ -3703,12 +3831,14 @@ def _or_id(call_id: str) -> str:
     starting with "fc". An id without "|" (another family's) is the call_id; its
     item id is derived from it, so it is the same every turn."""
     call, sep, item = call_id.partition("|")
+    original = call
     call = _sanitize_id(call, 64).rstrip("_") or "call"
+    if call != original:  # cut or changed: a digest keeps two such ids apart
+        call = call[:55].rstrip("_") + "_" + _id_hash(original, 8)
     if sep and item:
         item = _sanitize_id(item if item.startswith("fc") else "fc_" + item, 64).rstrip("_")
     else:
-        import hashlib
-        item = "fc_" + hashlib.sha256(call_id.encode()).hexdigest()[:24]
+        item = "fc_" + _id_hash(call_id, 24)
     return f"{call}|{item}"
 
 

@@ -223,7 +223,8 @@ def test_an_anthropic_turn_continues_on_completions_and_back(server):
         b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"tool_use"},'
         b'"usage":{"output_tokens":7}}\n\n',
         b'event: message_stop\ndata: {"type":"message_stop"}\n\n']))])
-    ctx = {"messages": [{"role": "user", "content": "go"}]}
+    ctx = {"messages": [{"role": "user", "content": "go"}],
+           "tools": [{"name": "look", "description": "d", "parameters": {"type": "object", "properties": {}}}]}
     turn = pi_min.complete("anthropic/claude-sonnet-4-5", ctx, api_key="k", base_url=server.url)
     assert turn["stopReason"] == "toolUse" and turn["content"][0]["thinkingSignature"] == "SIG=="
     ctx["messages"] += [turn, {"role": "toolResult", "toolCallId": "toolu_01A", "toolName": "look",
