@@ -309,8 +309,13 @@ def _redact(text: str, secrets: Iterable[str] = ()) -> str:
     """Replace known secrets, and anything shaped like a credential, by ***."""
     global _SECRET_PATTERNS
     for s in secrets:
-        if s and len(s) >= 6 and s in text:
-            text = text.replace(s, "***")
+        if s and len(s) >= 6:
+            if s in text:
+                text = text.replace(s, "***")
+            if not s.isalnum():  # also as a form or URL would carry it
+                from urllib.parse import quote, quote_plus
+                for form in {quote(s, safe=""), quote_plus(s)} - {s}:
+                    text = text.replace(form, "***")
     if _SECRET_PATTERNS is None:
         import re
         _SECRET_PATTERNS = [
@@ -685,10 +690,11 @@ def _tls_context() -> ssl.SSLContext:
 
 
 def _safe_url(url: str) -> str:
-    """The URL without user:password@, for messages."""
+    """The URL without user:password@ and with secret-looking query values
+    (key=, token=, ...) hidden, for messages."""
     scheme, sep, rest = url.partition("://")
     authority, slash, path = rest.partition("/")
-    return scheme + sep + authority.rpartition("@")[2] + slash + path
+    return _redact(scheme + sep + authority.rpartition("@")[2] + slash + path)
 
 
 def _split_url(url: str) -> tuple[str, str, int, str]:
@@ -1390,10 +1396,14 @@ class _Builder:
     in ``out`` and the runner yields and clears them after each network read.
     """
 
-    __slots__ = ("msg", "content", "out", "model", "cur", "cur_type", "tools", "open_tools")
+    __slots__ = ("msg", "content", "out", "model", "cur", "cur_type", "tools", "open_tools", "secrets",
+                 "_long", "_seen")
 
-    def __init__(self, model: Model) -> None:
+    def __init__(self, model: Model, secrets: Sequence[str] = ()) -> None:
         self.model = model
+        self.secrets = secrets  # keys and tokens a hostile server might echo into the answer
+        self._long: tuple[str, ...] = ()  # those long enough to hide from the answer
+        self._seen = 0                    # how many of secrets _long was made from
         self.content: list[Any] = []  # msg["content"]: dicts grown in place, key by key
         self.msg: AssistantMessage = {"role": "assistant", "content": self.content, "api": model["api"],
                     "provider": model["provider"], "model": model["id"], "usage": _zero_usage(),
@@ -1427,12 +1437,25 @@ class _Builder:
         the kind), opening one first when the kind changes."""
         if not delta:
             return
+        if self._long or len(self.secrets) != self._seen:
+            delta = self._hide(delta)
         block = self.content[self.cur] if self.cur_type == kind else self._open(kind, signature)
         t = block[kind]
         block[kind] = None      # drop the dict's reference so += grows in place
         t += delta
         block[kind] = t
         self.out.append({"type": _DELTA[kind], "contentIndex": self.cur, "delta": delta, "partial": self.msg})
+
+    def _hide(self, piece: str) -> str:
+        """A key or token a server echoed into the answer is replaced by *** (one
+        split across two deltas is not seen; errors are redacted whole)."""
+        if len(self.secrets) != self._seen:  # an auth step added a token
+            self._long = tuple(s for s in self.secrets if len(s) >= 16)
+            self._seen = len(self.secrets)
+        for secret in self._long:
+            if secret in piece:
+                piece = piece.replace(secret, "***")
+        return piece
 
     def begin(self, kind: str) -> int:
         """Open a text or thinking block now, before any of its text (a block that
@@ -1520,6 +1543,8 @@ class _Builder:
     def tool_delta(self, key: Hashable, fragment: str) -> None:
         if not fragment:
             return
+        if self._long or len(self.secrets) != self._seen:
+            fragment = self._hide(fragment)
         index, prefix = self.tools[key]
         prefix.feed(fragment)
         if prefix.due():
@@ -1528,9 +1553,11 @@ class _Builder:
                 self.content[index]["arguments"] = value
         self.out.append({"type": "toolcall_delta", "contentIndex": index, "delta": fragment, "partial": self.msg})
 
-    def tool_end(self, key: Hashable, cut: bool = False) -> None:
+    def tool_end(self, key: Hashable, cut: bool = False, final: bool = False) -> None:
         """cut: the provider ended the turn for length, so unfinished arguments keep
-        their best-effort parse instead of failing the stream."""
+        their best-effort parse instead of failing the stream. Arguments that do not
+        parse when a family ends the block leave the call open until done(), which
+        knows the stop reason (final)."""
         index, prefix = self.tools[key]
         block = self.content[index]
         raw = prefix.text
@@ -1543,6 +1570,8 @@ class _Builder:
                 value = prefix.value()
                 if value is not None:
                     block["arguments"] = value
+                if not cut and not final:  # the stop reason decides (a length stop keeps it): done()
+                    return
                 if not cut:
                     raise PiError(f"arguments of tool call {block['name'] or block['id']!r} are not a complete "
                                   f"JSON object (the stream was cut?): {raw[:200]!r}", "protocol")
@@ -1583,7 +1612,7 @@ class _Builder:
         may be unfinished and more may have been due, so none is to be run."""
         self.close_current()
         for key in list(self.open_tools):
-            self.tool_end(key, reason == "length")
+            self.tool_end(key, reason == "length", final=True)
         if reason != "length" and any(b["type"] == "toolCall" for b in self.content):
             reason = "toolUse"
         elif reason == "toolUse":
@@ -4195,8 +4224,10 @@ class _ORTranslator:
             return
         it.state = 2
         text = _or_item_text(item, it.part is None)
-        if len(text) > it.length:  # not streamed, or not all of it: the rest now
-            self.grow("text" if it.kind == "message" else "thinking", it, text[it.length:])
+        field = "text" if it.kind == "message" else "thinking"
+        streamed = self.b.content[it.block].get(field, "") if 0 <= it.block < len(self.b.content) else ""
+        if len(text) > it.length and (not it.length or text.startswith(streamed[-it.length:])):
+            self.grow(field, it, text[it.length:])  # not streamed, or not all of it: the rest now
         if it.kind == "message" and not self.refusal:
             self.refusal = "".join(str(p.get("refusal") or "") for p in _or_list(item.get("content"))
                                    if isinstance(p, dict) and p.get("type") == "refusal")
@@ -4554,7 +4585,30 @@ class _FauxResponse:
 
 
 def _faux_build(model: Model, ctx: Context, o: "_Options") -> _RequestParts:
+    _faux_check(_faux_script(model, ctx, o))  # a bad script is the user's to fix: a ConfigError here
     return "faux://local", {}, {"model": model["id"], "messages": ctx.get("messages") or []}
+
+
+def _faux_check(script: Any) -> None:
+    """A scripted reply's fields have the types the offline provider uses."""
+    import math
+    if not isinstance(script, dict):
+        raise ConfigError("faux: a reply must be a dict or a text")
+    for name in ("text", "thinking", "error", "finishReason"):
+        if script.get(name) is not None and not isinstance(script[name], str):
+            raise ConfigError(f"faux: {name} must be a text, not {script[name]!r}")
+    size, delay, status = script.get("chunkSize"), script.get("delay"), script.get("errorStatus")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ConfigError(f"faux: chunkSize must be a positive integer, not {size!r}")
+    if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float))
+                              or not math.isfinite(delay) or delay < 0):
+        raise ConfigError(f"faux: delay must be a number of seconds >= 0, not {delay!r}")
+    if status is not None and (isinstance(status, bool) or not isinstance(status, int) or not 100 <= status < 600):
+        raise ConfigError(f"faux: errorStatus must be an HTTP status (an integer), not {status!r}")
+    calls = script.get("toolCalls")
+    if calls is not None and not (isinstance(calls, list) and all(
+            isinstance(c, dict) and isinstance(c.get("name"), str) for c in calls)):
+        raise ConfigError("faux: toolCalls must be a list of {name, arguments}")
 
 
 def _faux_open(model: Model, ctx: Context, o: "_Options") -> _FauxResponse:
@@ -4732,7 +4786,12 @@ def _merge(model: dict[str, Any], source: Mapping[str, Any]) -> None:
     for k in _MODEL_FIELDS:
         if k in source and source[k] is not None and k not in ("id", "provider"):
             v = source[k]
-            if k in ("headers", "compat", "cost") and isinstance(v, dict):
+            if k in ("headers", "compat", "cost") and not isinstance(v, dict):
+                raise ConfigError(f"{model.get('provider')}/{model.get('id')}: {k} must be an object, not {v!r}")
+            if k == "cost" and not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.values()):
+                raise ConfigError(f"{model.get('provider')}/{model.get('id')}: cost values must be numbers "
+                                  "($ per million tokens)")
+            if k in ("headers", "compat", "cost"):
                 model[k] = {**(model.get(k) or {}), **v}
             elif isinstance(v, (list, dict)):
                 model[k] = json.loads(json.dumps(v))  # callers may mutate what we return
@@ -5177,7 +5236,7 @@ class _Options:
 
     __slots__ = ("api_key", "base_url", "headers", "temperature", "max_tokens", "reasoning", "tool_choice",
                  "session_id", "cache_retention", "signal", "timeout", "max_retries", "on_payload", "extra",
-                 "url", "host_row", "compat", "auth_headers", "secrets", "credential", "auth_step",
+                 "url", "host_row", "compat", "auth_headers", "secrets", "hidden", "credential", "auth_step",
                  "oauth", "oauth_provider", "context_headers")
 
     def __init__(self, api_key: str | None = None, base_url: str | None = None, headers: dict[str, Any] | None = None,
@@ -5205,7 +5264,8 @@ class _Options:
         self.host_row: _Row | None = None   # table row serving the request's host
         self.compat: dict[str, Any] | None = None  # the family's resolved compat flags
         self.auth_headers: dict[str, str] = {}  # credentials and model headers
-        self.secrets: list[str] = []        # values redacted from every message
+        self.secrets: list[str] = []        # keys and tokens: redacted from every message and event
+        self.hidden: list[str] = []         # headers= values: redacted from messages
         self.credential: Any = None         # the key or credentials object, for an auth step
         self.auth_step: "_AuthStep | None" = None  # run before every attempt (_AUTH_STEPS)
         self.oauth = False                  # the credential is a subscription (OAuth) token
@@ -5213,6 +5273,8 @@ class _Options:
         # headers an auth style derives from the conversation (Copilot's initiator and vision flags)
         self.context_headers: "Callable[[Context], dict[str, str]] | None" = None
         self._validate()
+        if self.api_key is not None and not self.api_key.strip():
+            self.api_key = None  # --api-key "": as if not given, so the stored key is used
 
     def _validate(self) -> None:
         if self.reasoning is not None and self.reasoning not in THINKING_LEVELS:
@@ -5226,11 +5288,16 @@ class _Options:
         if self.max_tokens is not None and (isinstance(self.max_tokens, bool)
                                             or not isinstance(self.max_tokens, int) or self.max_tokens < 1):
             raise ConfigError(f"max_tokens must be a positive integer, not {self.max_tokens!r}")
-        if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) or self.timeout <= 0:
-            raise ConfigError(f"timeout must be a positive number of seconds, not {self.timeout!r}")
+        if (isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float))
+                or not 0 < self.timeout < 1e6):  # NaN and infinity fail this too
+            raise ConfigError(f"timeout must be a positive, finite number of seconds, not {self.timeout!r}")
+        if self.tool_choice is not None and not isinstance(self.tool_choice, (str, dict)):
+            raise ConfigError("tool_choice must be \"auto\", \"none\", \"required\", a tool's name or a dict, "
+                              f"not {self.tool_choice!r}")
         if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
             raise ConfigError(f"max_retries must be an integer >= 0, not {self.max_retries!r}")
-        if self.signal is not None and not callable(getattr(self.signal, "is_set", None)):
+        if self.signal is not None and not (callable(getattr(self.signal, "is_set", None))
+                                            and callable(getattr(self.signal, "wait", None))):
             raise ConfigError("signal must be a threading.Event (or have is_set()/wait())")
         if self.on_payload is not None and not callable(self.on_payload):
             raise ConfigError("on_payload must be callable")
@@ -5873,24 +5940,35 @@ def _build_request(model: Model, ctx: Context, o: _Options) -> _RequestParts:
         headers.update(o.context_headers(ctx))
     if family.open is None:
         scheme, host, _, _ = _split_url(url)
-        _proxy_for(scheme, host)
+        proxy = _proxy_for(scheme, host)
+        if proxy:  # its password is a secret too, also when a proxy echoes it back
+            o.secrets.extend(v.partition(" ")[2] for v in _proxy_auth(proxy).values())
+            creds = proxy.partition("://")[2].partition("/")[0].rpartition("@")[0]
+            from urllib.parse import unquote
+            o.secrets.extend(x for x in (creds, unquote(creds), unquote(creds.partition(":")[2])) if x)
         if scheme == "https":
             _tls_context()
     headers["User-Agent"] = f"pi_min/{__version__}"
     _merge_headers(headers, o.auth_headers, f"{model['provider']} headers")
-    _merge_headers(headers, o.headers or {}, "headers=", o.secrets)
+    _merge_headers(headers, o.headers or {}, "headers=", o.hidden)
     return url, headers, body
 
 
 def _run(model: Model, ctx: Context, o: _Options, request: _RequestParts) -> "Generator[Event, None, None]":
-    b = _Builder(model)
+    b = _Builder(model, o.secrets)
     yield {"type": "start", "partial": b.msg}
     watch = None
     finished = False
     try:
         url, headers, body = request
         if o.on_payload is not None:
-            replaced = o.on_payload(body, model)
+            try:
+                replaced = o.on_payload(body, model)
+            except Exception as e:  # the caller's code: its error ends the stream, named as such
+                raise PiError(f"on_payload raised {type(e).__name__}: {e}", "invalid_request") from None
+            if replaced is not None and not isinstance(replaced, dict):
+                raise PiError(f"on_payload must return a dict (or None), not {type(replaced).__name__}",
+                              "invalid_request")
             if replaced is not None:
                 body = replaced
         if o.signal is not None:
@@ -5899,7 +5977,7 @@ def _run(model: Model, ctx: Context, o: _Options, request: _RequestParts) -> "Ge
         finished = True
     except PiError as e:
         aborted = e.kind == "aborted" or (o.signal is not None and o.signal.is_set())
-        message = "Request was aborted" if aborted else _redact(str(e), o.secrets)
+        message = "Request was aborted" if aborted else _redact(str(e), o.secrets + o.hidden)
         kind = "aborted" if aborted else e.kind if e.kind in ERROR_KINDS else "invalid_request"
         if b.out:
             yield from b.out
@@ -5914,7 +5992,7 @@ def _run(model: Model, ctx: Context, o: _Options, request: _RequestParts) -> "Ge
         raise
     except Exception as e:  # a bug or an unexpected shape: still an event, never a traceback
         finished = True
-        yield b.fail("protocol", _redact(f"unexpected {type(e).__name__}: {e}", o.secrets))
+        yield b.fail("protocol", _redact(f"unexpected {type(e).__name__}: {e}", o.secrets + o.hidden))
     finally:
         if watch is not None:
             watch.stop()
@@ -5972,8 +6050,10 @@ def _attempt(model: Model, ctx: Context, o: _Options, b: _Builder, url: str, hea
             raise _http_error(resp, model["provider"])
         decoder = family.decoder
         ctype = resp.headers.get("content-type", "").lower()
+        head = _sniff(resp)
         streamed = decoder is not None and decoder.CONTENT_TYPE in ctype
-        head = b"" if streamed else _sniff(resp)
+        if streamed and decoder is SSEParser and head.lstrip()[:1] in (b"{", b"["):
+            streamed = False  # one JSON body (an error, most often) under an event-stream label
         if streamed or decoder is not None and decoder.looks_like(head):
             # a stream in the family's framing, also when a proxy mislabels it
             ended = yield from _feed(decoder(), resp, head, tr, b, o.signal)  # type: ignore[misc]  # streamed: not None
@@ -6046,6 +6126,27 @@ def _chain(first: bytes, rest: Iterable[bytes]) -> Iterator[bytes]:
     yield from rest
 
 
+_BLOCK_FIELDS = {  # block type -> (its text fields, the roles it may appear in)
+    "text": (("text",), ("user", "assistant", "toolResult")),
+    "thinking": (("thinking",), ("assistant",)),
+    "image": (("data", "mimeType"), ("user", "toolResult")),
+    "toolCall": (("id", "name"), ("assistant",)),
+}
+
+
+def _check_block(n: int, role: str, b: Mapping[str, Any]) -> None:
+    """One content block of a context message has the shape of CONTRACT §2."""
+    kind = b.get("type")
+    fields, roles = _BLOCK_FIELDS.get(str(kind), ((), ()))
+    if role not in roles:
+        raise ConfigError(f"context message {n} ({role}): a {kind!r} block cannot be there")
+    for name in fields:
+        if not isinstance(b.get(name), str):
+            raise ConfigError(f"context message {n} ({role}): the {kind} block's {name} must be a text")
+    if kind == "toolCall" and not isinstance(b.get("arguments", {}), dict):
+        raise ConfigError(f"context message {n}: a toolCall's arguments must be a dict")
+
+
 def _context(context: Context | str) -> Context:
     if isinstance(context, str):
         return {"messages": [{"role": "user", "content": context, "timestamp": _now_ms()}]}
@@ -6060,6 +6161,8 @@ def _context(context: Context | str) -> Context:
                 or content is None and m["role"] == "assistant"):
             raise ConfigError(f"context message {n} ({m['role']}): content must be a list of blocks"
                               + (" or a string" if m["role"] != "assistant" else ""))
+        for b in content if isinstance(content, list) else ():
+            _check_block(n, m["role"], b)
     tools = context.get("tools")
     if tools is not None and (not isinstance(tools, list) or not all(isinstance(t, dict) and t.get("name")
                                                                       for t in tools)):
@@ -6144,15 +6247,15 @@ def _cli_target(args: argparse.Namespace) -> tuple[str, str | None]:
     """(provider, model id or None) from flags, then env, then settings.json.
     A default model is only taken from the same place as the provider or a
     more specific one, so --provider groq never inherits another provider's model."""
-    settings = _read_config("settings.json")
-    sources = [
-        (args.provider, args.model),
-        (os.environ.get("PI_PROVIDER"), os.environ.get("PI_MODEL")),
-        (settings.get("default_provider") or settings.get("defaultProvider"),
-         settings.get("default_model") or settings.get("defaultModel")),
-    ]
+    def from_settings() -> tuple[Any, Any]:  # read only when flags and env do not decide
+        settings = _read_config("settings.json")
+        return (settings.get("default_provider") or settings.get("defaultProvider"),
+                settings.get("default_model") or settings.get("defaultModel"))
+    sources = [lambda: (args.provider, args.model),
+               lambda: (os.environ.get("PI_PROVIDER"), os.environ.get("PI_MODEL")), from_settings]
     model = None
-    for provider, model_here in sources:
+    for source in sources:
+        provider, model_here = source()
         model = model or model_here or None
         if provider:
             return provider, model
@@ -6246,7 +6349,7 @@ def _cli_turn(model: Model, ctx: Context, opts: dict[str, Any], args: argparse.N
     if last != "\n" and not args.json:
         out.write("\n")
     out.flush()
-    if message.get("stopReason") in ("error", "aborted") and not args.json:
+    if message.get("stopReason") in ("error", "aborted"):
         err.write("pi-min: error: " + " ".join(str(message.get("errorMessage")).split()) + "\n")
     if args.usage and message:
         err.write(_usage_line(message) + "\n")
@@ -6378,6 +6481,9 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError):
             pass
         return 0
+    except Exception as e:  # a bug: one line, never a traceback
+        sys.stderr.write(f"pi-min: internal error: {type(e).__name__}: {_redact(str(e))}\n")
+        return 1
 
 
 def _console() -> None:
