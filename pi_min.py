@@ -6056,8 +6056,18 @@ def _attempt(model: Model, ctx: Context, o: _Options, b: _Builder, url: str, hea
             streamed = False  # one JSON body (an error, most often) under an event-stream label
         if streamed or decoder is not None and decoder.looks_like(head):
             # a stream in the family's framing, also when a proxy mislabels it
-            ended = yield from _feed(decoder(), resp, head, tr, b, o.signal)  # type: ignore[misc]  # streamed: not None
-            reason = tr.end(not ended)
+            try:
+                ended = yield from _feed(decoder(), resp, head, tr, b, o.signal)  # type: ignore[misc]  # not None
+            except PiError as e:
+                if e.kind not in ("network", "timeout") or (o.signal is not None and o.signal.is_set()):
+                    raise
+                try:  # the connection failed: fine once the provider had said the turn is over
+                    reason = tr.end(True)
+                except PiError:
+                    raise e from None
+                ended = False
+            else:
+                reason = tr.end(not ended)
             resp.finish() if ended else resp.release()
         else:
             obj = _whole_json(head + resp.read_all(), ctype, model["provider"])
