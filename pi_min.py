@@ -274,6 +274,7 @@ ERROR_KINDS = ("auth", "rate_limit", "context_overflow", "invalid_request", "not
                "server", "network", "timeout", "protocol", "aborted")
 MAX_FRAME = 16 * 1024 * 1024  # longest SSE line / event we accept
 MAX_RETRY_AFTER = 60.0  # a server asking for a longer wait fails at once
+_MAX_CALLS = 1024  # tool calls in one answer (each new one looks at the open ones)
 
 
 def _now_ms() -> int:
@@ -419,7 +420,11 @@ class SSEParser:
                 chunk = chunk[1:]
         if b"\n" not in chunk and b"\r" not in chunk:
             if chunk:
-                self._parts.append(chunk)
+                parts = self._parts
+                if parts and len(parts[-1]) < 4096 and len(chunk) < 4096:  # tiny pieces: one object, not millions
+                    parts[-1] += chunk
+                else:
+                    parts.append(chunk)
                 self._size += len(chunk)
                 if self._size > MAX_FRAME:
                     raise PiError("stream line longer than 16 MiB", "protocol")
@@ -476,7 +481,7 @@ class SSEParser:
         except UnicodeDecodeError:
             raise PiError("stream is not valid UTF-8", "protocol") from None
         self._data.append(value)
-        self._data_size += len(value)
+        self._data_size += len(value) + 1  # the "\n" that joins it: empty data lines count too
         if self._data_size > MAX_FRAME:
             raise PiError("stream event larger than 16 MiB", "protocol")
 
@@ -645,6 +650,7 @@ class _EventStream:
 
 _POOL: dict[_PoolKey, list[tuple[HTTPConnection, float]]] = {}  # (scheme, host, port, proxy) -> [(conn, idle since)]
 _POOL_PID = [0]  # the process the pool belongs to: a forked child starts empty
+_POOL_LOCK: list[Any] = []  # [threading.Lock], made on first use
 _POOL_MAX = 8
 _POOL_IDLE = 50.0  # seconds an idle connection is trusted to still be open
 _TLS: dict[str | None, ssl.SSLContext] = {}  # CA file (or None: the system store) -> ssl.SSLContext
@@ -889,9 +895,21 @@ def _http_client() -> tuple[ModuleType, type[HTTPResponse]]:
                 # http.client skips 100 Continue only: skip every interim 1xx (102, 103) alike
                 while True:
                     version, status, reason = super()._read_status()  # type: ignore[misc]
+                    if "\r" in reason.rstrip("\r\n"):  # a head with CR-only line ends: no safe framing
+                        raise http.client.BadStatusLine(f"{version} {status} {reason[:40]!r}")
                     if not 101 < status < 200:
                         return version, status, reason
                     http.client.parse_headers(self.fp)
+
+            def _read_and_discard_trailer(self) -> None:
+                # http.client reads trailer lines until a blank one, without end: a bound here
+                for _ in range(64):
+                    line = self.fp.readline(8193)
+                    if len(line) > 8192:
+                        raise http.client.LineTooLong("trailer line")
+                    if line in (b"\r\n", b"\n", b""):
+                        return
+                raise http.client.HTTPException("more than 64 trailer lines")
         _HTTP.extend((http.client, Response))
     return _HTTP[0], _HTTP[1]
 
@@ -979,26 +997,41 @@ def _net_error(e: BaseException, host: str, timeout: float) -> PiError:
     return PiError(f"connection to {host} failed: {type(e).__name__}: {e}", "network")
 
 
+def _pool_lock() -> Any:
+    """The lock around _POOL (threads take and return connections concurrently)."""
+    if not _POOL_LOCK:
+        import threading
+        _POOL_LOCK.append(threading.Lock())  # two threads racing here both use the first one
+        if hasattr(os, "register_at_fork"):  # a lock held by a parent's thread would never be freed in the child
+            os.register_at_fork(after_in_child=_POOL_LOCK.clear)
+    return _POOL_LOCK[0]
+
+
 def _pooled(key: _PoolKey) -> HTTPConnection | None:
+    """An idle connection to key's host, checked to be still open, or None."""
     pid = os.getpid()
-    idle: list[tuple[HTTPConnection, float]] | None
-    if _POOL_PID[0] != pid:  # a forked child: the parent's connections are not ours to use
-        for idle in list(_POOL.values()):
-            for conn, _ in idle:
-                conn.close()
-        _POOL.clear()
-        _POOL_PID[0] = pid
-    idle = _POOL.get(key)
-    now = time.monotonic()
-    while idle:
-        try:
-            conn, since = idle.pop()
-        except IndexError:
-            break
-        if now - since < _POOL_IDLE and conn.sock is not None and _still_open(conn.sock):
-            return conn
+    with _pool_lock():
+        if _POOL_PID[0] != pid:  # a forked child: the parent's connections are not ours to use
+            stale = [conn for idle in _POOL.values() for conn, _ in idle]
+            _POOL.clear()
+            _POOL_PID[0] = pid
+        else:
+            stale = []
+        candidates = _POOL.pop(key, [])
+    for conn in stale:
         conn.close()
-    return None
+    now = time.monotonic()
+    found = None
+    while candidates and found is None:
+        conn, since = candidates.pop()
+        if now - since < _POOL_IDLE and conn.sock is not None and _still_open(conn.sock):
+            found = conn
+        else:
+            conn.close()
+    if candidates:  # the rest go back
+        with _pool_lock():
+            _POOL.setdefault(key, []).extend(candidates)
+    return found
 
 
 def _pool_put(key: _PoolKey, conn: HTTPConnection) -> bool:
@@ -1006,20 +1039,22 @@ def _pool_put(key: _PoolKey, conn: HTTPConnection) -> bool:
     for that host is full). Connections idle too long are dropped here, for every
     host, so a process that talks to many hosts keeps no dead ones."""
     now = time.monotonic()
-    for k, idle in list(_POOL.items()):
-        fresh = [(c, t) for c, t in idle if now - t < _POOL_IDLE]
-        for c, t in idle:
-            if now - t >= _POOL_IDLE:
-                c.close()
-        if fresh:
-            _POOL[k] = fresh
-        else:
-            del _POOL[k]
-    idle = _POOL.setdefault(key, [])
-    if len(idle) >= _POOL_MAX:
-        return False
-    idle.append((conn, now))
-    return True
+    expired = []
+    with _pool_lock():
+        for k, idle in list(_POOL.items()):
+            fresh = [(c, t) for c, t in idle if now - t < _POOL_IDLE]
+            expired += [c for c, t in idle if now - t >= _POOL_IDLE]
+            if fresh:
+                _POOL[k] = fresh
+            else:
+                del _POOL[k]
+        idle = _POOL.setdefault(key, [])
+        kept = len(idle) < _POOL_MAX
+        if kept:
+            idle.append((conn, now))
+    for c in expired:
+        c.close()
+    return kept
 
 
 def _still_open(sock: socket.socket) -> bool:
@@ -1211,16 +1246,21 @@ class _Response:
 
 def _inflate(pieces: Iterable[bytes]) -> Iterator[bytes]:
     """Inflate a gzip/zlib body in steps of at most 64 KiB of output (a few MB
-    that inflate to GBs never sit in memory at once)."""
+    that inflate to GBs never sit in memory at once); a body of several gzip
+    members (RFC 1952) is read member after member."""
     import zlib
     d = zlib.decompressobj(47)  # gzip or zlib header, detected
     try:
         for piece in pieces:
-            while piece and not d.eof:
+            while piece:
+                if d.eof:  # the next member
+                    piece, d = d.unused_data + piece, zlib.decompressobj(47)
                 data = d.decompress(piece, _PIECE)
                 piece = d.unconsumed_tail
                 if data:
                     yield data
+                if d.eof and d.unused_data and not piece:
+                    piece, d = d.unused_data, zlib.decompressobj(47)
         data = d.flush()
     except zlib.error as e:
         raise PiError(f"bad compressed response body: {e}", "protocol") from None
@@ -1359,7 +1399,7 @@ class _JSONPrefix:
         for cand in candidates:
             try:
                 v = json.loads(cand)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
             return v if isinstance(v, dict) else None
         return None
@@ -1437,6 +1477,8 @@ class _Builder:
         the kind), opening one first when the kind changes."""
         if not delta:
             return
+        if type(delta) is not str:
+            raise PiError(f"a {kind} delta that is not text: {str(delta)[:80]!r}", "protocol")
         if self._long or len(self.secrets) != self._seen:
             delta = self._hide(delta)
         block = self.content[self.cur] if self.cur_type == kind else self._open(kind, signature)
@@ -1499,8 +1541,14 @@ class _Builder:
 
     # -- tool calls -------------------------------------------------------------
     def tool_start(self, key: Hashable, call_id: str | None, name: str | None) -> ToolCall:
+        if key in self.open_tools:  # started again (a duplicated start event): the first one ends here
+            self.tool_end(key, final=True)
+        if len(self.tools) >= _MAX_CALLS:
+            raise PiError(f"more than {_MAX_CALLS} tool calls in one answer", "protocol")
         self.close_current()
-        block: ToolCall = {"type": "toolCall", "id": call_id or _new_call_id(), "name": name or "", "arguments": {}}
+        call_id = self._hide(call_id) if isinstance(call_id, str) and call_id else None
+        name = self._hide(name) if isinstance(name, str) else ""
+        block: ToolCall = {"type": "toolCall", "id": call_id or _new_call_id(), "name": name, "arguments": {}}
         self.content.append(block)
         index = len(self.content) - 1
         self.tools[key] = [index, _JSONPrefix()]
@@ -1529,7 +1577,7 @@ class _Builder:
         if call_id:
             block["id"] = call_id
         if name:
-            block["name"] = name
+            block["name"] = self._hide(name)
         if signature:
             block["thoughtSignature"] = signature
 
@@ -1543,6 +1591,8 @@ class _Builder:
     def tool_delta(self, key: Hashable, fragment: str) -> None:
         if not fragment:
             return
+        if type(fragment) is not str:
+            raise PiError(f"tool arguments that are not text: {str(fragment)[:80]!r}", "protocol")
         if self._long or len(self.secrets) != self._seen:
             fragment = self._hide(fragment)
         index, prefix = self.tools[key]
@@ -1564,7 +1614,7 @@ class _Builder:
         if raw.strip():
             try:
                 args = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):
                 args = None
             if not isinstance(args, dict):
                 value = prefix.value()
@@ -1863,10 +1913,12 @@ def _frame_json(kind: str, data: str) -> Any:
     protocol error."""
     try:
         return json.loads(data)
+    except RecursionError:
+        raise PiError("a frame's JSON is nested too deeply", "protocol") from None
     except ValueError:
         if kind == "error":
-            raise PiError(data[:2000] or "the server sent an error event", "server") from None
-        raise PiError(f"invalid JSON in the stream: {data[:200]!r}", "protocol") from None
+            raise PiError(data[:20000] or "the server sent an error event", "server") from None
+        raise PiError(f"invalid JSON in the stream: {data[:2000]!r}", "protocol") from None
 
 
 def _stop_reason(word: object, details: str = "") -> _DoneReason:
@@ -1890,8 +1942,8 @@ def _join_url(base: str, suffix: str) -> str:
 def _count(value: Any) -> int:
     """A token count from a usage field: ints, floats or numeric strings; 0 otherwise."""
     try:
-        return max(0, int(value or 0))
-    except (TypeError, ValueError):
+        return min(max(0, int(value or 0)), 10**15)  # no bill has more tokens; bigger is a hostile server
+    except (TypeError, ValueError, OverflowError):
         return 0
 
 
@@ -2008,7 +2060,7 @@ def _oc_normalizer(compat: dict[str, Any]) -> Callable[[str], str]:
 def _json_or_none(text: object) -> Any:
     try:
         return json.loads(text) if isinstance(text, str) and text[:1] == "{" else None
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 
@@ -2932,7 +2984,7 @@ class _BRTranslator:
             raise _br_exception(kind, data)
         try:
             ev = json.loads(data) if data else {}
-        except ValueError:
+        except (ValueError, RecursionError):
             raise PiError(f"invalid JSON in a {kind or 'Bedrock'} event: {data[:200]!r}", "protocol") from None
         if not isinstance(ev, dict):
             return False
@@ -3011,7 +3063,7 @@ def _br_exception(kind: str, data: str) -> PiError:
     name = kind.partition(":")[2]
     try:
         payload = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         payload = {"message": data}
     message = _error_message(payload) if isinstance(payload, dict) else str(payload)
     what, retry = _BR_EXCEPTIONS.get(name, ("server", False))
@@ -4176,7 +4228,7 @@ class _ORTranslator:
             return
         try:
             same = json.loads(final) == json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             same = False
         if not same:
             raise PiError(f"the arguments of tool call {iid} streamed as {raw[:200]!r} but ended as "
@@ -5462,7 +5514,7 @@ def _fetch_json(method: str, url: str, headers: dict[str, str], data: bytes, o: 
         resp.close()
     try:
         obj = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         obj = None
     if not isinstance(obj, dict):
         raise PiError(f"{what} did not answer with a JSON object", "protocol")
@@ -5866,7 +5918,7 @@ def _http_error(resp: _Reply, provider: str) -> PiError:
     message, code, delay = text, None, None
     try:
         obj = json.loads(text) if text[:1] in "[{\"" and text else None
-    except ValueError:
+    except (ValueError, RecursionError):
         obj = None
     if isinstance(obj, list) and obj and isinstance(obj[0], dict):
         obj = obj[0]
@@ -5885,7 +5937,7 @@ def _http_error(resp: _Reply, provider: str) -> PiError:
         message = obj
     elif text[:1] == "<":
         message = f"(HTML error page, {len(text)} bytes)"
-    message = " ".join((message or resp.reason or "no body").split())[:2000]
+    message = " ".join((message or resp.reason or "no body").split())[:20000]  # cut after redaction, in _run
     if 300 <= resp.status < 400:
         where = resp.headers.get("location") or "elsewhere"
         message = f"redirected to {where}; use that as the base URL"
@@ -5977,7 +6029,7 @@ def _run(model: Model, ctx: Context, o: _Options, request: _RequestParts) -> "Ge
         finished = True
     except PiError as e:
         aborted = e.kind == "aborted" or (o.signal is not None and o.signal.is_set())
-        message = "Request was aborted" if aborted else _redact(str(e), o.secrets + o.hidden)
+        message = "Request was aborted" if aborted else _redact(str(e), o.secrets + o.hidden)[:2000]
         kind = "aborted" if aborted else e.kind if e.kind in ERROR_KINDS else "invalid_request"
         if b.out:
             yield from b.out
@@ -5992,6 +6044,9 @@ def _run(model: Model, ctx: Context, o: _Options, request: _RequestParts) -> "Ge
         raise
     except Exception as e:  # a bug or an unexpected shape: still an event, never a traceback
         finished = True
+        if b.out:  # the events of what was built so far come first, as for any error
+            yield from b.out
+            b.out.clear()
         yield b.fail("protocol", _redact(f"unexpected {type(e).__name__}: {e}", o.secrets + o.hidden))
     finally:
         if watch is not None:
@@ -6096,6 +6151,8 @@ def _feed(decoder: _Decoder, resp: _Reply, head: bytes, tr: _Translator, b: _Bui
                 out.clear()
             if ended:
                 return True
+            if signal is not None and signal.is_set():  # set while the caller handled this frame's events
+                raise _aborted()
         if signal is not None and signal.is_set():
             raise _aborted()
     for kind, data in decoder.close():
@@ -6110,7 +6167,7 @@ def _whole_json(raw: bytes, ctype: str, provider: str) -> Any:
     text = raw.decode("utf-8", "replace").strip()
     try:
         obj = json.loads(text) if "json" in ctype or text[:1] in "{[" else None
-    except ValueError:
+    except (ValueError, RecursionError):
         obj = None
     if obj is None:
         what = ctype.split(";")[0] or "no content type"
@@ -6122,13 +6179,14 @@ def _whole_json(raw: bytes, ctype: str, provider: str) -> Any:
 
 
 def _sniff(resp: _Reply) -> bytes:
-    """The first body bytes (at least a few non-blank ones, or all of a short body)."""
-    head = b""
+    """The first body bytes: until a few non-blank ones came, all of a short body,
+    or 64 KiB of blank ones (then the decoder judges the rest)."""
+    head = bytearray()
     for piece in resp.iter_body():
         head += piece
-        if len(head.lstrip()) >= 6:
+        if len(head) > 65536 or len(head.lstrip()) >= 6:
             break
-    return head
+    return bytes(head)
 
 
 def _chain(first: bytes, rest: Iterable[bytes]) -> Iterator[bytes]:

@@ -261,3 +261,112 @@ def test_lone_surrogates_in_ids_do_not_crash():
                                         result("a\udc80"), result("a\udc81")]}
     for model in ("openai/gpt-5", "anthropic/claude-sonnet-4-5", "mistral"):
         assert body_for(model, ctx)
+
+
+# -- hostile servers --------------------------------------------------------------------------
+
+def test_empty_data_lines_count_against_the_event_limit(monkeypatch):
+    monkeypatch.setattr(pi_min, "MAX_FRAME", 1000)
+    parser = pi_min.SSEParser()
+    with pytest.raises(pi_min.PiError, match="larger than"):
+        parser.feed(b"data:\n" * 2000)
+
+
+def test_a_line_in_tiny_pieces_is_not_kept_as_millions_of_objects():
+    parser = pi_min.SSEParser()
+    for _ in range(20000):
+        parser.feed(b"a")
+    assert len(parser._parts) < 10
+    assert parser.feed(b"\n\n") == [] and parser._parts == []
+
+
+def test_the_sniff_of_a_blank_body_is_bounded(server):
+    server.script([Reply(body=b"\n" * (4 << 20) + b'data: {"choices":[{"index":0,"delta":{"content":"x"},'
+                                                  b'"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n',
+                         mode="chunked", split=False)])
+    import time
+    started = time.monotonic()
+    msg = pi_min.complete("groq", "hi", api_key="k", base_url=server.url + "/v1", timeout=5, max_retries=0)
+    assert msg["stopReason"] == "stop" and msg["content"][0]["text"] == "x"
+    assert time.monotonic() - started < 5  # was quadratic: every piece re-copied and re-stripped the whole head
+
+
+def raw_head(*lines):
+    return ("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n" + "".join(x + "\r\n" for x in lines)
+            + "\r\n").encode()
+
+
+DONE_BODY = (b'data: {"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":"stop"}]}\n\n'
+             b"data: [DONE]\n\n")
+
+
+def test_trailers_forever_after_the_terminator_do_not_hold_done(server):
+    import time
+    trickle = [b"X-T: y\r\n" * 50, 0.05] * 100
+    server.script([Reply(raw=[raw_head("Transfer-Encoding: chunked")
+                              + b"%x\r\n%s\r\n0\r\n" % (len(DONE_BODY), DONE_BODY)] + trickle)])
+    started = time.monotonic()
+    msg = pi_min.complete("groq", "hi", api_key="k", base_url=server.url + "/v1", timeout=5, max_retries=0)
+    assert msg["stopReason"] == "stop" and time.monotonic() - started < 1.5
+
+
+def test_a_head_with_cr_only_line_ends_is_refused(server):
+    raw = b"HTTP/1.1 200 OK\rContent-Type: text/event-stream\rContent-Length: %d\r\r" % len(DONE_BODY) + DONE_BODY
+    server.script([Reply(raw=[raw])])
+    msg = pi_min.complete("groq", "hi", api_key="k", base_url=server.url + "/v1", timeout=5, max_retries=0)
+    assert msg["errorKind"] == "protocol"
+
+
+def test_a_gzip_body_of_two_members_is_read_whole(server):
+    import gzip
+    body = gzip.compress(DONE_BODY[:40]) + gzip.compress(DONE_BODY[40:])
+    server.script([Reply(headers={"Content-Type": "text/event-stream", "Content-Encoding": "gzip"}, body=body)])
+    msg = pi_min.complete("groq", "hi", api_key="k", base_url=server.url + "/v1", timeout=5, max_retries=0)
+    assert msg["stopReason"] == "stop" and msg["content"][0]["text"] == "Hi"
+
+
+def test_events_stop_as_soon_as_the_signal_is_set(server):
+    body = b"".join(b'data: {"choices":[{"index":0,"delta":{"content":"w%d "}}]}\n\n' % i for i in range(300))
+    server.script([Reply(body=body + DONE_BODY)])
+    signal = threading.Event()
+    after = []
+    for e in pi_min.stream("groq", "hi", api_key="k", base_url=server.url + "/v1", signal=signal, timeout=5):
+        if signal.is_set():
+            after.append(e["type"])
+        elif e["type"] == "text_delta":
+            signal.set()
+    assert after == ["error"]
+
+
+def test_too_many_tool_calls_and_absurd_usage_end_cleanly(server):
+    calls = b"".join(b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":%d,"id":"c%d","function":'
+                     b'{"name":"f","arguments":"{"}}]}}]}\n\n' % (i, i) for i in range(pi_min._MAX_CALLS + 5))
+    msg = run(server, "groq", calls + DONE_BODY)
+    assert msg["errorKind"] == "protocol" and "tool calls" in msg["errorMessage"]
+    body = (b'data: {"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":"stop"}],'
+            b'"usage":{"prompt_tokens":1e999,"completion_tokens":' + b"9" * 400 + b'}}\n\ndata: [DONE]\n\n')
+    msg = run(server, "groq", body)
+    assert msg["stopReason"] == "stop" and msg["usage"]["output"] == 10**15
+
+
+def test_deeply_nested_json_is_a_protocol_error(server):
+    deep = b"[" * 100000 + b"]" * 100000
+    msg = run(server, "groq", b"data: " + deep + b"\n\n")
+    assert msg["errorKind"] == "protocol" and "unexpected" not in msg["errorMessage"]
+
+
+def test_a_duplicated_tool_start_keeps_the_invariants(server):
+    start = ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {
+        "type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}})
+    stop = ("content_block_stop", {"type": "content_block_stop", "index": 0})
+    delta = ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use"}})
+    msg = run(server, "anthropic", sse(start, start, stop, delta, ("message_stop", {"type": "message_stop"})))
+    assert msg["stopReason"] == "toolUse" and [b["arguments"] for b in msg["content"]] == [{}, {}]
+
+
+def test_a_key_as_a_tool_name_is_hidden(server):
+    key = "zq-SECRET-0123456789abcdef"
+    body = (b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c1","function":{"name":"'
+            + key.encode() + b'","arguments":"{}"}}]},"finish_reason":"tool_calls"}]}\n\ndata: [DONE]\n\n')
+    msg = run(server, "groq", body, api_key=key)
+    assert key not in json.dumps(msg)
