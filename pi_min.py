@@ -1991,6 +1991,11 @@ def _cache_mark(o: "_Options") -> "dict[str, str] | None":
     return {"type": "ephemeral", "ttl": "1h"} if retention == "long" else {"type": "ephemeral"}
 
 
+def _data_url(block: Mapping[str, Any]) -> str:
+    """An image block as a data: URL (the OpenAI-shaped APIs take images so)."""
+    return f"data:{block.get('mimeType') or 'image/png'};base64,{block.get('data') or ''}"
+
+
 def _alternate(messages: list[dict[str, Any]], filler: dict[str, Any]) -> list[dict[str, Any]]:
     """Turns as APIs with strict roles want them (Anthropic, Bedrock): consecutive
     turns of one role merged, their content lists joined in order (a user's words
@@ -2064,9 +2069,8 @@ def _json_or_none(text: object) -> Any:
         return None
 
 
-def _image_url(block: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "image_url",
-            "image_url": {"url": f"data:{block.get('mimeType') or 'image/png'};base64,{block.get('data') or ''}"}}
+def _image_url(block: Mapping[str, Any]) -> dict[str, Any]:
+    return {"type": "image_url", "image_url": {"url": _data_url(block)}}
 
 
 def _oc_messages(model: Model, ctx: Context, compat: dict[str, Any]) -> list[dict[str, Any]]:
@@ -3157,8 +3161,7 @@ def _co_user(content: Any, images: bool) -> list[dict[str, Any]]:
         if part.get("type") == "text" and part.get("text"):
             parts.append({"type": "text", "text": part["text"]})
         elif part.get("type") == "image" and images:
-            url = f"data:{part.get('mimeType') or 'image/png'};base64,{part.get('data') or ''}"
-            parts.append({"type": "image_url", "image_url": {"url": url}})
+            parts.append(_image_url(part))
     return parts
 
 
@@ -3924,8 +3927,7 @@ def _or_id(call_id: str) -> str:
 
 
 def _or_image(block: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "input_image", "detail": "auto",
-            "image_url": f"data:{block.get('mimeType') or 'image/png'};base64,{block.get('data') or ''}"}
+    return {"type": "input_image", "detail": "auto", "image_url": _data_url(block)}
 
 
 def _or_user(content: Any, images: bool) -> list[dict[str, Any]]:
