@@ -9,6 +9,7 @@ import time
 import pytest
 
 import pi_min
+from capture import sent_body
 from loopback import Reply
 
 STREAM = b"".join(b"event: %s\ndata: %s\n\n" % (name.encode(), json.dumps(data).encode()) for name, data in [
@@ -61,16 +62,8 @@ def test_base_urls_are_not_doubled(server, base, path):
 
 
 def body_for(model, **options):
-    """The request body, captured by on_payload; the abort set there ends the stream before any connection."""
-    import threading
-    seen, signal = {}, threading.Event()
-
-    def capture(body, _model):
-        seen.update(body)
-        signal.set()
-    pi_min.complete(model, {"systemPrompt": "sys", "messages": [{"role": "user", "content": "hi"}]}, api_key="k",
-                    on_payload=capture, signal=signal, **options)
-    return seen
+    return sent_body(model, {"systemPrompt": "sys", "messages": [{"role": "user", "content": "hi"}]}, api_key="k",
+                     **options)
 
 
 def test_thinking_levels_map_to_budgets_or_adaptive_effort():

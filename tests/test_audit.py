@@ -7,6 +7,7 @@ import threading
 import pytest
 
 import pi_min
+from capture import sent_body
 from invariants import StreamChecker
 from loopback import Reply
 
@@ -28,13 +29,7 @@ def run(server, provider, body, ctype="text/event-stream", **kw):
 
 
 def body_for(model, context, **options):
-    seen, signal = {}, threading.Event()
-
-    def capture(body, _model):
-        seen.update(body)
-        signal.set()
-    pi_min.complete(model, context, api_key="k", on_payload=capture, signal=signal, **options)
-    return seen
+    return sent_body(model, context, api_key="k", **options)
 
 
 # -- a length stop after the tool block ended: done/length, the call kept (CONTRACT §4.3) ----

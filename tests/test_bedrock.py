@@ -11,6 +11,7 @@ import zlib
 import pytest
 
 import pi_min
+from capture import sent_body
 from invariants import StreamChecker
 from loopback import Reply
 
@@ -292,11 +293,7 @@ def test_tool_round_trip_request(server):
 
 
 def body_for(model, **options):
-    import threading
-    seen, signal = {}, threading.Event()
-    pi_min.complete(model, "hi", api_key="t", signal=signal,
-                    on_payload=lambda body, m: (seen.update(body), signal.set()) and None, **options)
-    return seen
+    return sent_body(model, "hi", api_key="t", **options)
 
 
 def test_thinking_goes_in_additional_fields_for_claude():

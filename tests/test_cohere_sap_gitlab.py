@@ -12,6 +12,7 @@ from urllib.parse import parse_qs
 import pytest
 
 import pi_min
+from capture import sent_body
 from loopback import Loopback, Reply
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -209,14 +210,7 @@ def test_sap_configuration_errors_name_what_to_set(monkeypatch, server):
 # -- Cohere and GitLab requests ----------------------------------------------------------
 
 def body_for(model, context, **options):
-    """The request body, captured by on_payload; the abort set there ends the stream unsent."""
-    seen, signal = {}, threading.Event()
-
-    def capture(body, _model):
-        seen.update(body)
-        signal.set()
-    pi_min.complete(model, context, api_key="k", on_payload=capture, signal=signal, **options)
-    return seen
+    return sent_body(model, context, api_key="k", **options)
 
 
 def test_an_anthropic_turn_continues_on_cohere():

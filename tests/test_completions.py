@@ -2,9 +2,9 @@
 fragments after a finished call, and what goes into the request body."""
 
 import json
-import threading
 
 import pi_min
+from capture import sent_body
 from invariants import StreamChecker
 from loopback import Reply
 
@@ -63,19 +63,8 @@ def test_reasoning_tokens_join_the_output_only_where_completion_tokens_leave_the
     assert output("groq", prompt_tokens=32, completion_tokens=103) == 103
 
 
-def sent_body(model, **options):
-    """The request body for model (on its real base URL), captured by on_payload; the
-    abort signal set there stops the request before any connection is made."""
-    seen = {}
-    signal = threading.Event()
-
-    def capture(body, _model):
-        seen.update(body)
-        signal.set()
-
-    msg = pi_min.complete(model, "hi", api_key="k", on_payload=capture, signal=signal, **options)
-    assert msg["stopReason"] == "aborted"
-    return seen
+def body_for(model, **options):
+    return sent_body(model, "hi", api_key="k", **options)
 
 
 def test_openai_reasoning_models_get_no_temperature():
@@ -83,25 +72,25 @@ def test_openai_reasoning_models_get_no_temperature():
         # o4-mini is not in the table: an unknown id is not taken to reason unless told so
         model = pi_min.get_model("openai", model_id, api="openai-completions", reasoning=True)
         assert model["reasoning"]
-        assert "temperature" not in sent_body(model, temperature=0.2), model_id
+        assert "temperature" not in body_for(model, temperature=0.2), model_id
     for model_id in ("gpt-4o", "gpt-5-chat-latest"):  # not OpenAI reasoning models
         model = pi_min.get_model("openai", model_id, api="openai-completions")
-        assert sent_body(model, temperature=0.2)["temperature"] == 0.2, model_id
+        assert body_for(model, temperature=0.2)["temperature"] == 0.2, model_id
     # the same id elsewhere (a gateway) keeps it; the gateway decides
     model = pi_min.get_model("openrouter", "openai/o3")
-    assert sent_body(model, temperature=0.2)["temperature"] == 0.2
+    assert body_for(model, temperature=0.2)["temperature"] == 0.2
     model = pi_min.get_model("groq", "openai/gpt-oss-120b")
-    assert sent_body(model, temperature=0.2)["temperature"] == 0.2
+    assert body_for(model, temperature=0.2)["temperature"] == 0.2
 
 
 def test_reasoning_fields_only_when_asked_and_the_model_reasons():
     keys = ("reasoning_effort", "reasoning", "thinking", "enable_thinking", "chat_template_kwargs", "prompt_mode")
     reasoner = pi_min.get_model("openai", "gpt-5", api="openai-completions")
-    assert not set(keys) & set(sent_body(reasoner))                       # not asked
-    assert sent_body(reasoner, reasoning="low")["reasoning_effort"] == "low"
+    assert not set(keys) & set(body_for(reasoner))                       # not asked
+    assert body_for(reasoner, reasoning="low")["reasoning_effort"] == "low"
     for provider in ("zai", "deepseek", "openrouter", "alibaba"):
-        assert not set(keys) & set(sent_body(pi_min.get_model(provider, reasoning=True))), provider
-        body = sent_body(pi_min.get_model(provider, reasoning=False), reasoning="high")
+        assert not set(keys) & set(body_for(pi_min.get_model(provider, reasoning=True))), provider
+        body = body_for(pi_min.get_model(provider, reasoning=False), reasoning="high")
         assert not set(keys) & set(body), provider                        # a model not known to reason
 
 

@@ -7,12 +7,12 @@ import base64
 import json
 import os
 import stat
-import threading
 import time
 
 import pytest
 
 import pi_min
+from capture import sent_body
 from invariants import StreamChecker
 from loopback import Reply
 
@@ -69,15 +69,7 @@ def write(agent_dir, name, data):
 
 
 def body_for(model, ctx="hi", **options):
-    """The request body, captured by on_payload; the abort set there ends the stream before any connection."""
-    seen, signal = {}, threading.Event()
-
-    def capture(body, _model):
-        seen.update(body)
-        signal.set()
-    msg = pi_min.complete(model, ctx, on_payload=capture, signal=signal, **options)
-    assert msg["stopReason"] == "aborted"
-    return seen
+    return sent_body(model, ctx, **options)
 
 
 # -- Azure OpenAI -----------------------------------------------------------------------------
